@@ -1,0 +1,1 @@
+"""Triton kernels for vjepa-fast (installed as vjepa_fast.kernels)."""

@@ -1,0 +1,1 @@
+"""vjepa-fast: fast, faithful V-JEPA."""
