@@ -1,1 +1,21 @@
-"""vjepa-fast: fast, faithful V-JEPA."""
+"""vjepa-fast: a fast, faithful implementation of V-JEPA (Bardes et al. 2024).
+
+Public API (see README.md for a tour):
+
+- models: :class:`VisionTransformer`, :func:`build_encoder`, :data:`VIT_PRESETS`,
+  :class:`VisionTransformerPredictor`, :class:`AttentiveClassifier`, :class:`AttentivePooler`
+- objective: :class:`VJEPA`, :func:`build_vjepa`, :func:`jepa_loss`
+- training pieces: :class:`Schedules`, :func:`build_optimizer`, :func:`clip_gradients`, :func:`ema_update_`
+- checkpoints: :func:`load_vjepa_checkpoint`, :func:`load_encoder`, :func:`vjepa_checkpoint`, :func:`atomic_save`
+- attention backend: :func:`set_attention_backend` (or ``VJEPA_FAST_ATTN``)
+"""
+from .attention import attention_backend, get_attention_backend, set_attention_backend
+from .attentive_probe import AttentiveClassifier, AttentivePooler
+from .checkpoint import CheckpointError, atomic_save, load_encoder, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
+from .jepa import VJEPA, build_vjepa, jepa_loss, normalize_targets
+from .optim import build_optimizer, clip_gradients, clipping_active, ema_update_, param_groups
+from .predictor import VisionTransformerPredictor
+from .schedules import Schedules
+from .vision_transformer import VIT_PRESETS, VisionTransformer, build_encoder
+
+__version__ = "0.1.0"

@@ -1,0 +1,122 @@
+"""Attentive probe (official V1 ``AttentivePooler`` / ``AttentiveClassifier``).
+
+Kept quirks, so released probes load and give the same logits: the query is not normalised,
+the cross-attention output projection ``xattn.proj`` exists but is never applied, extra
+self-attention blocks (depth > 1) run over the query tokens after the cross-attention, and the
+LayerNorms use PyTorch's default eps 1e-5.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .attention import attention
+from .vision_transformer import MLP, Block, check_heads
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        check_heads(dim, num_heads)
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)  # unused on purpose (official quirk, see module docstring)
+
+    def forward(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        B, n, C = q.shape
+        h = self.num_heads
+        q = self.q(q).reshape(B, n, h, C // h).transpose(1, 2)
+        kv = self.kv(x).reshape(B, x.shape[1], 2, h, C // h).permute(2, 0, 3, 1, 4)
+        out = attention(q, kv[0], kv[1])
+        return out.transpose(1, 2).reshape(B, n, C)
+
+
+class CrossAttentionBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.xattn = CrossAttention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, q, x):
+        q = q + self.xattn(q, self.norm1(x))
+        return q + self.mlp(self.norm2(q))
+
+
+class AttentivePooler(nn.Module):
+    def __init__(
+        self,
+        num_queries: int = 1,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        depth: int = 1,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
+        self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps)
+        self.blocks = (
+            nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth - 1))
+            if depth > 1
+            else None
+        )
+        self._init(init_std)
+
+    def _init(self, std: float) -> None:
+        nn.init.trunc_normal_(self.query_tokens, std=std, a=-2.0, b=2.0)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            xb = self.cross_attention_block
+            xb.xattn.proj.weight.div_(math.sqrt(2.0))
+            xb.mlp.fc2.weight.div_(math.sqrt(2.0))
+            for layer_id, blk in enumerate(self.blocks or [], 1):
+                blk.attn.proj.weight.div_(math.sqrt(2.0 * (layer_id + 1)))
+                blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (layer_id + 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.query_tokens.expand(x.shape[0], -1, -1)
+        q = self.cross_attention_block(q, x)
+        for blk in self.blocks or []:
+            q = blk(q)
+        return q
+
+
+class AttentiveClassifier(nn.Module):
+    """Pooled query → linear head. Input: frozen encoder tokens [B, L, D]; output: logits."""
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        depth: int = 1,
+        qkv_bias: bool = True,
+        num_classes: int = 1000,
+        norm_eps: float = 1e-5,
+        init_std: float = 0.02,
+    ):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.pooler = AttentivePooler(1, embed_dim, num_heads, mlp_ratio, depth, qkv_bias, norm_eps, init_std)
+        self.linear = nn.Linear(embed_dim, num_classes)
+        nn.init.trunc_normal_(self.linear.weight, std=init_std, a=-2.0, b=2.0)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.linear.in_features:
+            raise ValueError(f"probe expects tokens [B, L, {self.linear.in_features}], got {tuple(x.shape)}")
+        return self.linear(self.pooler(x)[:, 0])

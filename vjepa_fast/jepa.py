@@ -1,0 +1,136 @@
+"""The V-JEPA objective: context encoder + predictor regress the layer-normed features of an EMA
+target encoder at masked positions, with an L1 loss (official V1 semantics)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import kernels
+from .predictor import VisionTransformerPredictor
+from .tokens import gather_tokens
+from .vision_transformer import VisionTransformer, build_encoder
+
+
+def normalize_targets(h: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the feature dim without affine (the target encoder's own final norm has one)."""
+    return F.layer_norm(h, (h.shape[-1],))
+
+
+def jepa_loss(
+    preds: Sequence[torch.Tensor], h: torch.Tensor, masks_pred: Sequence[torch.Tensor], loss_exp: float = 1.0
+) -> torch.Tensor:
+    """mean over mask generators of mean(|pred − LN(h)[target idx]|^p)/p.
+
+    ``h`` is the *raw* target-encoder output [B, N, D]; for p = 1 the norm, gather and L1 run fused
+    (only the gathered rows are normalised), otherwise through plain PyTorch.
+    """
+    if len(preds) != len(masks_pred):
+        raise ValueError(f"{len(preds)} predictions for {len(masks_pred)} target masks")
+    total = 0.0
+    for z, m in zip(preds, masks_pred):
+        if loss_exp == 1.0:
+            total = total + kernels.masked_l1_loss(z, h, m)
+        else:
+            t = gather_tokens(normalize_targets(h), m)
+            total = total + torch.mean(torch.abs(z - t) ** loss_exp) / loss_exp
+    return total / len(preds)
+
+
+def variance_reg(preds: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Official regulariser (weighted by ``reg_coeff``, 0 in every config): relu(1 − mean token std)."""
+    pstd = sum(torch.sqrt(z.var(dim=1) + 1e-4) for z in preds) / len(preds)
+    return torch.mean(F.relu(1.0 - pstd))
+
+
+@dataclass
+class JEPAOutput:
+    loss: torch.Tensor
+    loss_jepa: torch.Tensor
+    loss_reg: torch.Tensor
+    preds: list[torch.Tensor]
+    context: list[torch.Tensor]
+    targets: torch.Tensor  # raw target-encoder output [B, N, D] (not normalised)
+
+
+class VJEPA(nn.Module):
+    """Context encoder, predictor and EMA target encoder in one module (one checkpoint, one
+    ``.to()``). The target is a frozen deep copy of the encoder unless one is given."""
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        predictor: VisionTransformerPredictor,
+        target_encoder: VisionTransformer | None = None,
+        loss_exp: float = 1.0,
+        reg_coeff: float = 0.0,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.target_encoder = target_encoder if target_encoder is not None else copy.deepcopy(encoder)
+        self.target_encoder.requires_grad_(False)
+        self.loss_exp, self.reg_coeff = loss_exp, reg_coeff
+
+    @torch.no_grad()
+    def forward_target(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.target_encoder(clips)
+
+    def forward_context(
+        self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if len(masks_enc) != len(masks_pred):
+            raise ValueError(f"{len(masks_enc)} context masks but {len(masks_pred)} target masks")
+        ctx = self.encoder.forward_masks(clips, masks_enc)
+        return ctx, self.predictor.forward_masks(ctx, masks_enc, masks_pred)
+
+    def forward(
+        self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
+    ) -> JEPAOutput:
+        h = self.forward_target(clips)
+        ctx, preds = self.forward_context(clips, masks_enc, masks_pred)
+        loss_jepa = jepa_loss(preds, h, masks_pred, self.loss_exp)
+        if self.reg_coeff:
+            loss_reg = variance_reg(preds)
+            loss = loss_jepa + self.reg_coeff * loss_reg
+        else:
+            # Skipped when weighted by 0 (every official config): it would cost a var/sqrt per step.
+            loss_reg = loss_jepa.new_zeros(())
+            loss = loss_jepa
+        return JEPAOutput(loss, loss_jepa, loss_reg, preds, ctx, h)
+
+
+def build_vjepa(
+    model_name: str = "vit_large",
+    *,
+    crop_size: int = 224,
+    patch_size: int = 16,
+    num_frames: int = 16,
+    tubelet_size: int = 2,
+    uniform_power: bool = True,
+    pred_depth: int = 12,
+    pred_embed_dim: int = 384,
+    pred_num_heads: int | None = None,
+    num_mask_tokens: int = 2,
+    zero_init_mask_tokens: bool = True,
+    loss_exp: float = 1.0,
+    reg_coeff: float = 0.0,
+    **encoder_overrides,
+) -> VJEPA:
+    """Encoder (preset + overrides such as ``embed_dim``/``depth``/``num_heads``), predictor and target,
+    initialised as the official V1 ``init_video_model`` leaves them."""
+    encoder = build_encoder(
+        model_name, img_size=crop_size, patch_size=patch_size, num_frames=num_frames,
+        tubelet_size=tubelet_size, uniform_power=uniform_power, **encoder_overrides,
+    )
+    predictor = VisionTransformerPredictor(
+        img_size=crop_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
+        embed_dim=encoder.embed_dim, predictor_embed_dim=pred_embed_dim, depth=pred_depth,
+        num_heads=pred_num_heads or encoder.num_heads, uniform_power=uniform_power,
+        num_mask_tokens=num_mask_tokens, zero_init_mask_tokens=zero_init_mask_tokens,
+    )
+    return VJEPA(encoder, predictor, loss_exp=loss_exp, reg_coeff=reg_coeff)

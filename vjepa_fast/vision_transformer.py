@@ -1,0 +1,225 @@
+"""The V-JEPA Vision Transformer encoder (video and image), with official V1 semantics.
+
+Parameter names match the official modules, so official state dicts load after their
+``module.``/``backbone.`` prefixes are stripped (see :mod:`vjepa_fast.checkpoint`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import attention
+from .pos_embed import interpolate_pos_embed, sincos_table
+from .tokens import gather_tokens
+
+# Width, depth, heads and MLP ratio of the official factories. vit_gigantic's official factory
+# misspells its MLP ratio, so the default of 4.0 is what it really builds.
+VIT_PRESETS: dict[str, dict] = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0),
+    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0),
+    "vit_giant": dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11),
+    "vit_gigantic": dict(embed_dim=1664, depth=48, num_heads=16, mlp_ratio=4.0),
+}
+
+
+def check_heads(dim: int, num_heads: int, what: str = "embed_dim") -> None:
+    if num_heads < 1 or dim % num_heads:
+        raise ValueError(f"num_heads={num_heads} does not divide {what}={dim}")
+
+
+def check_grid(img_size: int, patch_size: int, num_frames: int, tubelet_size: int) -> tuple[int, int]:
+    """Validate the input geometry; returns (grid_size, grid_depth)."""
+    if patch_size < 1 or img_size % patch_size:
+        raise ValueError(f"crop/img size {img_size} is not divisible by patch_size {patch_size}")
+    if num_frames > 1 and (tubelet_size < 1 or num_frames % tubelet_size):
+        raise ValueError(f"num_frames {num_frames} is not divisible by tubelet_size {tubelet_size}")
+    return img_size // patch_size, max(1, num_frames // tubelet_size) if num_frames > 1 else 1
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        check_heads(dim, num_heads)
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, L, C = x.shape
+        qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(x.transpose(1, 2).reshape(B, L, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. The official block takes (and ignores) a ``mask`` argument;
+    here it is simply absent: V1 attention is never masked."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet (Conv3d) or patch (Conv2d) embedding, tokens in (t, h, w) row-major order."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, in_chans: int, embed_dim: int, video: bool):
+        super().__init__()
+        if video:
+            k = (tubelet_size, patch_size, patch_size)
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=k, stride=k)
+        else:
+            self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def init_v1_(module: nn.Module, std: float = 0.02) -> None:
+    """Official V1 initialisation as it ends up after ``init_video_model``: every Linear and conv
+    weight ~ N(0, std) truncated at ±2 (absolute), biases 0, LayerNorm 1/0, no depth rescale."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def rescale_blocks_(blocks: Sequence[Block]) -> None:
+    """Depth rescale of attn.proj / mlp.fc2 by sqrt(2*layer) (V2 keeps it; V1 undoes it)."""
+    with torch.no_grad():
+        for i, blk in enumerate(blocks, 1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * i))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
+
+
+class VisionTransformer(nn.Module):
+    """V-JEPA encoder. ``num_frames > 1`` builds the video model (3D tubelets, 3D sin-cos);
+    ``num_frames == 1`` the image model (2D patches, 2D sin-cos)."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        num_frames: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        uniform_power: bool = False,
+        depth_rescale: bool = False,
+        out_layers: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        check_heads(embed_dim, num_heads)
+        self.grid_size, self.grid_depth = check_grid(img_size, patch_size, num_frames, tubelet_size)
+        self.img_size, self.patch_size = img_size, patch_size
+        self.num_frames, self.tubelet_size = num_frames, tubelet_size
+        self.is_video = num_frames > 1
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.out_layers = list(out_layers) if out_layers is not None else None
+        self.num_patches = self.grid_depth * self.grid_size**2
+        # Registered first so parameter order (and the optimizer state layout) follows the
+        # official module.
+        self.pos_embed = nn.Parameter(
+            sincos_table(embed_dim, self.grid_size, self.grid_depth if self.is_video else 1, uniform_power),
+            requires_grad=False,
+        )
+        self.patch_embed = PatchEmbed(patch_size, tubelet_size, in_chans, embed_dim, self.is_video)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        init_v1_(self)
+        if depth_rescale:
+            rescale_blocks_(self.blocks)
+
+    # -- input handling ---------------------------------------------------------------------
+    def _grid_of(self, x: torch.Tensor) -> tuple[int, int, int]:
+        if self.is_video:
+            if x.dim() != 5 or x.shape[1] != self.patch_embed.proj.in_channels:
+                raise ValueError(f"video encoder expects [B, C, T, H, W], got {tuple(x.shape)}")
+            _, _, T, H, W = x.shape
+            if T % self.tubelet_size or H % self.patch_size or W % self.patch_size:
+                raise ValueError(
+                    f"input {tuple(x.shape)}: frames must be divisible by tubelet_size {self.tubelet_size} "
+                    f"and H, W by patch_size {self.patch_size}"
+                )
+            return T // self.tubelet_size, H // self.patch_size, W // self.patch_size
+        if x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
+            raise ValueError(f"image encoder expects [B, C, H, W], got {tuple(x.shape)}")
+        _, _, H, W = x.shape
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"input {tuple(x.shape)}: H, W must be divisible by patch_size {self.patch_size}")
+        return 1, H // self.patch_size, W // self.patch_size
+
+    def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        own = (self.grid_depth if self.is_video else 1, self.grid_size, self.grid_size)
+        return interpolate_pos_embed(self.pos_embed, own, grid)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus positions for every token: [B, N, D]."""
+        pos = self.pos_embed_for(self._grid_of(x))
+        return self.patch_embed(x) + pos
+
+    def run_blocks(self, x: torch.Tensor):
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if self.out_layers is not None and i in self.out_layers:
+                outs.append(self.norm(x))
+        return outs if self.out_layers is not None else self.norm(x)
+
+    # -- forward passes ----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None):
+        """Official backbone semantics: with a list of masks (equal lengths) the kept tokens of each
+        are stacked along the batch dimension and run through the blocks together."""
+        tokens = self.embed(x)
+        if masks is not None:
+            if isinstance(masks, torch.Tensor):
+                masks = [masks]
+            tokens = torch.cat([gather_tokens(tokens, m) for m in masks], dim=0)
+        return self.run_blocks(tokens)
+
+    def forward_masks(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """What the official ``MultiMaskWrapper`` returns (one encoder pass per mask), with the
+        patch embedding computed once instead of once per mask."""
+        tokens = self.embed(x)
+        return [self.run_blocks(gather_tokens(tokens, m)) for m in masks]
+
+
+def build_encoder(model_name: str, **kwargs) -> VisionTransformer:
+    """An encoder from a preset name (``vit_tiny`` … ``vit_gigantic``); kwargs override the preset."""
+    if model_name not in VIT_PRESETS:
+        raise ValueError(f"unknown model_name {model_name!r}; known: {', '.join(VIT_PRESETS)}")
+    return VisionTransformer(**{**VIT_PRESETS[model_name], **kwargs})
