@@ -1,0 +1,1053 @@
+"""Typed configuration for vjepa-fast, loaded from YAML.
+
+Two kinds of file are understood:
+
+* **pretraining** files (:class:`PretrainConfig`), laid out like the official V-JEPA
+  ``configs/pretrain/*.yaml`` (sections ``data``, ``data_aug``, ``logging``, ``loss``, ``mask``,
+  ``meta``, ``model``, ``optimization``);
+* **frozen-evaluation** files (:class:`EvalConfig`), laid out like the official
+  ``configs/evals/*.yaml`` (top-level ``eval_name`` plus sections ``data``, ``optimization``,
+  ``pretrain``).
+
+:func:`load_config` picks the kind from the presence of the top-level ``eval_name`` key.
+Every official file loads unchanged.
+
+Rules
+-----
+* Every key is either honoured by this project or listed in :data:`ACCEPTED_AND_IGNORED` with
+  the reason it has no effect (mostly: it has no effect in the official code either).
+* An unknown key raises :class:`ConfigError` naming the file, the full dotted key and the
+  closest known key.  Wrong types and impossible values raise :class:`ConfigError` naming the
+  key and the value.
+* Types are strict: an ``int`` field rejects ``"24"``, ``24.0`` and ``true``; a ``float`` field
+  accepts ints, and also a string that parses as a number, because PyYAML reads ``1e-6``
+  (no dot) as a string.  Two-element ranges (``ema``, ``aspect_ratio``, ...) must be lists of
+  exactly two numbers.
+* Defaults: where the official code reads a key with a default (``cfg.get(key, default)``) we
+  use that default; where it has none (the key is mandatory there) we use the value of the
+  official ViT-L/16 file.  Exceptions, chosen because the official fallback silently builds a
+  model that does not match any V-JEPA checkpoint: ``pretrain.frames_per_clip`` (official 1,
+  ours 16) and ``pretrain.uniform_power`` (official False, ours True) in eval files.  A few keys
+  have no sensible default and are required: ``logging.folder`` (pretraining) and
+  ``data.num_classes``, ``pretrain.model_name``, ``pretrain.folder``, ``pretrain.checkpoint``
+  (evaluation).
+* Keys marked "ours" below are project extensions; the official code does not know them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import logging
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+
+import yaml
+
+from .attention import BACKENDS as ATTENTION_BACKENDS
+from .vision_transformer import VIT_PRESETS
+
+__all__ = [
+    "ConfigError",
+    "ACCEPTED_AND_IGNORED",
+    "MODEL_NAMES",
+    "VIT_NUM_HEADS",
+    "DTYPES",
+    "EVAL_NAMES",
+    "MASK_TYPES",
+    "DEVICE_CHOICES",
+    "ATTN_BACKENDS",
+    "KERNEL_CHOICES",
+    "MaskConfig",
+    "DataConfig",
+    "DataAugConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "MetaConfig",
+    "ModelConfig",
+    "OptimizationConfig",
+    "PretrainConfig",
+    "EvalDataConfig",
+    "EvalOptimizationConfig",
+    "EvalPretrainConfig",
+    "EvalMetaConfig",
+    "EvalConfig",
+    "load_config",
+    "parse_override",
+    "apply_overrides",
+    "known_keys",
+    "find_ignored_keys",
+]
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------
+# Constants
+# ----------------------------------------------------------------------------------------------
+
+#: Encoder variants (official V1 ``vit_*`` factories) and their head counts, from the model
+#: presets (the predictor defaults to the encoder's head count, as in V1).
+MODEL_NAMES = tuple(VIT_PRESETS)
+VIT_NUM_HEADS = {name: preset["num_heads"] for name, preset in VIT_PRESETS.items()}
+#: ``meta.dtype`` values.  Official: bfloat16/float16 turn on autocast + GradScaler, anything
+#: else silently runs float32; we reject anything else instead.
+DTYPES = ("float32", "bfloat16", "float16")
+EVAL_NAMES = ("video_classification_frozen", "image_classification_frozen")
+#: ``data.mask_type`` values (official: anything other than ``multiblock3d`` selects the
+#: random-tube collator, which no official config uses).
+MASK_TYPES = ("multiblock3d", "random_tube")
+#: ``meta.device``: 'auto' (cuda if available else cpu), or an explicit torch device string.
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
+ATTN_BACKENDS = tuple(ATTENTION_BACKENDS)
+KERNEL_CHOICES = ("auto", "triton", "torch")
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+#: Keys that are accepted (so official files load unchanged) but have no effect here, with the
+#: reason.  Keys are dotted paths; the first group applies to both kinds of file.
+ACCEPTED_AND_IGNORED: Dict[str, str] = {
+    # -- both kinds ---------------------------------------------------------------------------
+    "nodes": "SLURM/submitit launch setting; launch with torchrun or srun instead "
+             "(the world size comes from the launcher, not the file)",
+    "tasks_per_node": "SLURM/submitit launch setting (GPUs per node); launch with torchrun or srun "
+                      "instead",
+    # -- pretraining --------------------------------------------------------------------------
+    "meta.use_sdpa": "no effect in the official code either: V1 VisionTransformer swallows it in "
+                     "**kwargs and always uses SDPA; so do we (see meta.attn_backend)",
+    "meta.eval_freq": "never read by the official V1 training loop",
+    "meta.skip_batches": "official fast-forward of the (random, never restored) data stream after a "
+                         "resume; it changes no expected result, so we do not replay it",
+    "data.decode_one_clip": "the official code passes it only to its webdataset loader, never to "
+                            "VideoDataset (the only dataset_type supported here)",
+    "data.log_resource_utilization": "official psutil resource logging of the data workers; "
+                                     "diagnostics only, not implemented",
+    # -- evaluation ---------------------------------------------------------------------------
+    "pretrain.use_sdpa": "no effect in the official code either (swallowed by VisionTransformer "
+                         "**kwargs); SDPA is always used",
+    "pretrain.use_silu": "no effect in the official V1 code (swallowed by VisionTransformer "
+                         "**kwargs; SwiGLU is a V2 option); V1 encoders use GELU",
+    "pretrain.tight_silu": "no effect in the official V1 code (swallowed by VisionTransformer "
+                           "**kwargs)",
+}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: unknown key, wrong type or impossible value.
+
+    Attributes ``source`` (file name or ``"<dict>"``) and ``key`` (full dotted key, may be None).
+    """
+
+    def __init__(self, message: str, *, source: Optional[str] = None, key: Optional[str] = None):
+        self.source = source
+        self.key = key
+        self.bare_message = message
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+def _err(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"invalid value for '{key}': {value!r} ({why})", key=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generic typed (de)serialisation of nested dataclasses
+# ----------------------------------------------------------------------------------------------
+
+_NoneType = type(None)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) is Union or isinstance(tp, types.UnionType)
+
+
+def _type_name(tp: Any) -> str:
+    if _is_union(tp):
+        args = [a for a in typing.get_args(tp) if a is not _NoneType]
+        return "null or " + " or ".join(_type_name(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {len(args)} {_type_name(args[0])}s"
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return "a list of mappings" if dataclasses.is_dataclass(arg) else f"a list of {_type_name(arg)}"
+    return {int: "int", float: "float", bool: "bool", str: "str"}.get(tp, str(tp))
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(
+        f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}", key=key)
+
+
+def _hints(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def known_keys(cls) -> List[str]:
+    """All dotted leaf keys of config class ``cls`` (list items shown as ``mask[].key``)."""
+    out: List[str] = []
+
+    def walk(c, prefix):
+        for name, tp in _hints(c).items():
+            if name.startswith("_"):
+                continue
+            key = _join(prefix, name)
+            inner = _list_item_dataclass(tp)
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key)
+            elif inner is not None:
+                walk(inner, key + "[]")
+            else:
+                out.append(key)
+    walk(cls, "")
+    return out
+
+
+def _list_item_dataclass(tp: Any):
+    if typing.get_origin(tp) is list:
+        (arg,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _generic(key: str) -> str:
+    """'mask[1].num_blocks' -> 'mask[].num_blocks'."""
+    return re.sub(r"\[\d+\]", "[]", key)
+
+
+def _suggest(root_cls, section_cls, prefix: str, bad: str) -> Optional[str]:
+    """Closest known key to ``prefix.bad``: first among the keys of the same section, then a
+    key with the same name in another section, then any dotted key."""
+    names = [n for n in _hints(section_cls) if not n.startswith("_")]
+    close = difflib.get_close_matches(bad, names, n=1, cutoff=0.6)
+    if close:
+        return _join(prefix, close[0])
+    all_keys = known_keys(root_cls)
+    sections = sorted({k.split(".")[0].replace("[]", "") for k in all_keys})
+    same_leaf = [k for k in all_keys if k.rsplit(".", 1)[-1] == bad]
+    if same_leaf:
+        return same_leaf[0]
+    if not prefix:
+        close = difflib.get_close_matches(bad, sections, n=1, cutoff=0.6)
+        if close:
+            return close[0]
+    full = _generic(_join(prefix, bad))
+    close = difflib.get_close_matches(full, all_keys, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _coerce(root_cls, tp: Any, value: Any, key: str) -> Any:
+    if _is_union(tp):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(tp) if a is not _NoneType]
+        return _coerce(root_cls, args[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty section (``data_aug:``) means "all defaults"
+            value = {}
+        return _build(root_cls, tp, value, key)
+    if value is None:
+        raise _type_error(key, tp, value)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _type_error(key, tp, value)
+        return tuple(_coerce(root_cls, a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        return [_coerce(root_cls, arg, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, tp, value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, tp, value)
+    raise TypeError(f"unsupported config field type {tp!r} for '{key}'")  # programming error
+
+
+def _build(root_cls, cls, data: Any, prefix: str):
+    if not isinstance(data, dict):
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__} {data!r}",
+                          key=prefix or None)
+    hints = _hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        if not isinstance(k, str) or k.startswith("_") or k not in hints:
+            full = _join(prefix, str(k))
+            msg = f"unknown key '{full}'"
+            hint = _suggest(root_cls, cls, prefix, str(k))
+            if hint:
+                msg += f"; did you mean '{hint}'?"
+            raise ConfigError(msg, key=full)
+        kwargs[k] = _coerce(root_cls, hints[k], v, _join(prefix, k))
+    return cls(**kwargs)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.name.startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers
+# ----------------------------------------------------------------------------------------------
+
+def _check(cond: bool, key: str, value: Any, why: str) -> None:
+    if not cond:
+        raise _err(key, value, why)
+
+
+def _check_range(key: str, rng: Tuple[float, float], lo: float = 0.0, hi: Optional[float] = None,
+                 lo_open: bool = False) -> None:
+    a, b = rng
+    _check(a <= b, key, list(rng), "first value must be <= second")
+    if lo_open:
+        _check(a > lo, key, list(rng), f"values must be > {lo}")
+    else:
+        _check(a >= lo, key, list(rng), f"values must be >= {lo}")
+    if hi is not None:
+        _check(b <= hi, key, list(rng), f"values must be <= {hi}")
+
+
+def _check_required(key: str, value: Any) -> None:
+    if value is None:
+        raise ConfigError(f"required key '{key}' is missing (or null)", key=key)
+
+
+def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        extra = f"; did you mean {close[0]!r}?" if close else ""
+        raise _err(key, value, f"expected one of {', '.join(choices)}{extra}")
+
+
+def _check_runtime(prefix: str, device: str, attn_backend: str, kernels: str) -> None:
+    _check(bool(_DEVICE_RE.match(device)), f"{prefix}.device", device,
+           f"expected one of {', '.join(DEVICE_CHOICES)}")
+    _check_choice(f"{prefix}.attn_backend", attn_backend, ATTN_BACKENDS)
+    _check_choice(f"{prefix}.kernels", kernels, KERNEL_CHOICES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretraining config
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class MaskConfig:
+    """One multiblock-3D mask generator (official ``_MaskGenerator``; defaults are its
+    constructor defaults, used when a key is missing)."""
+    aspect_ratio: Tuple[float, float] = (0.3, 3.0)
+    num_blocks: int = 1
+    spatial_scale: Tuple[float, float] = (0.2, 0.8)
+    temporal_scale: Tuple[float, float] = (1.0, 1.0)
+    max_temporal_keep: float = 1.0
+    max_keep: Optional[int] = None
+
+    def validate(self, prefix: str = "mask[0]") -> None:
+        _check_range(f"{prefix}.aspect_ratio", self.aspect_ratio, lo=0.0, lo_open=True)
+        _check(self.num_blocks >= 1, f"{prefix}.num_blocks", self.num_blocks, "must be >= 1")
+        _check_range(f"{prefix}.spatial_scale", self.spatial_scale, lo=0.0, hi=1.0, lo_open=True)
+        _check_range(f"{prefix}.temporal_scale", self.temporal_scale, lo=0.0, hi=1.0, lo_open=True)
+        _check(0.0 < self.max_temporal_keep <= 1.0, f"{prefix}.max_temporal_keep",
+               self.max_temporal_keep, "must be in (0, 1]")
+        if self.max_keep is not None:
+            _check(self.max_keep >= 1, f"{prefix}.max_keep", self.max_keep, "must be >= 1 or null")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Official YAML keys (ranges as lists), as the official collator reads them."""
+        return _to_plain(self)
+
+
+def _official_masks() -> List[MaskConfig]:
+    """The two mask generators of every official V1 pretraining file."""
+    return [
+        MaskConfig(aspect_ratio=(0.75, 1.5), num_blocks=8, spatial_scale=(0.15, 0.15),
+                   temporal_scale=(1.0, 1.0), max_temporal_keep=1.0, max_keep=None),
+        MaskConfig(aspect_ratio=(0.75, 1.5), num_blocks=2, spatial_scale=(0.7, 0.7),
+                   temporal_scale=(1.0, 1.0), max_temporal_keep=1.0, max_keep=None),
+    ]
+
+
+@dataclass
+class DataConfig:
+    datasets: List[str] = field(default_factory=list)
+    #: Per-dataset sampling weights (official: ``w_d / n_d`` per sample); null = uniform over samples.
+    datasets_weights: Optional[List[float]] = None
+    dataset_type: str = "VideoDataset"
+    #: Read from the data section, as in the official training script.
+    mask_type: str = "multiblock3d"
+    decode_one_clip: Optional[bool] = None  # ignored, see ACCEPTED_AND_IGNORED
+    log_resource_utilization: Optional[bool] = None  # ignored
+    batch_size: int = 24  # per process
+    num_clips: int = 1
+    num_frames: int = 16
+    tubelet_size: int = 2
+    sampling_rate: int = 4  # frame step, in native frames
+    crop_size: int = 224
+    patch_size: int = 16
+    pin_mem: bool = False
+    num_workers: int = 1
+    filter_short_videos: bool = False
+    clip_duration: Optional[float] = None  # seconds; overrides sampling_rate when set
+    #: ours: generate random clips on the device instead of decoding videos (demos, benchmarks).
+    synthetic: bool = False
+
+    def validate(self, p: str = "data") -> None:
+        for name in ("batch_size", "num_clips", "num_frames", "tubelet_size", "sampling_rate",
+                     "crop_size", "patch_size"):
+            v = getattr(self, name)
+            _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
+        _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "must be >= 0")
+        _check(self.num_frames % self.tubelet_size == 0, f"{p}.num_frames", self.num_frames,
+               f"must be divisible by {p}.tubelet_size={self.tubelet_size}")
+        _check(self.crop_size % self.patch_size == 0, f"{p}.crop_size", self.crop_size,
+               f"must be divisible by {p}.patch_size={self.patch_size}")
+        if self.clip_duration is not None:
+            _check(self.clip_duration > 0, f"{p}.clip_duration", self.clip_duration, "must be > 0 or null")
+        if self.datasets_weights is not None:
+            _check(len(self.datasets_weights) == len(self.datasets), f"{p}.datasets_weights",
+                   self.datasets_weights,
+                   f"need one weight per entry of {p}.datasets ({len(self.datasets)})")
+            _check(all(w >= 0 for w in self.datasets_weights) and sum(self.datasets_weights) > 0,
+                   f"{p}.datasets_weights", self.datasets_weights, "must be >= 0 with a positive sum")
+        _check(self.dataset_type.lower() == "videodataset", f"{p}.dataset_type", self.dataset_type,
+               "only VideoDataset is supported")
+        _check_choice(f"{p}.mask_type", self.mask_type, MASK_TYPES)
+
+
+@dataclass
+class DataAugConfig:
+    auto_augment: bool = False
+    motion_shift: bool = False
+    random_resize_aspect_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    random_resize_scale: Tuple[float, float] = (0.3, 1.0)
+    reprob: float = 0.0
+
+    def validate(self, p: str = "data_aug") -> None:
+        _check_range(f"{p}.random_resize_aspect_ratio", self.random_resize_aspect_ratio, lo_open=True)
+        _check_range(f"{p}.random_resize_scale", self.random_resize_scale, hi=1.0, lo_open=True)
+        _check(0.0 <= self.reprob <= 1.0, f"{p}.reprob", self.reprob, "must be in [0, 1]")
+
+
+@dataclass
+class LoggingConfig:
+    folder: Optional[str] = None  # required
+    write_tag: str = "jepa"
+    #: ours: print/CSV-log every N steps (official: CSV every step, stdout every 10).
+    log_every: int = 10
+    #: ours: number of periodic checkpoints to keep besides ``{write_tag}-latest.pth.tar``.
+    keep_last: int = 2
+
+    def validate(self, p: str = "logging") -> None:
+        _check_required(f"{p}.folder", self.folder)
+        _check(bool(self.folder), f"{p}.folder", self.folder, "must be a non-empty path")
+        _check(bool(self.write_tag), f"{p}.write_tag", self.write_tag, "must be non-empty")
+        _check(self.log_every >= 1, f"{p}.log_every", self.log_every, "must be >= 1")
+        _check(self.keep_last >= 0, f"{p}.keep_last", self.keep_last, "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    loss_exp: float = 1.0
+    reg_coeff: float = 0.0
+
+    def validate(self, p: str = "loss") -> None:
+        _check(self.loss_exp > 0, f"{p}.loss_exp", self.loss_exp, "must be > 0")
+        _check(self.reg_coeff >= 0, f"{p}.reg_coeff", self.reg_coeff, "must be >= 0")
+
+
+@dataclass
+class MetaConfig:
+    load_checkpoint: bool = False
+    read_checkpoint: Optional[str] = None  # file name inside logging.folder; null = latest
+    seed: int = 0
+    #: save ``{write_tag}-e{epoch}.pth.tar`` every N epochs as well; <= 0 disables (official).
+    save_every_freq: int = -1
+    skip_batches: Optional[int] = None  # ignored
+    eval_freq: Optional[int] = None  # ignored
+    use_sdpa: Optional[bool] = None  # ignored
+    dtype: str = "bfloat16"
+    #: ours: 'auto' (cuda if available, else cpu) or a torch device string.
+    device: str = "auto"
+    #: ours: attention implementation ('auto' picks the fastest available SDPA backend).
+    attn_backend: str = "auto"
+    #: ours: fused kernels, 'auto' = triton on CUDA, torch elsewhere.
+    kernels: str = "auto"
+    #: ours: torch.compile the models.
+    compile: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.dtype, str):
+            self.dtype = self.dtype.lower()  # the official code lower-cases it too
+
+    def validate(self, p: str = "meta") -> None:
+        _check_choice(f"{p}.dtype", self.dtype, DTYPES)
+        _check_runtime(p, self.device, self.attn_backend, self.kernels)
+
+
+@dataclass
+class ModelConfig:
+    model_name: str = "vit_large"
+    pred_depth: int = 12
+    pred_embed_dim: int = 384
+    uniform_power: bool = True
+    use_mask_tokens: bool = True
+    zero_init_mask_tokens: bool = True
+    #: ours: predictor heads; null = encoder heads (official V1 behaviour).
+    pred_num_heads: Optional[int] = None
+
+    def validate(self, p: str = "model") -> None:
+        _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
+        _check(self.pred_depth >= 1, f"{p}.pred_depth", self.pred_depth, "must be >= 1")
+        _check(self.pred_embed_dim >= 1, f"{p}.pred_embed_dim", self.pred_embed_dim, "must be >= 1")
+        _check(self.use_mask_tokens is True, f"{p}.use_mask_tokens", self.use_mask_tokens,
+               "only true is supported: the official false path (noised target features) is unused "
+               "by every official config and not implemented")
+        if self.pred_num_heads is not None:
+            _check(self.pred_num_heads >= 1, f"{p}.pred_num_heads", self.pred_num_heads,
+                   "must be >= 1 or null")
+        heads = self.predictor_num_heads
+        _check(self.pred_embed_dim % heads == 0, f"{p}.pred_embed_dim", self.pred_embed_dim,
+               f"must be divisible by the predictor head count {heads}")
+
+    @property
+    def encoder_num_heads(self) -> int:
+        return VIT_NUM_HEADS[self.model_name]
+
+    @property
+    def predictor_num_heads(self) -> int:
+        return self.pred_num_heads if self.pred_num_heads is not None else self.encoder_num_heads
+
+
+@dataclass
+class OptimizationConfig:
+    #: iterations per "epoch"; null = batches per pass over the data (official fallback).
+    ipe: Optional[int] = None
+    ipe_scale: float = 1.0
+    clip_grad: Optional[float] = None  # null/0 = no clipping; applied only when epoch > warmup
+    weight_decay: float = 0.04
+    final_weight_decay: float = 0.4
+    epochs: int = 300
+    warmup: float = 40.0  # epochs
+    start_lr: float = 0.0002
+    lr: float = 0.000625
+    final_lr: float = 1.0e-06
+    ema: Tuple[float, float] = (0.998, 1.0)
+    #: ours: stop after this many optimizer steps (schedules keep their epochs*ipe shape);
+    #: null = epochs * ipe.
+    max_steps: Optional[int] = None
+
+    def validate(self, p: str = "optimization") -> None:
+        if self.ipe is not None:
+            _check(self.ipe >= 1, f"{p}.ipe", self.ipe, "must be >= 1 or null")
+        _check(self.ipe_scale > 0, f"{p}.ipe_scale", self.ipe_scale, "must be > 0")
+        if self.clip_grad is not None:
+            _check(self.clip_grad >= 0, f"{p}.clip_grad", self.clip_grad, "must be >= 0 or null")
+        for name in ("weight_decay", "final_weight_decay", "start_lr", "lr", "final_lr", "warmup"):
+            v = getattr(self, name)
+            _check(v >= 0 and math.isfinite(v), f"{p}.{name}", v, "must be a finite number >= 0")
+        _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be >= 1")
+        _check(all(0.0 <= m <= 1.0 for m in self.ema), f"{p}.ema", list(self.ema),
+               "momenta must be in [0, 1]")
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, "must be >= 1 or null")
+            if self.ipe is not None:
+                _check(self.max_steps <= self.epochs * self.ipe, f"{p}.max_steps", self.max_steps,
+                       f"must be <= epochs*ipe = {self.epochs * self.ipe}")
+
+
+@dataclass
+class PretrainConfig:
+    """A V-JEPA pretraining run (official ``configs/pretrain/*.yaml`` layout)."""
+    app: str = "vjepa"
+    nodes: Optional[int] = None  # ignored
+    tasks_per_node: Optional[int] = None  # ignored
+    data: DataConfig = field(default_factory=DataConfig)
+    data_aug: DataAugConfig = field(default_factory=DataAugConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mask: List[MaskConfig] = field(default_factory=_official_masks)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+
+    # -- construction / serialisation ----------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: str = "<dict>") -> "PretrainConfig":
+        """Build and validate from a plain (YAML-like) dict; errors name ``source``."""
+        return _from_dict(cls, d, source)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "PretrainConfig":
+        cfg = load_config(path, overrides)
+        if not isinstance(cfg, cls):
+            raise ConfigError("is an evaluation config (has 'eval_name'), not a pretraining config",
+                              source=str(path))
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (official key names, ranges as lists); ``from_dict`` round-trips it."""
+        return _to_plain(self)
+
+    def save_yaml(self, path: Union[str, os.PathLike]) -> None:
+        _save_yaml(self.to_dict(), path)
+
+    def validate(self, source: Optional[str] = None) -> "PretrainConfig":
+        try:
+            _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
+            for name in ("nodes", "tasks_per_node"):
+                v = getattr(self, name)
+                if v is not None:
+                    _check(v >= 1, name, v, "must be >= 1")
+            self.data.validate()
+            self.data_aug.validate()
+            self.logging.validate()
+            self.loss.validate()
+            _check(len(self.mask) >= 1, "mask", [], "need at least one mask generator")
+            for i, m in enumerate(self.mask):
+                m.validate(f"mask[{i}]")
+            self.meta.validate()
+            self.model.validate()
+            self.optimization.validate()
+            if self.data.synthetic:
+                _check(self.optimization.ipe is not None, "optimization.ipe", None,
+                       "must be set when data.synthetic is true (there is no dataset length)")
+        except ConfigError as e:
+            if source and e.source is None:
+                raise ConfigError(e.bare_message, source=source, key=e.key) from None
+            raise
+        return self
+
+    # -- convenience -----------------------------------------------------------------------------
+    def mask_dicts(self) -> List[Dict[str, Any]]:
+        """The mask generator configs as dicts with the official keys."""
+        return [m.to_dict() for m in self.mask]
+
+    @property
+    def grid_size(self) -> Tuple[int, int, int]:
+        """Token grid (T', H', W') of one clip."""
+        d = self.data
+        return (d.num_frames // d.tubelet_size, d.crop_size // d.patch_size, d.crop_size // d.patch_size)
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid_size
+        return t * h * w
+
+    @property
+    def mixed_precision(self) -> bool:
+        """Official: bfloat16/float16 → autocast + GradScaler (the scaler even for bf16)."""
+        return self.meta.dtype != "float32"
+
+    def iterations_per_epoch(self, loader_len: Optional[int] = None) -> int:
+        """``optimization.ipe``, or the data loader length when ipe is null (official)."""
+        ipe = self.optimization.ipe if self.optimization.ipe is not None else loader_len
+        if ipe is None:
+            raise ConfigError("optimization.ipe is null: pass the data loader length", key="optimization.ipe")
+        return ipe
+
+    def total_steps(self, loader_len: Optional[int] = None) -> int:
+        """Optimizer steps this run performs: ``max_steps`` if set, else ``epochs * ipe``."""
+        o = self.optimization
+        full = o.epochs * self.iterations_per_epoch(loader_len)
+        return min(o.max_steps, full) if o.max_steps is not None else full
+
+    def schedule_steps(self, loader_len: Optional[int] = None) -> int:
+        """T_max of the lr/wd/EMA schedules: ``int(ipe_scale * epochs * ipe)`` (official)."""
+        o = self.optimization
+        return int(o.ipe_scale * o.epochs * self.iterations_per_epoch(loader_len))
+
+    def warmup_steps(self, loader_len: Optional[int] = None) -> int:
+        """``int(warmup * ipe)`` (official)."""
+        return int(self.optimization.warmup * self.iterations_per_epoch(loader_len))
+
+    @property
+    def latest_checkpoint_path(self) -> str:
+        return os.path.join(self.logging.folder, f"{self.logging.write_tag}-latest.pth.tar")
+
+    def log_path(self, rank: int = 0) -> str:
+        return os.path.join(self.logging.folder, f"{self.logging.write_tag}_r{rank}.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation config
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class EvalDataConfig:
+    # -- video evals
+    dataset_train: Optional[str] = None
+    dataset_val: Optional[str] = None
+    dataset_type: str = "VideoDataset"
+    num_classes: Optional[int] = None  # required
+    frames_per_clip: int = 16
+    num_segments: int = 1
+    num_views_per_segment: int = 1
+    #: frame step of the eval clips.  The official video eval reads ``pretrain.frame_step``
+    #: (default 4) and ignores this key; both are 4 in every official file.  We read this key and
+    #: reject a file where ``pretrain.frame_step`` is set to a different value.
+    frame_step: int = 4
+    # -- image evals
+    root_path: Optional[str] = None
+    image_folder: Optional[str] = None
+    #: image evals only (video evals read optimization.resolution, as the official code does)
+    resolution: Optional[int] = None
+    dataset_name: Optional[str] = None
+    #: ours: data-loader workers (the official eval hard-codes 12).
+    num_workers: int = 12
+
+    def validate(self, p: str = "data", video: bool = True) -> None:
+        _check_required(f"{p}.num_classes", self.num_classes)
+        _check(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, "must be >= 1")
+        for name in ("frames_per_clip", "num_segments", "num_views_per_segment", "frame_step"):
+            v = getattr(self, name)
+            _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
+        if self.resolution is not None:
+            _check(self.resolution >= 1, f"{p}.resolution", self.resolution, "must be >= 1")
+        _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "must be >= 0")
+        if video:
+            _check(self.dataset_type.lower() == "videodataset", f"{p}.dataset_type", self.dataset_type,
+                   "only VideoDataset is supported")
+
+
+@dataclass
+class EvalOptimizationConfig:
+    attend_across_segments: bool = False
+    num_epochs: int = 20
+    #: video evals only (image evals read data.resolution, as the official code does)
+    resolution: Optional[int] = None
+    batch_size: int = 4  # per process
+    weight_decay: float = 0.01  # cosine-decays to 1e-6 (official)
+    lr: float = 0.001
+    start_lr: float = 0.001
+    final_lr: float = 0.0
+    warmup: float = 0.0  # epochs
+    #: official name; it actually enables **float16** autocast + GradScaler (as the official code).
+    use_bfloat16: bool = False
+
+    def validate(self, p: str = "optimization") -> None:
+        _check(self.num_epochs >= 1, f"{p}.num_epochs", self.num_epochs, "must be >= 1")
+        _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
+        if self.resolution is not None:
+            _check(self.resolution >= 1, f"{p}.resolution", self.resolution, "must be >= 1")
+        for name in ("weight_decay", "lr", "start_lr", "final_lr", "warmup"):
+            v = getattr(self, name)
+            _check(v >= 0 and math.isfinite(v), f"{p}.{name}", v, "must be a finite number >= 0")
+
+
+@dataclass
+class EvalPretrainConfig:
+    model_name: Optional[str] = None  # required
+    checkpoint_key: str = "target_encoder"  # falls back to 'encoder' when absent (official)
+    clip_duration: Optional[float] = None  # eval clip duration in seconds (official reads it here)
+    frames_per_clip: int = 16  # frames the encoder was built for (official default 1, see module doc)
+    #: where the official video eval actually reads the frame step from; see data.frame_step.
+    frame_step: Optional[int] = None
+    tubelet_size: int = 2
+    uniform_power: bool = True  # official default False, see module doc
+    use_silu: Optional[bool] = None  # ignored
+    tight_silu: Optional[bool] = None  # ignored
+    use_sdpa: Optional[bool] = None  # ignored
+    patch_size: int = 16
+    folder: Optional[str] = None  # required
+    checkpoint: Optional[str] = None  # required; file name inside folder
+    write_tag: str = "jepa"  # name of the probe's csv log / checkpoint
+
+    def validate(self, p: str = "pretrain") -> None:
+        _check_required(f"{p}.model_name", self.model_name)
+        _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
+        _check_required(f"{p}.folder", self.folder)
+        _check_required(f"{p}.checkpoint", self.checkpoint)
+        for name in ("frames_per_clip", "tubelet_size", "patch_size"):
+            v = getattr(self, name)
+            _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
+        _check(self.frames_per_clip % self.tubelet_size == 0, f"{p}.frames_per_clip",
+               self.frames_per_clip, f"must be divisible by {p}.tubelet_size={self.tubelet_size}")
+        if self.frame_step is not None:
+            _check(self.frame_step >= 1, f"{p}.frame_step", self.frame_step, "must be >= 1 or null")
+        if self.clip_duration is not None:
+            _check(self.clip_duration > 0, f"{p}.clip_duration", self.clip_duration, "must be > 0 or null")
+
+
+@dataclass
+class EvalMetaConfig:
+    """ours: runtime settings of the probe evaluation (the official eval files have no such section)."""
+    seed: int = 0  # official eval seeds with 0
+    device: str = "auto"
+    attn_backend: str = "auto"
+    kernels: str = "auto"
+    compile: bool = False
+    log_every: int = 20  # official eval prints every 20 iterations
+
+    def validate(self, p: str = "meta") -> None:
+        _check_runtime(p, self.device, self.attn_backend, self.kernels)
+        _check(self.log_every >= 1, f"{p}.log_every", self.log_every, "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """A frozen-backbone attentive-probe evaluation (official ``configs/evals/*.yaml`` layout)."""
+    eval_name: Optional[str] = None  # required: video_classification_frozen | image_classification_frozen
+    nodes: Optional[int] = None  # ignored
+    tasks_per_node: Optional[int] = None  # ignored
+    tag: Optional[str] = None  # output sub-folder
+    resume_checkpoint: bool = False
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    optimization: EvalOptimizationConfig = field(default_factory=EvalOptimizationConfig)
+    pretrain: EvalPretrainConfig = field(default_factory=EvalPretrainConfig)
+    meta: EvalMetaConfig = field(default_factory=EvalMetaConfig)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: str = "<dict>") -> "EvalConfig":
+        return _from_dict(cls, d, source)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "EvalConfig":
+        cfg = load_config(path, overrides)
+        if not isinstance(cfg, cls):
+            raise ConfigError("is a pretraining config (no 'eval_name'), not an evaluation config",
+                              source=str(path))
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_plain(self)
+
+    def save_yaml(self, path: Union[str, os.PathLike]) -> None:
+        _save_yaml(self.to_dict(), path)
+
+    def validate(self, source: Optional[str] = None) -> "EvalConfig":
+        try:
+            _check_required("eval_name", self.eval_name)
+            _check_choice("eval_name", self.eval_name, EVAL_NAMES)
+            for name in ("nodes", "tasks_per_node"):
+                v = getattr(self, name)
+                if v is not None:
+                    _check(v >= 1, name, v, "must be >= 1")
+            self.data.validate(video=self.is_video)
+            self.optimization.validate()
+            self.pretrain.validate()
+            self.meta.validate()
+            res = self.resolution
+            _check(res % self.pretrain.patch_size == 0, self._resolution_key, res,
+                   f"must be divisible by pretrain.patch_size={self.pretrain.patch_size}")
+            if self.is_video:
+                _check(self.data.frames_per_clip % self.pretrain.tubelet_size == 0, "data.frames_per_clip",
+                       self.data.frames_per_clip,
+                       f"must be divisible by pretrain.tubelet_size={self.pretrain.tubelet_size}")
+                # keys that the official video eval does not read: refuse a silent disagreement
+                if self.data.resolution is not None:
+                    _check(self.data.resolution == res, "data.resolution", self.data.resolution,
+                           f"video evals use optimization.resolution={res}; remove data.resolution "
+                           "or make them equal")
+                if self.pretrain.frame_step is not None:
+                    _check(self.pretrain.frame_step == self.data.frame_step, "pretrain.frame_step",
+                           self.pretrain.frame_step,
+                           f"differs from data.frame_step={self.data.frame_step}; the official eval "
+                           "reads pretrain.frame_step, we read data.frame_step: make them equal")
+            else:
+                if self.optimization.resolution is not None:
+                    _check(self.optimization.resolution == res, "optimization.resolution",
+                           self.optimization.resolution,
+                           f"image evals use data.resolution={res}; remove optimization.resolution "
+                           "or make them equal")
+        except ConfigError as e:
+            if source and e.source is None:
+                raise ConfigError(e.bare_message, source=source, key=e.key) from None
+            raise
+        return self
+
+    # -- convenience -----------------------------------------------------------------------------
+    @property
+    def is_video(self) -> bool:
+        return self.eval_name == "video_classification_frozen"
+
+    @property
+    def _resolution_key(self) -> str:
+        return "optimization.resolution" if self.is_video else "data.resolution"
+
+    @property
+    def resolution(self) -> int:
+        """Input resolution: ``optimization.resolution`` for video evals, ``data.resolution`` for
+        image evals (as in the official code), default 224."""
+        r = self.optimization.resolution if self.is_video else self.data.resolution
+        return 224 if r is None else r
+
+    @property
+    def frame_step(self) -> int:
+        return self.data.frame_step
+
+    @property
+    def pretrained_path(self) -> str:
+        return os.path.join(self.pretrain.folder, self.pretrain.checkpoint)
+
+    @property
+    def output_folder(self) -> str:
+        """``{pretrain.folder}/{eval_name}/{tag}`` (official layout)."""
+        folder = os.path.join(self.pretrain.folder, self.eval_name)
+        return os.path.join(folder, self.tag) if self.tag else folder
+
+    @property
+    def latest_checkpoint_path(self) -> str:
+        return os.path.join(self.output_folder, f"{self.pretrain.write_tag}-latest.pth.tar")
+
+    def log_path(self, rank: int = 0) -> str:
+        return os.path.join(self.output_folder, f"{self.pretrain.write_tag}_r{rank}.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides, saving
+# ----------------------------------------------------------------------------------------------
+
+def _from_dict(cls, d: Any, source: str):
+    try:
+        cfg = _build(cls, cls, d, "")
+    except ConfigError as e:
+        if e.source is None:
+            raise ConfigError(e.bare_message, source=source, key=e.key) from None
+        raise
+    return cfg.validate(source)
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """``'optimization.lr=1e-3'`` -> ``('optimization.lr', <yaml.safe_load('1e-3')>)``."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key component")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})", key=key) from None
+    return key, value
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, Any]:
+    """Return a deep copy of ``raw`` with dotted overrides applied (``mask.0.num_blocks=4``
+    indexes into lists).  Values are not checked here; building the config checks them."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        node: Any = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            here = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {text!r}: '{here}' is not a valid index "
+                                      f"(list has {len(node)} entries)", key=key)
+                idx = int(part)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise ConfigError(f"override {text!r}: '{'.'.join(parts[:i])}' is not a section "
+                                  f"(it holds {node!r})", key=key)
+    return out
+
+
+def _read_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    src = str(path)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e}", source=src) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}", source=src) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the top level must be a mapping, got {type(raw).__name__}", source=src)
+    return raw
+
+
+def find_ignored_keys(raw: Dict[str, Any]) -> List[str]:
+    """Dotted keys of ``raw`` that are listed in :data:`ACCEPTED_AND_IGNORED`."""
+    found = []
+    for key in ACCEPTED_AND_IGNORED:
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            found.append(key)
+    return found
+
+
+def load_config(path: Union[str, os.PathLike],
+                overrides: Iterable[str] = ()) -> Union[PretrainConfig, EvalConfig]:
+    """Load a YAML config file.  Returns an :class:`EvalConfig` when the file has a top-level
+    ``eval_name`` key (after overrides), else a :class:`PretrainConfig`.
+
+    ``overrides``: ``"key.sub=value"`` strings; each value is parsed with ``yaml.safe_load`` and
+    then type-checked like the file's own values.
+    """
+    src = str(path)
+    raw = _read_yaml(path)
+    overrides = list(overrides)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, overrides)
+        except ConfigError as e:
+            raise ConfigError(e.bare_message, source=src, key=e.key) from None
+    cls = EvalConfig if "eval_name" in raw else PretrainConfig
+    cfg = cls.from_dict(raw, source=src)
+    ignored = find_ignored_keys(raw)
+    if ignored:
+        logger.info("%s: keys accepted but without effect: %s", src, ", ".join(ignored))
+    return cfg
+
+
+def _save_yaml(d: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(d, f, sort_keys=False, default_flow_style=None)
