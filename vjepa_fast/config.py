@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import yaml
 
 from .attention import BACKENDS as ATTENTION_BACKENDS
+from .masks import MASK_COLLATORS
 from .vision_transformer import VIT_PRESETS
 
 __all__ = [
@@ -100,7 +101,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 EVAL_NAMES = ("video_classification_frozen", "image_classification_frozen")
 #: ``data.mask_type`` values (official: anything other than ``multiblock3d`` selects the
 #: random-tube collator, which no official config uses).
-MASK_TYPES = ("multiblock3d", "random_tube")
+MASK_TYPES = tuple(MASK_COLLATORS)
 #: ``meta.device``: 'auto' (cuda if available else cpu), or an explicit torch device string.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 ATTN_BACKENDS = tuple(ATTENTION_BACKENDS)

@@ -1,0 +1,339 @@
+"""Properties of the mask collators that the length statistics alone cannot see."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+from torch.utils.data import DataLoader
+
+from vjepa_fast.masks import (
+    MASK_CFG_DEFAULTS,
+    MultiBlock3DMaskCollator,
+    RandomTubeMaskCollator,
+    build_mask_collator,
+)
+
+SHORT = {"spatial_scale": (0.15, 0.15), "temporal_scale": (1.0, 1.0), "aspect_ratio": (0.75, 1.5),
+         "num_blocks": 8, "max_temporal_keep": 1.0, "max_keep": None}
+LONG = {"spatial_scale": (0.7, 0.7), "temporal_scale": (1.0, 1.0), "aspect_ratio": (0.75, 1.5),
+        "num_blocks": 2, "max_temporal_keep": 1.0, "max_keep": None}
+OFFICIAL = [SHORT, LONG]
+# Partial temporal extent and a wide scale range, so t, h, w all vary between steps.
+VARIED = {"spatial_scale": (0.1, 0.5), "temporal_scale": (0.3, 0.8), "aspect_ratio": (0.5, 2.0),
+          "num_blocks": 3}
+EARLY_CONTEXT = {"spatial_scale": (0.2, 0.3), "num_blocks": 2, "max_temporal_keep": 0.5}
+
+# (crop, frames, patch, tubelet, batch): the official grid, then odd, non-square-in-time and tiny ones.
+GRIDS = [
+    (224, 16, 16, 2, 24),
+    (112, 10, 16, 2, 3),   # 5 x 7 x 7
+    (80, 6, 16, 2, 5),     # 3 x 5 x 5
+    (144, 4, 16, 4, 1),    # 1 x 9 x 9, single sample: truncation must be a no-op
+]
+CFG_SETS = [OFFICIAL, [VARIED, EARLY_CONTEXT], [{}]]
+
+
+def _collator(cfgs, crop=224, frames=16, patch=16, tubelet=2, **kw):
+    return MultiBlock3DMaskCollator(cfgs, crop_size=crop, num_frames=frames, patch_size=patch,
+                                    tubelet_size=tubelet, **kw)
+
+
+def _rows_sorted_unique_in_range(m: torch.Tensor, n: int):
+    assert m.dtype == torch.int64 and m.dim() == 2
+    if m.shape[1]:
+        assert bool((m[:, 1:] > m[:, :-1]).all()), "indices must be strictly increasing per row"
+        assert int(m.min()) >= 0 and int(m.max()) < n
+
+
+def _union_of_boxes(target: np.ndarray, size: tuple[int, int, int]) -> bool:
+    """Whether a [T,H,W] target is exactly a union of grid-aligned boxes of ``size``."""
+    full = sliding_window_view(target, size).all(axis=(3, 4, 5))
+    cover = np.zeros_like(target)
+    t, h, w = size
+    for t0, y0, x0 in np.argwhere(full):
+        cover[t0:t0 + t, y0:y0 + h, x0:x0 + w] = True
+    return bool((cover == target).all())
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "x".join(map(str, g)))
+@pytest.mark.parametrize("cfgs", CFG_SETS, ids=["official", "varied", "defaults"])
+def test_masks_are_batch_min_prefixes_of_disjoint_sets(grid, cfgs):
+    crop, frames, patch, tubelet, batch = grid
+    col = _collator(cfgs, crop, frames, patch, tubelet, seed=3)
+    n = col.num_tokens
+    for step in range(4):
+        grids = col.context_grids(batch, step)
+        enc, pred = col.sample(batch, step)
+        assert len(enc) == len(pred) == len(grids) == len(cfgs)
+        for ctx, e, p in zip(grids, enc, pred):
+            assert ctx.shape == (batch, n)
+            assert ctx.any(axis=1).all(), "every sample needs some context"
+            _rows_sorted_unique_in_range(e, n)
+            _rows_sorted_unique_in_range(p, n)
+            assert e.shape == (batch, ctx.sum(axis=1).min())
+            assert p.shape == (batch, (~ctx).sum(axis=1).min())
+            for b in range(batch):
+                full_ctx = np.flatnonzero(ctx[b])
+                full_tgt = np.flatnonzero(~ctx[b])
+                # Truncation keeps the earliest indices: each row is a prefix of its full set.
+                assert np.array_equal(e[b].numpy(), full_ctx[: e.shape[1]])
+                assert np.array_equal(p[b].numpy(), full_tgt[: p.shape[1]])
+                assert not set(e[b].tolist()) & set(p[b].tolist())
+
+
+@pytest.mark.parametrize("grid", GRIDS[:3], ids=lambda g: "x".join(map(str, g)))
+def test_target_is_union_of_blocks_of_one_shared_size(grid):
+    crop, frames, patch, tubelet, batch = grid
+    col = _collator([VARIED, dict(VARIED, num_blocks=1)], crop, frames, patch, tubelet, seed=1)
+    T, H, W = col.grid
+    seen_sizes = set()
+    for step in range(6):
+        sizes = col.block_sizes(step)
+        seen_sizes.add(sizes[0])
+        multi, single = col.context_grids(batch, step)
+        for b in range(batch):
+            assert _union_of_boxes(~multi[b].reshape(T, H, W), sizes[0])
+            # One block: the target is a single box of exactly the batch's size.
+            box = np.argwhere(~single[b].reshape(T, H, W))
+            assert tuple(box.max(0) - box.min(0) + 1) == sizes[1] and len(box) == math.prod(sizes[1])
+    assert len(seen_sizes) > 1, "block size should change between steps"
+
+
+def test_block_positions_are_per_sample_and_cover_every_start():
+    cfg = {"spatial_scale": (0.3, 0.3), "temporal_scale": (0.5, 0.5), "aspect_ratio": (1.0, 1.0)}
+    col = _collator([cfg], 112, 10, seed=11)
+    T, H, W = col.grid
+    ((t, h, w),) = col.block_sizes(0)
+    (ctx,) = col.context_grids(2000, 0)
+    starts = set()
+    for row in ctx:
+        box = np.argwhere(~row.reshape(T, H, W))
+        starts.add(tuple(box.min(0)))
+    # Official starts are randint(0, dim - size + 1): every placement, both edges included.
+    assert starts == {(a, b, c) for a in range(T - t + 1) for b in range(H - h + 1) for c in range(W - w + 1)}
+
+
+def _expected_block_size(cfg, grid, step):
+    # Written independently from the spec: three uniform draws (temporal, spatial, aspect) from a
+    # torch generator seeded with the step; aspect is uniform; h, w rounded then clipped.
+    T, H, W = grid
+    gen = torch.Generator().manual_seed(step)
+    ut, us, ua = (torch.rand(1, generator=gen).item() for _ in range(3))
+    (tl, th), (sl, sh), (al, ah) = cfg["temporal_scale"], cfg["spatial_scale"], cfg["aspect_ratio"]
+    t = max(1, int(T * (tl + ut * (th - tl))))
+    keep = int(H * W * (sl + us * (sh - sl)))
+    ar = al + ua * (ah - al)
+    return t, min(round((keep * ar) ** 0.5), H), min(round((keep / ar) ** 0.5), W)
+
+
+def test_block_size_formula_matches_official():
+    col = _collator([SHORT, LONG, VARIED], seed=5, rank=2)
+    filled = [dict(MASK_CFG_DEFAULTS, **c) for c in (SHORT, LONG, VARIED)]
+    for step in range(200):
+        assert col.block_sizes(step) == [_expected_block_size(c, col.grid, step) for c in filled]
+    # Sizes do not depend on seed or rank (shared by every rank, as officially).
+    other = _collator([SHORT, LONG, VARIED], seed=9, rank=0)
+    assert all(col.block_sizes(s) == other.block_sizes(s) for s in range(20))
+
+
+def test_official_long_range_block_sizes():
+    # keep = int(196 * 0.7) = 137; aspect in [0.75, 1.5] gives h in 10..14 and w in 10..14.
+    col = _collator(OFFICIAL)
+    for step in range(100):
+        (ts, hs, ws), (tl, hl, wl) = col.block_sizes(step)
+        assert ts == tl == 8
+        assert 10 <= hl <= 14 and 10 <= wl <= 14 and abs(hl * wl - 137) <= 20
+        assert 4 <= hs <= 7 and 4 <= ws <= 7
+
+
+def test_determinism_and_rank_step_seed_dependence():
+    def masks(seed=0, rank=0, step=7):
+        return _collator(OFFICIAL, seed=seed, rank=rank).sample(24, step)
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1])) and \
+            [x.shape for x in a[0] + a[1]] == [x.shape for x in b[0] + b[1]]
+
+    ref = masks()
+    assert same(ref, masks())
+    torch.manual_seed(123)
+    np.random.seed(123)  # the global RNGs must play no part
+    assert same(ref, masks())
+    assert not same(ref, masks(rank=1))
+    assert not same(ref, masks(step=8))
+    assert not same(ref, masks(seed=1))
+
+
+def test_collate_fn_counter_step_and_resume():
+    cfgs = [VARIED, SHORT]
+    batch = [(torch.full((2,), float(i)), i) for i in range(4)]
+    col = _collator(cfgs, 112, 10, seed=4)
+    expected = [col.sample(4, s) for s in range(8)]
+
+    def check(out, step):
+        (x, y), enc, pred = out
+        assert torch.equal(y, torch.arange(4)) and x.shape == (4, 2)
+        for got, want in zip(enc + pred, expected[step][0] + expected[step][1]):
+            assert torch.equal(got, want)
+
+    check(col(batch), 0)
+    check(col(batch), 1)
+    col.step()  # fast-forward without sampling
+    check(col(batch), 3)
+    state = col.state_dict()
+    assert state == {"step": 4} and col.step_count == 4
+    resumed = _collator(cfgs, 112, 10, seed=4)
+    resumed.load_state_dict(state)
+    for s in range(4, 8):
+        check(resumed(batch), s)
+    with pytest.raises(ValueError, match="step=-1"):
+        resumed.load_state_dict({"step": -1})
+
+
+class _Range(torch.utils.data.Dataset):
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return torch.tensor(i)
+
+
+def test_dataloader_workers_draw_distinct_steps_in_batch_order():
+    col = _collator([SHORT], 80, 6, seed=2)
+    col.step()
+    col.step()  # as if resumed at step 2
+    loader = DataLoader(_Range(), batch_size=2, num_workers=2, collate_fn=col)
+    for i, (x, enc, pred) in enumerate(loader):
+        want_enc, want_pred = col.sample(2, 2 + i)
+        assert torch.equal(x, torch.tensor([2 * i, 2 * i + 1]))
+        assert torch.equal(enc[0], want_enc[0]) and torch.equal(pred[0], want_pred[0])
+    assert col.step_count == 2, "worker copies must not move the main-process counter"
+
+
+def test_max_keep_caps_context():
+    capped = _collator([dict(SHORT, max_keep=100), dict(LONG, max_keep=10_000)], seed=6)
+    free = _collator([SHORT, LONG], seed=6)
+    for step in range(5):
+        (ec_s, ec_l), _ = capped.sample(8, step)
+        (ef_s, ef_l), _ = free.sample(8, step)
+        assert ec_s.shape[1] == min(100, ef_s.shape[1])
+        assert torch.equal(ec_s, ef_s[:, : ec_s.shape[1]])
+        assert torch.equal(ec_l, ef_l), "a cap above the batch minimum changes nothing"
+
+
+@pytest.mark.parametrize("mtk, mcd", [(0.5, 4), (0.3, 2), (0.01, 1)])
+def test_max_temporal_keep_limits_context_to_early_frames(mtk, mcd):
+    col = _collator([dict(VARIED, max_temporal_keep=mtk)], seed=7)
+    T, H, W = col.grid
+    assert col.specs[0].max_context_duration == mcd
+    for step in range(5):
+        (ctx,) = col.context_grids(6, step)
+        ctx = ctx.reshape(6, T, H * W)
+        assert not ctx[:, mcd:].any(), "no context after max_context_duration"
+        assert ctx[:, :mcd].any(axis=(1, 2)).all()
+        enc, pred = col.sample(6, step)
+        assert int(enc[0].max()) < mcd * H * W
+        # The dropped late frames join the target (official: target = where mask == 0).
+        assert (~ctx[:, mcd:]).all()
+
+
+def test_empty_context_samples_are_redrawn():
+    # 3x3 grid, 4 blocks of 3x2 (keep 7, aspect >= 1.3): a draw leaves no context unless all four
+    # blocks sit in the same column pair, so 7 in 8 first draws must be redrawn.
+    cfg = {"spatial_scale": (0.8, 0.8), "aspect_ratio": (1.3, 1.5), "num_blocks": 4}
+    col = _collator([cfg], crop=48, frames=2, tubelet=2, seed=8)
+    assert col.grid == (1, 3, 3)
+    assert all(col.block_sizes(s) == [(1, 3, 2)] for s in range(30))
+    for step in range(30):
+        (ctx,) = col.context_grids(32, step)
+        assert ctx.any(axis=1).all()
+        enc, _ = col.sample(32, step)
+        assert enc[0].shape[1] >= 1
+
+
+def test_block_covering_whole_grid_is_an_error():
+    cfg = {"spatial_scale": (1.0, 1.0), "aspect_ratio": (1.0, 1.0)}
+    col = _collator([cfg], crop=48, frames=2, tubelet=2)
+    with pytest.raises(ValueError, match="covers the whole grid"):
+        col.sample(2, 0)
+
+
+def test_missing_keys_take_official_defaults():
+    spec = _collator([{}]).specs[0]
+    assert spec.spatial_scale == (0.2, 0.8) and spec.temporal_scale == (1.0, 1.0)
+    assert spec.aspect_ratio == (0.3, 3.0) and spec.num_blocks == 1
+    assert spec.max_context_duration == 8 and spec.max_keep is None
+
+
+@pytest.mark.parametrize("grid", [(224, 16, 16, 2), (112, 10, 16, 2), (80, 6, 16, 2)])
+@pytest.mark.parametrize("ratio", [0.9, 0.5, 0.75])
+def test_random_tube(grid, ratio):
+    crop, frames, patch, tubelet = grid
+    col = RandomTubeMaskCollator(ratio, crop, frames, patch, tubelet, seed=1)
+    T, H, W = col.grid
+    keep = int(H * W * (1.0 - ratio))
+    assert col.num_keep == keep
+    (enc,), (pred,) = col.sample(6, 3)
+    assert enc.shape == (6, keep * T) and pred.shape == (6, (H * W - keep) * T)
+    _rows_sorted_unique_in_range(enc, T * H * W)
+    _rows_sorted_unique_in_range(pred, T * H * W)
+    for b in range(6):
+        assert sorted(enc[b].tolist() + pred[b].tolist()) == list(range(T * H * W))
+        spatial = (enc[b] % (H * W)).view(T, keep)
+        assert (spatial == spatial[0]).all(), "context must be the same positions in every frame"
+    assert len({tuple(enc[b].tolist()) for b in range(6)}) > 1, "samples need their own permutation"
+    (enc2,), _ = col.sample(6, 3)
+    assert torch.equal(enc, enc2)
+    (enc_r,), _ = RandomTubeMaskCollator(ratio, crop, frames, patch, tubelet, seed=1, rank=1).sample(6, 3)
+    assert not torch.equal(enc, enc_r)
+
+
+def test_random_tube_collate_and_resume():
+    col = RandomTubeMaskCollator(0.9, 80, 6, seed=2)
+    col(list(torch.zeros(3, 2)))
+    col.step()
+    _, (enc,), _ = col(list(torch.zeros(3, 2)))
+    assert torch.equal(enc, col.sample(3, 2)[0][0])
+    assert col.state_dict() == {"step": 3}
+
+
+def test_build_mask_collator():
+    assert isinstance(build_mask_collator("multiblock3d", OFFICIAL), MultiBlock3DMaskCollator)
+    assert isinstance(build_mask_collator(cfgs_mask=OFFICIAL), MultiBlock3DMaskCollator)
+    tube = build_mask_collator("random_tube", OFFICIAL, ratio=0.5, crop_size=112)
+    assert isinstance(tube, RandomTubeMaskCollator) and tube.ratio == 0.5
+    with pytest.raises(ValueError, match="'bogus'"):
+        build_mask_collator("bogus", OFFICIAL)
+
+
+@pytest.mark.parametrize("kwargs, cfg, match", [
+    ({"crop": 225}, SHORT, "crop_size=225"),
+    ({"frames": 15}, SHORT, "num_frames=15"),
+    ({}, dict(SHORT, spatial_scale=(0.0, 0.5)), r"spatial_scale=\(0.0, 0.5\)"),
+    ({}, dict(SHORT, spatial_scale=(0.5, 1.2)), r"spatial_scale=\(0.5, 1.2\)"),
+    ({}, dict(SHORT, temporal_scale=(0.8, 0.4)), r"temporal_scale=\(0.8, 0.4\)"),
+    ({}, dict(SHORT, aspect_ratio=(-1, 2)), "aspect_ratio"),
+    ({}, dict(SHORT, num_blocks=0), "num_blocks=0"),
+    ({}, dict(SHORT, max_keep=0), "max_keep=0"),
+    ({}, dict(SHORT, max_temporal_keep=0.0), "max_temporal_keep=0.0"),
+    ({}, dict(SHORT, num_block=3), "num_block"),
+    ({}, dict(SHORT, full_complement=True), "full_complement"),
+    ({"seed": -1}, SHORT, "seed=-1"),
+])
+def test_errors_name_key_and_value(kwargs, cfg, match):
+    with pytest.raises(ValueError, match=match):
+        _collator([cfg], **kwargs)
+
+
+def test_tube_and_sample_errors():
+    with pytest.raises(ValueError, match="ratio=1.0"):
+        RandomTubeMaskCollator(1.0)
+    with pytest.raises(ValueError, match="crop_size=100"):
+        RandomTubeMaskCollator(0.9, crop_size=100)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        _collator(OFFICIAL).sample(0, 0)
+    with pytest.raises(ValueError, match="cfgs_mask"):
+        _collator([])
