@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .pos_embed import sincos_table
-from .tokens import gather_tokens
+from .tokens import assemble_predictor_input
 from .vision_transformer import Block, check_grid, check_heads, init_v1_, rescale_blocks_
 
 
@@ -60,14 +60,9 @@ class VisionTransformerPredictor(nn.Module):
                 nn.init.trunc_normal_(tok, std=0.02, a=-2.0, b=2.0)
 
     def assemble(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, mask_index: int) -> torch.Tensor:
-        """[context tokens + their positions, mask token + target positions] as [B, Kc+Kt, Dp]."""
-        pos = self.predictor_pos_embed
-        x = self.predictor_embed(ctx)
-        x = x + gather_tokens(pos.expand(x.shape[0], -1, -1), ctx_idx)
+        """[embedded context + its positions, mask token + target positions] as [B, Kc+Kt, Dp]."""
         token = self.mask_tokens[mask_index % self.num_mask_tokens]
-        B, Kt = tgt_idx.shape
-        tgt = token.expand(B, Kt, -1) + gather_tokens(pos.expand(B, -1, -1), tgt_idx)
-        return torch.cat([x, tgt], dim=1)
+        return assemble_predictor_input(self.predictor_embed(ctx), ctx_idx, tgt_idx, self.predictor_pos_embed, token)
 
     def forward(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         """ctx [B, Kc, D] (encoder output for ``ctx_idx``) → predictions [B, Kt, D] at ``tgt_idx``,

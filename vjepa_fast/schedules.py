@@ -89,10 +89,11 @@ class Schedules:
         self.iteration = 0
 
     @classmethod
-    def from_config(cls, opt) -> "Schedules":
-        """From an ``optimization`` config section (official key names)."""
+    def from_config(cls, opt, ipe: int | None = None) -> "Schedules":
+        """From an ``optimization`` config section (official key names); ``ipe`` overrides
+        ``opt.ipe`` (the official fallback when ipe is null is the loader length)."""
         return cls(
-            ipe=opt.ipe, epochs=opt.epochs, ipe_scale=opt.ipe_scale, warmup=opt.warmup, start_lr=opt.start_lr,
+            ipe=ipe if ipe is not None else opt.ipe, epochs=opt.epochs, ipe_scale=opt.ipe_scale, warmup=opt.warmup, start_lr=opt.start_lr,
             lr=opt.lr, final_lr=opt.final_lr, weight_decay=opt.weight_decay,
             final_weight_decay=opt.final_weight_decay, ema=tuple(opt.ema),
         )

@@ -187,10 +187,12 @@ class VisionTransformer(nn.Module):
         own = (self.grid_depth if self.is_video else 1, self.grid_size, self.grid_size)
         return interpolate_pos_embed(self.pos_embed, own, grid)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding plus positions for every token: [B, N, D]."""
-        pos = self.pos_embed_for(self._grid_of(x))
-        return self.patch_embed(x) + pos
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens [B, N, D] *without* positions, and the position table [1, N, D] for this
+        input size. Positions are added by the masked gather (only for kept tokens) or by
+        :meth:`forward` for the full clip: the same sums as the official add-then-gather."""
+        pos = self.pos_embed_for(self._grid_of(x))  # validates the shape first
+        return self.patch_embed(x), pos
 
     def run_blocks(self, x: torch.Tensor):
         outs = []
@@ -204,18 +206,18 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor] | None = None):
         """Official backbone semantics: with a list of masks (equal lengths) the kept tokens of each
         are stacked along the batch dimension and run through the blocks together."""
-        tokens = self.embed(x)
-        if masks is not None:
-            if isinstance(masks, torch.Tensor):
-                masks = [masks]
-            tokens = torch.cat([gather_tokens(tokens, m) for m in masks], dim=0)
-        return self.run_blocks(tokens)
+        tokens, pos = self.embed(x)
+        if masks is None:
+            return self.run_blocks(tokens + pos)
+        if isinstance(masks, torch.Tensor):
+            masks = [masks]
+        return self.run_blocks(torch.cat([gather_tokens(tokens, m, pos) for m in masks], dim=0))
 
     def forward_masks(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """What the official ``MultiMaskWrapper`` returns (one encoder pass per mask), with the
         patch embedding computed once instead of once per mask."""
-        tokens = self.embed(x)
-        return [self.run_blocks(gather_tokens(tokens, m)) for m in masks]
+        tokens, pos = self.embed(x)
+        return [self.run_blocks(gather_tokens(tokens, m, pos)) for m in masks]
 
 
 def build_encoder(model_name: str, **kwargs) -> VisionTransformer:
