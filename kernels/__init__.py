@@ -1,1 +1,33 @@
-"""Triton kernels for vjepa-fast (installed as vjepa_fast.kernels)."""
+"""Triton kernels for vjepa-fast (installed as ``vjepa_fast.kernels``).
+
+Functional APIs (each picks Triton or the PyTorch reference per ``kernels/dispatch.py``):
+
+* ``masked_gather(x, idx, pos=None)``: gather tokens, optionally adding the position table.
+* ``assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token)``: the predictor's input.
+* ``masked_l1_loss(pred, target, idx)``: the V-JEPA loss for one mask configuration.
+* ``fused_ema_(targets, sources, momentum)``: the EMA over all parameters in one launch.
+* ``fused_adamw_ema_(params, grads, exp_avgs, exp_avg_sqs, ema_params, *, lr, weight_decay, step, ...)``.
+* ``kernel_backend(where=None)``: ``"triton"`` or ``"torch"``.
+
+The Triton paths are ``torch.library`` custom ops in the ``vjepa_fast::`` namespace, so
+``torch.compile(fullgraph=True)`` traces through them. References: ``vjepa_fast.kernels.reference``.
+"""
+from . import reference
+from .dispatch import HAS_TRITON, INTERPRET, kernel_backend
+from .ema import FlatParams, fused_adamw_ema_, fused_ema_
+from .masked_gather import masked_gather
+from .masked_l1_loss import masked_l1_loss
+from .predictor_input import assemble_predictor_input
+
+__all__ = [
+    "FlatParams",
+    "HAS_TRITON",
+    "INTERPRET",
+    "assemble_predictor_input",
+    "fused_adamw_ema_",
+    "fused_ema_",
+    "kernel_backend",
+    "masked_gather",
+    "masked_l1_loss",
+    "reference",
+]

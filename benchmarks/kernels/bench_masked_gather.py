@@ -1,0 +1,60 @@
+"""Benchmark masked_gather (gather + pos add) against plain and official PyTorch.
+
+    python benchmarks/kernels/bench_masked_gather.py [--dtype bfloat16] [--models vit_l vit_h]
+
+Official: ``x += pos_embed`` over all N tokens, then ``torch.gather(x, 1, m.unsqueeze(-1).repeat(1,1,D))``.
+GB/s is the fused op's minimal traffic over the time, for every implementation (compare times).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+
+def official(x, idx, pos):
+    x = x + pos
+    return torch.gather(x, 1, idx.long().unsqueeze(-1).repeat(1, 1, x.shape[-1]))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--models", nargs="+", default=list(C.MODELS), choices=list(C.MODELS))
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    C.require_cuda("bench_masked_gather")
+    from vjepa_fast.kernels import masked_gather, reference
+
+    dtype = getattr(torch, args.dtype)
+    es = C.element_size(dtype)
+    B, N = C.BATCH, C.N_TOKENS
+    rec = C.Recorder("masked_gather")
+    for model in args.models:
+        D = C.MODELS[model]["dim"]
+        pos = torch.randn(1, N, D, device="cuda", dtype=dtype)
+        for mask, (K, _) in C.MASKS.items():
+            rows = B * K * D * es
+            fwd_bytes = 3 * rows + B * K * 4  # x rows + pos rows in, out; int32 index
+            bwd_bytes = B * N * D * es + 2 * rows + B * K * 4  # zero-fill dx, grad in, rows out
+
+            def make(K=K, D=D):
+                x = torch.randn(B, N, D, device="cuda", dtype=dtype, requires_grad=True)
+                return x, C.unique_indices(B, N, K), pos
+
+            for impl, fn in (("triton", masked_gather), ("torch_reference", reference.masked_gather),
+                             ("torch_official", official)):  # fmt: skip
+                C.bench_autograd(rec, impl, fn, make, B * N * D * es, model, f"B{B} N{N} K{K} D{D} ({mask})",
+                                 dtype, fwd_bytes, bwd_bytes)  # fmt: skip
+            torch.cuda.empty_cache()
+    if not args.no_save:
+        rec.save()
+
+
+if __name__ == "__main__":
+    main()
