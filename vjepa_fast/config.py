@@ -64,6 +64,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "ATTN_BACKENDS",
     "KERNEL_CHOICES",
+    "PARALLEL_CHOICES",
     "MaskConfig",
     "DataConfig",
     "DataAugConfig",
@@ -74,6 +75,7 @@ __all__ = [
     "OptimizationConfig",
     "PretrainConfig",
     "EvalDataConfig",
+    "EvalHeadConfig",
     "EvalOptimizationConfig",
     "EvalPretrainConfig",
     "EvalMetaConfig",
@@ -99,6 +101,8 @@ VIT_NUM_HEADS = {name: preset["num_heads"] for name, preset in VIT_PRESETS.items
 #: else silently runs float32; we reject anything else instead.
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_NAMES = ("video_classification_frozen", "image_classification_frozen")
+#: ``data.train_augmentation`` values of eval files (ours; see EvalDataConfig).
+TRAIN_AUGMENTATIONS = ("official", "crop", "none")
 #: ``data.mask_type`` values (official: anything other than ``multiblock3d`` selects the
 #: random-tube collator, which no official config uses).
 MASK_TYPES = tuple(MASK_COLLATORS)
@@ -106,6 +110,8 @@ MASK_TYPES = tuple(MASK_COLLATORS)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 ATTN_BACKENDS = tuple(ATTENTION_BACKENDS)
 KERNEL_CHOICES = ("auto", "triton", "torch")
+#: ``meta.parallel`` values (ours).
+PARALLEL_CHOICES = ("ddp", "fsdp")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
@@ -473,6 +479,9 @@ class LoggingConfig:
     log_every: int = 10
     #: ours: number of periodic checkpoints to keep besides ``{write_tag}-latest.pth.tar``.
     keep_last: int = 2
+    #: ours: also write TensorBoard scalars (loss, lr, wd, throughput) to ``{folder}/tensorboard``
+    #: (needs the ``tensorboard`` package).
+    tensorboard: bool = False
 
     def validate(self, p: str = "logging") -> None:
         _check_required(f"{p}.folder", self.folder)
@@ -511,6 +520,13 @@ class MetaConfig:
     kernels: str = "auto"
     #: ours: torch.compile the models.
     compile: bool = False
+    #: ours: multi-process data parallelism under torchrun: 'ddp' (DistributedDataParallel) or
+    #: 'fsdp' (FSDP2 ``fully_shard`` of the encoder, predictor and target, for huge/giant models).
+    #: Single-process runs ignore it.
+    parallel: str = "ddp"
+    #: ours: peak accelerator TFLOP/s used for the MFU in the progress line; null = the
+    #: VJEPA_FAST_PEAK_TFLOPS env variable, else a table of known GPUs, else a measured matmul.
+    peak_tflops: Optional[float] = None
 
     def __post_init__(self):
         if isinstance(self.dtype, str):
@@ -519,6 +535,9 @@ class MetaConfig:
     def validate(self, p: str = "meta") -> None:
         _check_choice(f"{p}.dtype", self.dtype, DTYPES)
         _check_runtime(p, self.device, self.attn_backend, self.kernels)
+        _check_choice(f"{p}.parallel", self.parallel, PARALLEL_CHOICES)
+        if self.peak_tflops is not None:
+            _check(self.peak_tflops > 0, f"{p}.peak_tflops", self.peak_tflops, "must be > 0 or null")
 
 
 @dataclass
@@ -531,6 +550,11 @@ class ModelConfig:
     zero_init_mask_tokens: bool = True
     #: ours: predictor heads; null = encoder heads (official V1 behaviour).
     pred_num_heads: Optional[int] = None
+    #: ours: encoder width overriding the ``model_name`` preset (null = preset); must be divisible
+    #: by the preset's head count. For small demo/test models only.
+    embed_dim: Optional[int] = None
+    #: ours: encoder depth (number of blocks) overriding the preset (null = preset).
+    depth: Optional[int] = None
 
     def validate(self, p: str = "model") -> None:
         _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
@@ -542,6 +566,12 @@ class ModelConfig:
         if self.pred_num_heads is not None:
             _check(self.pred_num_heads >= 1, f"{p}.pred_num_heads", self.pred_num_heads,
                    "must be >= 1 or null")
+        if self.embed_dim is not None:
+            _check(self.embed_dim >= 1 and self.embed_dim % self.encoder_num_heads == 0,
+                   f"{p}.embed_dim", self.embed_dim,
+                   f"must be a positive multiple of the {self.model_name} head count {self.encoder_num_heads}")
+        if self.depth is not None:
+            _check(self.depth >= 1, f"{p}.depth", self.depth, "must be >= 1 or null")
         heads = self.predictor_num_heads
         _check(self.pred_embed_dim % heads == 0, f"{p}.pred_embed_dim", self.pred_embed_dim,
                f"must be divisible by the predictor head count {heads}")
@@ -731,8 +761,30 @@ class EvalDataConfig:
     dataset_name: Optional[str] = None
     #: ours: data-loader workers (the official eval hard-codes 12).
     num_workers: int = 12
+    #: ours: probe training augmentation. ``official``: the official eval's train transform
+    #: (video: RandAugment rand-m7-n4-mstd0.5-inc1, random-resized-crop scale (0.08, 1) aspect
+    #: (3/4, 4/3), no flip, random erasing p=0.25; images: random-resized-crop + flip + erasing,
+    #: without timm's AutoAugment); ``crop``: the crop only; ``none``: the deterministic single
+    #: centre view of the eval transform (required by ``cache_train_features``).
+    train_augmentation: str = "official"
+    #: ours: encode the validation views once per run and keep the frozen features in memory
+    #: (on the run's device, float32); later epochs only run the probes.  Costs
+    #: ``samples x views x segments x tokens_per_segment x embed_dim x 4 bytes``; no disk cache.
+    cache_eval_features: bool = False
+    #: ours: same for the training clips (needs ``train_augmentation: none``; the clips of epoch 0
+    #: are reused every epoch).
+    cache_train_features: bool = False
+    #: ours: refuse (at start-up, with the estimate) a feature cache larger than this.
+    feature_cache_max_gb: float = 8.0
 
     def validate(self, p: str = "data", video: bool = True) -> None:
+        _check_choice(f"{p}.train_augmentation", self.train_augmentation, TRAIN_AUGMENTATIONS)
+        if self.cache_train_features:
+            _check(self.train_augmentation == "none", f"{p}.cache_train_features", True,
+                   f"needs {p}.train_augmentation: none (augmented clips differ every epoch), "
+                   f"got {self.train_augmentation!r}")
+        _check(self.feature_cache_max_gb > 0, f"{p}.feature_cache_max_gb", self.feature_cache_max_gb,
+               "must be > 0")
         _check_required(f"{p}.num_classes", self.num_classes)
         _check(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, "must be >= 1")
         for name in ("frames_per_clip", "num_segments", "num_views_per_segment", "frame_step"):
@@ -747,6 +799,22 @@ class EvalDataConfig:
 
 
 @dataclass
+class EvalHeadConfig:
+    """ours: one probe of ``optimization.multihead``; null = the optimization section's value."""
+    lr: Optional[float] = None
+    start_lr: Optional[float] = None
+    final_lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    final_weight_decay: Optional[float] = None
+
+    def validate(self, p: str = "optimization.multihead[0]") -> None:
+        for name in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+            v = getattr(self, name)
+            if v is not None:
+                _check(v >= 0 and math.isfinite(v), f"{p}.{name}", v, "must be a finite number >= 0")
+
+
+@dataclass
 class EvalOptimizationConfig:
     attend_across_segments: bool = False
     num_epochs: int = 20
@@ -758,10 +826,23 @@ class EvalOptimizationConfig:
     start_lr: float = 0.001
     final_lr: float = 0.0
     warmup: float = 0.0  # epochs
-    #: official name; it actually enables **float16** autocast + GradScaler (as the official code).
+    #: official name; the official code then runs **float16** autocast + GradScaler.  We run the
+    #: autocast dtype of ``meta.autocast_dtype`` (default bfloat16, no scaler) on accelerators and
+    #: float32 on the CPU.
     use_bfloat16: bool = False
+    #: ours: end value of the weight-decay cosine (the official eval never passes one, so its
+    #: function default 1e-6 applies).
+    final_weight_decay: float = 1e-6
+    #: ours: several probes trained at once on one pass of the frozen encoder, e.g.
+    #: ``[{lr: 1.0e-3, weight_decay: 0.01}, {lr: 3.0e-4, weight_decay: 0.1}]``; missing keys come
+    #: from this section (start_lr / final_lr scaled by the head's lr / lr).  Empty = one probe.
+    multihead: List[EvalHeadConfig] = field(default_factory=list)
 
     def validate(self, p: str = "optimization") -> None:
+        for i, head in enumerate(self.multihead):
+            head.validate(f"{p}.multihead[{i}]")
+        _check(self.final_weight_decay >= 0 and math.isfinite(self.final_weight_decay),
+               f"{p}.final_weight_decay", self.final_weight_decay, "must be a finite number >= 0")
         _check(self.num_epochs >= 1, f"{p}.num_epochs", self.num_epochs, "must be >= 1")
         _check(self.batch_size >= 1, f"{p}.batch_size", self.batch_size, "must be >= 1")
         if self.resolution is not None:
@@ -788,10 +869,22 @@ class EvalPretrainConfig:
     folder: Optional[str] = None  # required
     checkpoint: Optional[str] = None  # required; file name inside folder
     write_tag: str = "jepa"  # name of the probe's csv log / checkpoint
+    #: ours: override the width / depth / heads of the ``model_name`` preset (custom encoders,
+    #: e.g. the tiny test models); null = the preset's value.
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
 
     def validate(self, p: str = "pretrain") -> None:
         _check_required(f"{p}.model_name", self.model_name)
         _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
+        for name in ("embed_dim", "depth", "num_heads"):
+            v = getattr(self, name)
+            if v is not None:
+                _check(v >= 1, f"{p}.{name}", v, "must be >= 1 or null")
+        dim = self.embed_dim or VIT_PRESETS[self.model_name]["embed_dim"]
+        heads = self.num_heads or VIT_PRESETS[self.model_name]["num_heads"]
+        _check(dim % heads == 0, f"{p}.num_heads", heads, f"must divide embed_dim={dim}")
         _check_required(f"{p}.folder", self.folder)
         _check_required(f"{p}.checkpoint", self.checkpoint)
         for name in ("frames_per_clip", "tubelet_size", "patch_size"):
@@ -814,8 +907,13 @@ class EvalMetaConfig:
     kernels: str = "auto"
     compile: bool = False
     log_every: int = 20  # official eval prints every 20 iterations
+    #: ours: autocast dtype when ``optimization.use_bfloat16`` is true on an accelerator:
+    #: ``bfloat16`` (default, no GradScaler) or ``float16`` (what the official eval really runs,
+    #: with a GradScaler).  CPU runs are float32 either way.
+    autocast_dtype: str = "bfloat16"
 
     def validate(self, p: str = "meta") -> None:
+        _check_choice(f"{p}.autocast_dtype", self.autocast_dtype, ("bfloat16", "float16"))
         _check_runtime(p, self.device, self.attn_backend, self.kernels)
         _check(self.log_every >= 1, f"{p}.log_every", self.log_every, "must be >= 1")
 

@@ -75,6 +75,9 @@ class VJEPA(nn.Module):
         self.target_encoder = target_encoder if target_encoder is not None else copy.deepcopy(encoder)
         self.target_encoder.requires_grad_(False)
         self.loss_exp, self.reg_coeff = loss_exp, reg_coeff
+        #: Set by :func:`vjepa_fast.compile.compile_vjepa`: a compiled ``forward_student`` that takes
+        #: the model first. None runs eagerly.
+        self.compiled_student = None
 
     @torch.no_grad()
     def forward_target(self, clips: torch.Tensor) -> torch.Tensor:
@@ -88,10 +91,12 @@ class VJEPA(nn.Module):
         ctx = self.encoder.forward_masks(clips, masks_enc)
         return ctx, self.predictor.forward_masks(ctx, masks_enc, masks_pred)
 
-    def forward(
-        self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
-    ) -> JEPAOutput:
-        h = self.forward_target(clips)
+    def forward_student(
+        self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor],
+        h: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Everything in a step that sees the mask lengths: context encoder, predictor and the loss
+        against the raw target features ``h``. Returns (loss, loss_jepa, loss_reg, preds, context)."""
         ctx, preds = self.forward_context(clips, masks_enc, masks_pred)
         loss_jepa = jepa_loss(preds, h, masks_pred, self.loss_exp)
         if self.reg_coeff:
@@ -101,7 +106,15 @@ class VJEPA(nn.Module):
             # Skipped when weighted by 0 (every official config): it would cost a var/sqrt per step.
             loss_reg = loss_jepa.new_zeros(())
             loss = loss_jepa
-        return JEPAOutput(loss, loss_jepa, loss_reg, preds, ctx, h)
+        return loss, loss_jepa, loss_reg, preds, ctx
+
+    def forward(
+        self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
+    ) -> JEPAOutput:
+        h = self.forward_target(clips)
+        student = self.compiled_student or type(self).forward_student
+        loss, loss_jepa, loss_reg, preds, ctx = student(self, clips, masks_enc, masks_pred, h)
+        return JEPAOutput(loss, loss_jepa, loss_reg, list(preds), list(ctx), h)
 
 
 def build_vjepa(
