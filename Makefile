@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # TORCH_SPEC to reuse another build (e.g. TORCH_SPEC=torch on a machine with CUDA wheels).
 TORCH_SPEC  ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
-EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark decord==0.6.0 av scikit-learn scikit-video pillow matplotlib
+EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark decord==0.6.0 av scikit-learn scikit-video pillow matplotlib tensorboard
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv

@@ -1,12 +1,20 @@
 """V-JEPA pretraining loop with the official step semantics.
 
 One step: schedules advance (lr, wd) → target forward (no grad) → context encoder + predictor
-→ L1 loss → backward → separate encoder/predictor clipping once ``epoch > warmup`` → AdamW →
-EMA of the target. bf16 runs under autocast without a GradScaler (it has the fp32 exponent
-range); fp16 uses one; fp32 runs plain.
+→ L1 loss → backward → separate encoder/predictor clipping once ``epoch > warmup`` → AdamW (torch's
+fused kernel on CUDA) → EMA of the target (fused multi-tensor kernel when available). bf16 runs
+under autocast without a GradScaler (it has the fp32 exponent range); fp16 uses one; fp32 runs plain.
 
-The hot path never waits for the GPU: per-step metrics stay on the device and are read back
-once every ``logging.log_every`` steps, where progress, the CSV log and the NaN check happen.
+The hot path never waits for the device: per-step metrics stay on the device and are read back
+once every ``logging.log_every`` steps (and at epoch ends), where the progress line, the CSV log,
+TensorBoard and the NaN check happen. Under torchrun the metrics are averaged over ranks at that
+point only; rank 0 logs and writes checkpoints.
+
+Data: decoded videos (:class:`vjepa_fast.data.VideoClipSource`: uint8 decode in DataLoader workers,
+augmentation batched on the device) or synthetic on-device clips (``data.synthetic``). Masks are
+drawn in the main process with ``collator.sample(B, step)``. Checkpoints carry everything needed for
+an exact resume: model, optimizer, schedules, mask-collator step, data position (pass + batches
+consumed) and RNG states.
 """
 from __future__ import annotations
 
@@ -14,23 +22,37 @@ import contextlib
 import csv
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from .attention import set_attention_backend
 from .checkpoint import atomic_save, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
 from .config import PretrainConfig
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    cleanup_distributed,
+    init_distributed,
+    is_distributed,
+    local_tensors,
+    wrap_student,
+)
 from .jepa import build_vjepa
 from .masks import build_mask_collator
-from .optim import build_optimizer, clip_gradients, clipping_active, ema_update_
+from .optim import build_optimizer, clip_gradients, clipping_active
+from . import kernels
 from .schedules import Schedules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CSV_COLUMNS = ["epoch", "itr", "loss", "loss-jepa", "reg-loss", "enc-grad-norm", "pred-grad-norm", "lr", "wd", "wall-time(ms)"]
+CSV_COLUMNS = ["epoch", "itr", "loss", "loss-jepa", "reg-loss", "enc-grad-norm", "pred-grad-norm", "lr", "wd",
+               "wall-time(ms)", "data-time(ms)", "clips/s"]
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIGITS_CONFIG = REPO / "configs" / "pretrain" / "demo_digits.yaml"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,7 +63,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 class SyntheticClips:
     """Random normalised clips generated on the device, reproducible per (seed, rank, step).
-    Used by the demo and the benchmarks, where decoding must not be what is measured."""
+    Used by the benchmarks and tests, where decoding must not be what is measured."""
 
     def __init__(self, batch_size: int, num_frames: int, crop_size: int, device, seed: int = 0, rank: int = 0):
         self.shape = (batch_size, 3, num_frames, crop_size, crop_size)
@@ -62,14 +84,105 @@ def apply_runtime_settings(cfg: PretrainConfig) -> None:
 
 def build_model_from_config(cfg: PretrainConfig):
     d, m = cfg.data, cfg.model
+    overrides = {}
+    if m.embed_dim is not None:
+        overrides["embed_dim"] = m.embed_dim
+    if m.depth is not None:
+        overrides["depth"] = m.depth
     return build_vjepa(
         m.model_name, crop_size=d.crop_size, patch_size=d.patch_size, num_frames=d.num_frames,
         tubelet_size=d.tubelet_size, uniform_power=m.uniform_power, pred_depth=m.pred_depth,
         pred_embed_dim=m.pred_embed_dim, pred_num_heads=m.pred_num_heads, num_mask_tokens=len(cfg.mask),
         zero_init_mask_tokens=m.zero_init_mask_tokens, loss_exp=cfg.loss.loss_exp, reg_coeff=cfg.loss.reg_coeff,
+        **overrides,
     )
 
 
+# ------------------------------------------------------------------------------------------------
+# FLOPs and peak throughput (for the MFU in the progress line)
+# ------------------------------------------------------------------------------------------------
+def _block_flops(tokens: int, dim: int, hidden: int, depth: int) -> float:
+    """Forward matmul + attention FLOPs of ``depth`` pre-norm blocks over one sequence."""
+    linear = 2 * tokens * (4 * dim * dim + 2 * dim * hidden)
+    attn = 4 * tokens * tokens * dim  # QK^T and AV
+    return float(depth * (linear + attn))
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Dimensions needed by :meth:`step_flops` (read from the built model)."""
+    enc_dim: int
+    enc_hidden: int
+    enc_depth: int
+    patch_in: int  # C * tubelet * patch * patch
+    num_tokens: int
+    pred_dim: int
+    pred_hidden: int
+    pred_depth: int
+
+    @classmethod
+    def of(cls, model) -> "FlopModel":
+        e, p = model.encoder, model.predictor
+        w = e.patch_embed.proj.weight
+        return cls(e.embed_dim, e.blocks[0].mlp.fc1.out_features, len(e.blocks), int(w[0].numel()), e.num_patches,
+                   p.predictor_embed_dim, p.predictor_blocks[0].mlp.fc1.out_features, len(p.predictor_blocks))
+
+    def step_flops(self, batch: int, ctx_lens: Sequence[int], tgt_lens: Sequence[int]) -> float:
+        """Analytic FLOPs of one training step (backward = 2x forward; the target forward has no
+        backward). ``ctx_lens``/``tgt_lens``: kept context / target tokens per mask config."""
+        N, D = self.num_tokens, self.enc_dim
+        embed = 2.0 * N * self.patch_in * D
+        target = embed + _block_flops(N, D, self.enc_hidden, self.enc_depth)
+        student = embed * 3
+        for kc, kt in zip(ctx_lens, tgt_lens):
+            student += 3 * _block_flops(kc, D, self.enc_hidden, self.enc_depth)
+            pred = 2.0 * kc * D * self.pred_dim + _block_flops(kc + kt, self.pred_dim, self.pred_hidden, self.pred_depth)
+            pred += 2.0 * kt * self.pred_dim * D
+            student += 3 * pred
+        return batch * (target + student)
+
+
+#: Dense bf16/fp16 tensor-core peaks (TFLOP/s) of common GPUs, matched against the device name.
+PEAK_TFLOPS_16BIT = [
+    ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("B200", 2250.0),
+    ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0), ("A6000", 155.0), ("A10", 125.0),
+    ("L4", 121.0), ("V100", 125.0), ("4090", 165.0), ("3090", 71.0),
+]
+
+
+def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 10) -> float:
+    """Achieved TFLOP/s of an ``n x n`` matmul (a practical peak when the GPU is not in the table)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None = None) -> float | None:
+    """Peak used for MFU: ``meta.peak_tflops``, else ``$VJEPA_FAST_PEAK_TFLOPS``, else the table
+    (16-bit dtypes), else a measured matmul. ``None`` on the CPU (no MFU shown)."""
+    if override:
+        return float(override)
+    env = os.environ.get("VJEPA_FAST_PEAK_TFLOPS")
+    if env:
+        return float(env)
+    if device.type != "cuda":
+        return None
+    if dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for key, value in PEAK_TFLOPS_16BIT:
+            if key in name:
+                return value
+    return measure_matmul_tflops(device, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
 @dataclass
 class FitResult:
     steps: int
@@ -78,30 +191,93 @@ class FitResult:
     checkpoint: str
     log: str
     seconds: float
+    clips_per_second: float = math.nan
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    k = int(width * done / max(total, 1))
+    return "[" + "#" * k + "-" * (width - k) + "]"
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig, *, rank: int = 0, world_size: int = 1, loader_len: int | None = None,
-                 out: Callable[[str], None] | None = None):
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+    """Builds model, optimizer, schedules, masks and data from a :class:`PretrainConfig`.
+
+    ``dist``: a :class:`~vjepa_fast.distributed.DistInfo` from :func:`init_distributed` (rank,
+    world size, device); without it ``rank``/``world_size``/``device`` (defaults: 0, 1,
+    ``meta.device``). ``source``: a callable ``step -> clips`` on the device; default: decoded videos
+    (:class:`~vjepa_fast.data.VideoClipSource`), or synthetic clips when ``data.synthetic``.
+    """
+
+    def __init__(self, cfg: PretrainConfig, *, rank: int | None = None, world_size: int | None = None,
+                 loader_len: int | None = None, out: Callable[[str], None] | None = None,
+                 dist: DistInfo | None = None, device: torch.device | str | None = None, source=None):
+        self.cfg = cfg
+        self.rank = dist.rank if dist is not None else (rank or 0)
+        self.world_size = dist.world_size if dist is not None else (world_size or 1)
+        if device is not None:
+            self.device = torch.device(device)
+        elif dist is not None:
+            self.device = dist.device
+        else:
+            self.device = resolve_device(cfg.meta.device)
         self.out = out or (lambda s: print(s, flush=True))
-        self.device = resolve_device(cfg.meta.device)
+        self.is_main = self.rank == 0
         apply_runtime_settings(cfg)
         torch.manual_seed(cfg.meta.seed)
+        self.dtype = DTYPES[cfg.meta.dtype]
+        d = cfg.data
+
+        # -- data (first: with ipe null the loader length sets the schedules) --------------------
+        self.owns_source = source is None
+        if source is None:
+            if d.synthetic:
+                source = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank)
+            else:
+                from .data import VideoClipSource  # noqa: PLC0415
+
+                source = VideoClipSource(cfg, self.device, self.rank, self.world_size)
+        self.source = source
+        if loader_len is None:
+            loader_len = getattr(source, "batches_per_pass", None)
+        self.num_clips = getattr(source, "num_clips", 1)
+
+        # -- model -------------------------------------------------------------------------------
         self.model = build_model_from_config(cfg).to(self.device)
+        self.flop_model = FlopModel.of(self.model)
+        if cfg.meta.compile:
+            self._compile()
+        self.parallel = cfg.meta.parallel if is_distributed() else "none"
+        mp = self.dtype if (self.parallel == "fsdp" and self.dtype != torch.float32) else None
+        self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp)
         self.optimizer = build_optimizer(self.model.encoder, self.model.predictor)
         self.ipe = cfg.iterations_per_epoch(loader_len)
         self.schedules = Schedules.from_config(cfg.optimization, ipe=self.ipe)
-        d = cfg.data
         self.masks = build_mask_collator(
             d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
-            patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=rank,
+            patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=self.rank,
         )
-        self.dtype = DTYPES[cfg.meta.dtype]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self._ema_target = list(self.model.target_encoder.parameters())
+        self._ema_source = list(self.model.encoder.parameters())
         self.step = 0
+        self._peak = None  # resolved lazily (a measured matmul costs a moment)
 
-    # -- one optimisation step ---------------------------------------------------------------
+    # -- compile hook ----------------------------------------------------------------------------
+    def _compile(self) -> None:
+        """The one place where ``meta.compile`` takes effect (before DDP/FSDP wrapping)."""
+        try:
+            from .compile import compile_vjepa  # noqa: PLC0415
+        except ImportError as e:
+            raise NotImplementedError("meta.compile: true needs vjepa_fast.compile (not available)") from e
+        compile_vjepa(self.model)
+
+    # -- one optimisation step -------------------------------------------------------------------
     def autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
@@ -109,49 +285,108 @@ class Trainer:
 
     def train_step(self, clips: torch.Tensor, masks_enc, masks_pred) -> dict[str, torch.Tensor]:
         """One official V-JEPA iteration. Returns device tensors only (no host sync)."""
-        model, opt, o = self.model, self.optimizer, self.cfg.optimization
+        return self.train_step_accum([(clips, masks_enc, masks_pred)])
+
+    def train_step_accum(self, micro: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """One iteration over several micro-batches ``[(clips, masks_enc, masks_pred), ...]`` whose
+        gradients are averaged (the mean of their losses), i.e. what DDP computes over ranks."""
+        opt, o = self.optimizer, self.cfg.optimization
         epoch = self.step // self.ipe
         self.schedules.step(opt)
-        with self.autocast():
-            out = model(clips, masks_enc, masks_pred)
-        self.scaler.scale(out.loss).backward()
-        zero = out.loss.detach().new_zeros(())
+        n = len(micro)
+        sums = None
+        for i, (clips, masks_enc, masks_pred) in enumerate(micro):
+            sync_ctx = contextlib.nullcontext()
+            if n > 1 and i < n - 1 and hasattr(self.student, "no_sync"):
+                sync_ctx = self.student.no_sync()
+            with sync_ctx:
+                with self.autocast():
+                    h = self.model.forward_target(clips)
+                    if self.parallel == "fsdp":
+                        # FSDP2 keeps a root module's parameters unsharded after forward (expecting a
+                        # backward); the target has none, and its stale unsharded copy would hide the
+                        # EMA update from the next forward.
+                        self.model.target_encoder.reshard()
+                    loss, loss_jepa, loss_reg, _, _ = self.student(clips, masks_enc, masks_pred, h)
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            parts = torch.stack([loss.detach(), loss_jepa.detach(), loss_reg.detach()]).float()
+            sums = parts if sums is None else sums + parts
+        if n > 1:
+            sums = sums / n
+        zero = sums.new_zeros(())
         norms = (zero, zero)
         if clipping_active(epoch, o.warmup, o.clip_grad):
             self.scaler.unscale_(opt)
-            norms = clip_gradients(model.encoder, model.predictor, o.clip_grad)
+            norms = tuple(_full(t) for t in clip_gradients(self.model.encoder, self.model.predictor, o.clip_grad))
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
-        ema_update_(model.target_encoder, model.encoder, self.schedules.momentum())
+        self._ema(self.schedules.momentum())
         self.step += 1
-        return {"loss": out.loss.detach(), "loss-jepa": out.loss_jepa.detach(), "reg-loss": out.loss_reg.detach(),
-                "enc-grad-norm": norms[0].detach(), "pred-grad-norm": norms[1].detach()}
+        return {"loss": sums[0], "loss-jepa": sums[1], "reg-loss": sums[2],
+                "enc-grad-norm": norms[0].detach().float(), "pred-grad-norm": norms[1].detach().float()}
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def state(self, loss: float) -> dict:
+    @torch.no_grad()
+    def _ema(self, m: float) -> None:
+        if self.parallel == "fsdp":
+            kernels.fused_ema_(local_tensors(self._ema_target), local_tensors(self._ema_source), m)
+        else:
+            kernels.fused_ema_(self._ema_target, self._ema_source, m)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _extra(self) -> dict:
         extra = {
             "step": self.step, "schedules": self.schedules.state_dict(), "masks": self.masks.state_dict(),
-            "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state(), "world_size": self.world_size,
         }
+        if hasattr(self.source, "state_dict"):
+            extra["data"] = self.source.state_dict()
         if self.device.type == "cuda":
             extra["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        return vjepa_checkpoint(
-            self.model, self.optimizer, epoch=self.step // self.ipe, loss=loss,
-            batch_size=self.cfg.data.batch_size, world_size=self.world_size,
-            lr=self.schedules.lr(max(self.schedules.iteration, 1)), extra=extra,
-        )
+        return extra
+
+    def state(self, loss: float) -> dict | None:
+        """The checkpoint dict (official layout + ``vjepa_fast`` extras). Collective under FSDP (call
+        on every rank); ``None`` on ranks other than 0 there."""
+        common = dict(epoch=self.step // self.ipe, loss=loss, batch_size=self.cfg.data.batch_size,
+                      world_size=self.world_size, lr=self.schedules.lr(max(self.schedules.iteration, 1)))
+        if self.parallel != "fsdp":
+            return vjepa_checkpoint(self.model, self.optimizer, extra=self._extra(), **common)
+        from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict)
+        from .checkpoint import NEUTRAL_SCALER_STATE, PREFIX  # noqa: PLC0415
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sds = {k: get_model_state_dict(getattr(self.model, k), options=opts)
+               for k in ("encoder", "predictor", "target_encoder")}
+        opt_sd = get_optimizer_state_dict(self.student, self.optimizer, options=opts)
+        if not self.is_main:
+            return None
+        ckpt = {k: {PREFIX + n: v for n, v in sd.items()} for k, sd in sds.items()}
+        ckpt.update(opt=opt_sd, scaler=dict(NEUTRAL_SCALER_STATE), epoch=int(common["epoch"]),
+                    loss=float(loss), batch_size=int(common["batch_size"]), world_size=self.world_size,
+                    lr=float(common["lr"]), vjepa_fast={**self._extra(), "opt_format": "fsdp_fqn"})
+        return ckpt
 
     def save(self, path: str | os.PathLike, loss: float) -> None:
-        if self.rank == 0:
-            atomic_save(self.state(loss), path)
+        """Atomic save by rank 0 (every rank must call it: gathering is collective under FSDP)."""
+        if self.parallel != "fsdp" and not self.is_main:
+            return
+        state = self.state(loss)
+        if self.is_main:
+            atomic_save(state, path)
 
     def resume(self, path: str | os.PathLike) -> None:
         ckpt = read_checkpoint(path)
-        load_vjepa_checkpoint(self.model, ckpt)
-        if ckpt.get("opt"):
-            self.optimizer.load_state_dict(ckpt["opt"])
         extra = ckpt.get("vjepa_fast")
+        if self.parallel == "fsdp":
+            self._load_fsdp(ckpt)
+        else:
+            load_vjepa_checkpoint(self.model, ckpt)
+            if ckpt.get("opt"):
+                if extra and extra.get("opt_format") == "fsdp_fqn":
+                    raise ValueError(f"{path}: optimizer state was written by an FSDP run; resume with meta.parallel=fsdp")
+                self.optimizer.load_state_dict(ckpt["opt"])
         if extra:
             self.step = int(extra["step"])
             self.schedules.load_state_dict(extra["schedules"])
@@ -159,6 +394,14 @@ class Trainer:
             torch.set_rng_state(extra["torch_rng"])
             if "cuda_rng" in extra and self.device.type == "cuda":
                 torch.cuda.set_rng_state(extra["cuda_rng"], self.device)
+            if "data" in extra and hasattr(self.source, "load_state_dict"):
+                saved_world = int(extra.get("world_size", self.world_size))
+                if saved_world == self.world_size:
+                    self.source.load_state_dict(extra["data"])
+                else:
+                    self.out(f"note: checkpoint written with world size {saved_world}, now {self.world_size}: "
+                             "data order restarts at the next pass")
+                    self.source.load_state_dict({"pass": int(extra["data"]["pass"]) + 1, "consumed": 0})
         else:
             # An official file: fast-forward schedules and masks by whole epochs, as the
             # official resume does.
@@ -166,49 +409,100 @@ class Trainer:
             self.schedules.load_state_dict({"iteration": self.step})
             self.masks.load_state_dict({"step": self.step})
 
-    # -- the loop ----------------------------------------------------------------------------
+    def _load_fsdp(self, ckpt: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+            StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+        from .checkpoint import clean_state_dict  # noqa: PLC0415
+
+        opts = StateDictOptions(full_state_dict=True)
+        for k in ("encoder", "predictor", "target_encoder"):
+            set_model_state_dict(getattr(self.model, k), clean_state_dict(ckpt[k]), options=opts)
+        extra = ckpt.get("vjepa_fast") or {}
+        if ckpt.get("opt") and extra.get("opt_format") == "fsdp_fqn":
+            set_optimizer_state_dict(self.student, self.optimizer, ckpt["opt"], options=opts)
+
+    def _periodic_checkpoint(self, folder: Path, loss: float) -> None:
+        """Official ``save_every_freq``: after 0-based epoch e with ``e % freq == 0`` also write
+        ``{tag}-e{e}.pth.tar``; keep the newest ``logging.keep_last`` of them (0 = keep all)."""
+        freq, tag = self.cfg.meta.save_every_freq, self.cfg.logging.write_tag
+        epoch = self.step // self.ipe - 1
+        if freq <= 0 or epoch % freq != 0:
+            return
+        self.save(folder / f"{tag}-e{epoch}.pth.tar", loss)
+        keep = self.cfg.logging.keep_last
+        if self.is_main and keep > 0:
+            pat = re.compile(rf"^{re.escape(tag)}-e(\d+)\.pth\.tar$")
+            found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pat.match(p.name)))
+            for _, p in found[:-keep]:
+                p.unlink(missing_ok=True)
+
+    # -- the loop --------------------------------------------------------------------------------
     def fit(self, clips_for_step: Callable[[int], torch.Tensor] | None = None) -> FitResult:
-        """Train until ``total_steps``. ``clips_for_step(step)`` supplies [B, 3, T, H, W] clips on
-        the device; by default synthetic clips."""
-        cfg = self.cfg
+        """Train until ``total_steps``. ``clips_for_step(step)`` supplies [B*num_clips, 3, T, H, W]
+        clips on the device; by default the trainer's source (videos or synthetic)."""
+        cfg, d = self.cfg, self.cfg.data
         folder = Path(cfg.logging.folder)
         folder.mkdir(parents=True, exist_ok=True)
         latest = Path(cfg.latest_checkpoint_path)
         if cfg.meta.load_checkpoint:
             src = folder / cfg.meta.read_checkpoint if cfg.meta.read_checkpoint else latest
             self.resume(src)
-            self.out(f"resumed from {src} at step {self.step}")
-        d = cfg.data
-        if clips_for_step is None:
-            clips_for_step = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank)
-        total = cfg.total_steps()
+            if self.is_main:
+                self.out(f"resumed from {src} at step {self.step}")
+        source = clips_for_step if clips_for_step is not None else self.source
+        total = cfg.total_steps(self.ipe)
         log_path = Path(cfg.log_path(self.rank))
-        new_log = not log_path.exists() or self.step == 0
-        log_file = open(log_path, "w" if new_log else "a", newline="")
-        writer = csv.writer(log_file)
-        if new_log:
-            writer.writerow(CSV_COLUMNS)
-        buffered: list[tuple[int, float, float, dict]] = []
+        writer = log_file = tb = None
+        if self.is_main:
+            cfg.save_yaml(folder / "params-pretrain.yaml")
+            log_file = self._open_log(log_path)
+            writer = csv.writer(log_file)
+            tb = self._tensorboard(folder)
+            self.out(self._banner(total))
+        buffered: list[tuple] = []
         first_loss = last_loss = math.nan
         t0 = t_window = time.perf_counter()
         steps_at_start = self.step
+        flops_window = 0.0
+        data_s_window = 0.0
+        rate = math.nan
         try:
             while self.step < total:
-                masks_enc, masks_pred = self.masks.sample(d.batch_size, self.step)
-                masks_enc = [m.to(self.device, non_blocking=True) for m in masks_enc]
-                masks_pred = [m.to(self.device, non_blocking=True) for m in masks_pred]
                 itr = self.step
-                metrics = self.train_step(clips_for_step(itr), masks_enc, masks_pred)
+                t_data = time.perf_counter()
+                clips = source(itr)
+                B = clips.shape[0] // self.num_clips
+                masks_enc, masks_pred = self.masks.sample(B, itr)
+                flops_window += self.flop_model.step_flops(
+                    clips.shape[0], [m.shape[1] for m in masks_enc], [m.shape[1] for m in masks_pred])
+                masks_enc = [m.to(self.device, non_blocking=True) for m in _repeat(masks_enc, self.num_clips)]
+                masks_pred = [m.to(self.device, non_blocking=True) for m in _repeat(masks_pred, self.num_clips)]
+                data_s = time.perf_counter() - t_data
+                data_s_window += data_s
+                metrics = self.train_step(clips, masks_enc, masks_pred)
                 lr, wd = self.schedules.lr(self.schedules.iteration), self.schedules.wd(self.schedules.iteration)
-                buffered.append((itr, lr, wd, metrics))
+                buffered.append((itr, lr, wd, data_s * 1000, metrics))
                 epoch_done = self.step % self.ipe == 0
                 if len(buffered) >= cfg.logging.log_every or self.step == total or epoch_done:
+                    values = self._reduce(buffered)  # the only host sync
                     now = time.perf_counter()
-                    rows = self._flush(writer, buffered, (now - t_window) * 1000 / len(buffered))
-                    log_file.flush()
+                    n = len(buffered)
+                    ms_per_step = (now - t_window) * 1000 / n
+                    rate = n * clips.shape[0] * self.world_size / (now - t_window)
+                    rows = [[itr_ // self.ipe, itr_, *vals, lr_, wd_, round(ms_per_step, 2), round(dms, 2), round(rate, 2)]
+                            for (itr_, lr_, wd_, dms, _), vals in zip(buffered, values)]
                     if math.isnan(first_loss):
                         first_loss = rows[0][2]
                     last_loss = rows[-1][2]
+                    if self.is_main:
+                        for row in rows:
+                            writer.writerow(row)
+                        log_file.flush()
+                        if tb is not None:
+                            for row in rows:
+                                for col in ("loss", "loss-jepa", "lr", "wd", "enc-grad-norm", "pred-grad-norm"):
+                                    tb.add_scalar(f"train/{col}", row[CSV_COLUMNS.index(col)], row[1])
+                            tb.add_scalar("perf/clips_per_s", rate, self.step)
                     bad = next((r for r in rows if not math.isfinite(r[2])), None)
                     if bad is not None:
                         debug = folder / f"{cfg.logging.write_tag}-nonfinite-step{bad[1]}.pth.tar"
@@ -216,42 +510,134 @@ class Trainer:
                         raise FloatingPointError(
                             f"loss became {bad[2]} at step {bad[1]} (epoch {bad[0]}); debug checkpoint: {debug}"
                         )
-                    done = self.step - steps_at_start
-                    rate = done * d.batch_size * self.world_size / (now - t0)
-                    eta = (total - self.step) * (now - t0) / max(done, 1)
-                    self.out(
-                        f"step {self.step:>6}/{total} | epoch {self.step // self.ipe} | loss {last_loss:.4f} | "
-                        f"lr {lr:.3e} | wd {wd:.3f} | {rate:.1f} clips/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}"
-                        + self._memory()
-                    )
+                    if self.is_main:
+                        done = self.step - steps_at_start
+                        eta = (total - self.step) * (now - t0) / max(done, 1)
+                        self.out(self._progress(total, last_loss, lr, wd, rate, data_s_window / (now - t_window),
+                                                eta, flops_window / (now - t_window)))
+                        if tb is not None:
+                            tb.flush()
                     buffered.clear()
                     t_window = now
+                    flops_window = data_s_window = 0.0
                 if epoch_done or self.step == total:
                     self.save(latest, last_loss)
+                    if epoch_done:
+                        self._periodic_checkpoint(folder, last_loss)
         finally:
-            log_file.close()
-        return FitResult(self.step, last_loss, first_loss, str(latest), str(log_path), time.perf_counter() - t0)
+            if log_file is not None:
+                log_file.close()
+            if tb is not None:
+                tb.close()
+            if self.owns_source and hasattr(self.source, "close"):
+                self.source.close()
+        seconds = time.perf_counter() - t0
+        return FitResult(self.step, last_loss, first_loss, str(latest), str(log_path), seconds, rate)
 
-    def _flush(self, writer, buffered, ms_per_step: float) -> list[list]:
+    # -- logging helpers -------------------------------------------------------------------------
+    def _open_log(self, log_path: Path):
+        """New CSV at step 0; on resume, keep only the rows before the resumed step (rows a crashed
+        run logged after its last checkpoint are replayed) and append."""
+        if self.step == 0 or not log_path.exists():
+            f = open(log_path, "w", newline="")
+            csv.writer(f).writerow(CSV_COLUMNS)
+            return f
+        with open(log_path, newline="") as f:
+            rows = list(csv.reader(f))
+        header, body = (rows[0], rows[1:]) if rows else (CSV_COLUMNS, [])
+        body = [r for r in body if r and int(r[1]) < self.step]
+        f = open(log_path, "w", newline="")
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(body)
+        return f
+
+    def _tensorboard(self, folder: Path):
+        if not self.cfg.logging.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+        except ImportError as e:
+            raise ImportError("logging.tensorboard: true needs the tensorboard package (pip install tensorboard)") from e
+        return SummaryWriter(log_dir=str(folder / "tensorboard"), purge_step=self.step or None)
+
+    def _reduce(self, buffered) -> list[list[float]]:
         keys = ["loss", "loss-jepa", "reg-loss", "enc-grad-norm", "pred-grad-norm"]
-        values = torch.stack([torch.stack([m[k].float() for k in keys]) for _, _, _, m in buffered]).tolist()
-        rows = []
-        for (itr, lr, wd, _), vals in zip(buffered, values):
-            row = [itr // self.ipe, itr, *vals, lr, wd, round(ms_per_step, 2)]
-            writer.writerow(row)
-            rows.append(row)
-        return rows
+        stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for *_, m in buffered])
+        return all_reduce_mean(stacked).tolist()
 
-    def _memory(self) -> str:
-        if self.device.type != "cuda":
-            return ""
-        return f" | mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB"
+    def _banner(self, total: int) -> str:
+        d, m = self.cfg.data, self.model
+        n_enc = sum(p.numel() for p in m.encoder.parameters())
+        n_pred = sum(p.numel() for p in m.predictor.parameters())
+        src = "synthetic clips" if isinstance(self.source, SyntheticClips) else f"{type(self.source).__name__}"
+        par = f", {self.parallel} x{self.world_size}" if self.world_size > 1 else ""
+        return (f"pretraining {self.cfg.model.model_name} (encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params) "
+                f"on {src}: {total} steps, ipe {self.ipe}, batch {d.batch_size}x{self.world_size}, "
+                f"{d.num_frames}x{d.crop_size}px, {self.cfg.meta.dtype} on {self.device}{par}")
+
+    def _progress(self, total, loss, lr, wd, rate, data_frac, eta, flops_per_s) -> str:
+        s = (f"{_bar(self.step, total)} {self.step}/{total} | ep {self.step // self.ipe} | loss {loss:.4f} | "
+             f"lr {lr:.2e} | wd {wd:.3f} | {rate:.1f} clips/s | data {100 * min(data_frac, 1):.0f}% | "
+             f"ETA {_format_eta(eta)}")
+        if self.device.type == "cuda":
+            if self._peak is None:
+                self._peak = peak_tflops(self.device, self.dtype, self.cfg.meta.peak_tflops) or 0.0
+            if self._peak:
+                s += f" | MFU {100 * flops_per_s / (self._peak * 1e12):.1f}%"  # per-rank FLOPs / per-GPU peak
+            s += f" | mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB"
+        return s
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _repeat(masks, num_clips: int):
+    if num_clips == 1:
+        return masks
+    from .data import repeat_masks  # noqa: PLC0415
+
+    return repeat_masks(masks, num_clips)
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points
+# ------------------------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, out: Callable[[str], None] | None = None) -> FitResult:
-    if not cfg.data.synthetic:
-        raise NotImplementedError(
-            "decoded-video pretraining is not wired into the trainer yet; set data.synthetic=true "
-            "(the video dataset lands with the pretraining-pipeline work)"
-        )
-    return Trainer(cfg, out=out).fit()
+    """Run a pretraining config: single process, or one process per GPU under ``torchrun``
+    (DDP, or FSDP2 with ``meta.parallel: fsdp``). Returns the :class:`FitResult` (on every rank)."""
+    info = init_distributed(cfg.meta.device)
+    try:
+        return Trainer(cfg, dist=info, out=out).fit()
+    finally:
+        cleanup_distributed(info)
+
+
+def demo_digits_config(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                       overrides: Sequence[str] = ()) -> PretrainConfig:
+    """``configs/pretrain/demo_digits.yaml`` pointed at ``data_dir/train_digit.csv`` and ``out_dir``."""
+    index = Path(data_dir).resolve() / "train_digit.csv"
+    return PretrainConfig.from_yaml(
+        DEMO_DIGITS_CONFIG, [f"data.datasets=[{index}]", f"logging.folder={Path(out_dir).resolve()}", *overrides])
+
+
+def run_demo_pretrain(data_dir: str | os.PathLike = "data/demo", out_dir: str | os.PathLike = "runs/demo_digits",
+                      overrides: Sequence[str] = (), out: Callable[[str], None] | None = None,
+                      plot_png: bool = True) -> FitResult:
+    """Pretrain the tiny demo model on the moving-digits videos in ``data_dir`` (rendered there with
+    :func:`vjepa_fast.demo_data.make_demo_data` if the index is missing), writing checkpoints, the
+    CSV log and ``training.png`` to ``out_dir``. A few minutes on 2 CPU cores."""
+    index = Path(data_dir) / "train_digit.csv"
+    if not index.is_file():
+        from .demo_data import make_demo_data  # noqa: PLC0415
+
+        (out or print)(f"rendering the moving-digits demo videos into {data_dir} ...")
+        make_demo_data(str(data_dir))
+    cfg = demo_digits_config(data_dir, out_dir, overrides)
+    result = pretrain(cfg, out=out)
+    if plot_png:
+        from .plot import plot  # noqa: PLC0415
+
+        plot(out_dir)
+    return result

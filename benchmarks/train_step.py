@@ -1,0 +1,775 @@
+"""Training-step throughput: the official V-JEPA step structure against vjepa-fast, same process.
+
+Builds one V-JEPA model (same seed, so the same initial weights for every implementation), draws
+the official multiblock-3D masks (the ViT-L/16 mask config, a new batch of masks every step, one
+fixed sequence of steps shared by both implementations) and synthetic on-device clips, then times
+
+* ``--impl reference``: ``benchmarks/reference_step.py``, the official step structure (a full
+  encoder pass and patch embedding per mask config, gathers with repeated indices, the predictor's
+  repeat + gather + cat, full-length target LayerNorm, GradScaler even for bf16, default AdamW,
+  Python EMA loop, ``float(loss)`` and ``torch.cuda.synchronize()`` every step);
+* ``--impl fast``: vjepa-fast (``VJEPA.forward`` with the fused kernels per ``VJEPA_FAST_KERNELS``,
+  bf16 autocast without GradScaler, fused AdamW on CUDA, fused EMA, cuDNN attention when it works
+  here, no host sync per step, optional ``--compile``);
+* ``--impl both`` (default): both, one after the other, plus a ratio line.
+
+Timing: warm-up steps first, then the median (and p20 / p80) of ``--steps`` steps; on CUDA each
+step is bracketed by CUDA events recorded without synchronising (the fast path keeps its CPU
+run-ahead), on CPU by ``time.perf_counter``. Per-phase times come from a separate pass (events at
+the phase boundaries would otherwise sit in the timed steps). FLOPs per step are counted by
+``torch.utils.flop_counter.FlopCounterMode`` over one whole step (forward and backward) and by the
+analytic formula in ``benchmarks/flops.py`` (``flops_step_counted`` is the count for the first
+step's masks; ``flops_step``, used for the MFU, carries it over to the timed steps' mean mask
+lengths with the formula's ratio); MFU is against a matmul measured in the same run
+(bf16 8192³ on a GPU; on a CPU a 512³ matmul in the run dtype, labelled as such).
+
+One JSON object per line on stdout (``--out FILE`` appends them too). Sizes: a preset
+(``--model vit_large``) with ``--embed-dim/--depth/--heads`` overrides for tiny CPU runs, or a
+pretraining YAML (``--config``). On CPU it runs and reports, and asserts nothing about speed.
+
+    python benchmarks/train_step.py                                  # ViT-L/16, 16x224, batch 24, both
+    python benchmarks/train_step.py --model vit_huge --impl fast --compile
+    python benchmarks/train_step.py --check-loss 50                  # loss parity, 50 steps
+    python benchmarks/train_step.py --device cpu --model vit_tiny --embed-dim 64 --depth 2 --heads 2 \\
+        --pred-dim 32 --pred-depth 1 --frames 8 --crop 64 --batch 2 --steps 3 --warmup 1
+
+``--check-loss N`` runs both implementations N steps from the same initialisation, masks and clips
+and reports the per-step relative loss difference (fp32 on CPU: ~1e-6; bf16: noise) and the largest
+parameter difference at the end; it exits with status 1 when the tolerance is exceeded.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _p in (str(REPO), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from flops import count_flops, model_step_flops  # noqa: E402
+from reference_step import ReferenceStep  # noqa: E402
+from vjepa_fast import kernels  # noqa: E402
+from vjepa_fast.attention import get_attention_backend, set_attention_backend  # noqa: E402
+from vjepa_fast.jepa import build_vjepa, jepa_loss, variance_reg  # noqa: E402
+from vjepa_fast.masks import build_mask_collator  # noqa: E402
+from vjepa_fast.optim import build_optimizer, clip_gradients, ema_update_  # noqa: E402
+from vjepa_fast.schedules import Schedules  # noqa: E402
+from vjepa_fast.vision_transformer import VIT_PRESETS  # noqa: E402
+
+# configs/pretrain/vitl16.yaml, `mask` section (the same two generators in every V1 config).
+VITL16_MASKS = [
+    {"aspect_ratio": (0.75, 1.5), "num_blocks": 8, "spatial_scale": (0.15, 0.15),
+     "temporal_scale": (1.0, 1.0), "max_temporal_keep": 1.0, "max_keep": None},
+    {"aspect_ratio": (0.75, 1.5), "num_blocks": 2, "spatial_scale": (0.7, 0.7),
+     "temporal_scale": (1.0, 1.0), "max_temporal_keep": 1.0, "max_keep": None},
+]  # fmt: skip
+# configs/pretrain/vitl16.yaml, `optimization` section (schedules only; clipping is off until
+# epoch 41 in the official run, so a benchmark at the start of training does not clip).
+VITL16_SCHEDULES = dict(ipe=300, epochs=300, ipe_scale=1.25, warmup=40, start_lr=2e-4, lr=6.25e-4,
+                        final_lr=1e-6, weight_decay=0.04, final_weight_decay=0.4, ema=(0.998, 1.0))
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+# ----------------------------------------------------------------------------------------------
+# environment
+# ----------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """HEAD's commit id read from .git (no git process)."""
+    git = REPO / ".git"
+    try:
+        if git.is_file():  # worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:12]
+        ref = head.split(" ", 1)[1]
+        if (git / ref).exists():
+            return (git / ref).read_text().strip()[:12]
+        packed = git / "packed-refs"
+        if packed.exists():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0][:12]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
+            "commit": git_commit(), "timestamp": _dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | None = None,
+                          reps: int | None = None) -> tuple[float, str]:
+    """Achieved TFLOP/s of an n³ matmul in ``dtype`` (the MFU denominator) and its label."""
+    if device.type == "cuda":
+        n, reps = n or 8192, reps or 20
+    else:
+        n, reps = n or 512, reps or 5
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            a @ b
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+    tflops = 2 * n**3 / statistics.median(times) / 1e12
+    return tflops, f"measured {DTYPE_NAMES.get(dtype, str(dtype))} matmul {n}^3 on {device.type}"
+
+
+# ----------------------------------------------------------------------------------------------
+# setup: model, masks, clips, schedules
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchSetup:
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    frames: int
+    crop: int
+    patch: int
+    tubelet: int
+    seed: int
+    describe: dict
+    build_model_cpu: Callable[[], torch.nn.Module]
+    collator: object
+    schedule_kw: dict
+    clip_grad: Optional[float] = None
+    official_loggers: bool = False
+    attn_from_config: Optional[str] = None
+    head_dims: tuple = ()
+    _masks: dict = field(default_factory=dict)
+
+    def build_model(self):
+        """The model on the device, initialised from ``seed`` on the CPU (same weights everywhere)."""
+        torch.manual_seed(self.seed)
+        return self.build_model_cpu().to(self.device)
+
+    def schedules(self) -> Schedules:
+        return Schedules(**self.schedule_kw)
+
+    def masks(self, step: int):
+        """(masks_enc, masks_pred) of ``step`` on the device (cached)."""
+        if step not in self._masks:
+            enc, pred = self.collator.sample(self.batch, step)
+            self._masks[step] = ([m.to(self.device) for m in enc], [m.to(self.device) for m in pred])
+        return self._masks[step]
+
+    def clips(self, step: int) -> torch.Tensor:
+        """Synthetic normalised clips of ``step`` (deterministic; generated on the device)."""
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + step)
+        shape = (self.batch, 3, self.frames, self.crop, self.crop)
+        return torch.randn(shape, generator=g, device=self.device)
+
+    def mask_lengths(self, steps) -> list[tuple[int, int]]:
+        """Mean (Kc, Kt) per mask config over ``steps``."""
+        out = []
+        for g in range(len(self.masks(steps[0])[0])):
+            kc = statistics.mean(self.masks(s)[0][g].shape[1] for s in steps)
+            kt = statistics.mean(self.masks(s)[1][g].shape[1] for s in steps)
+            out.append((kc, kt))
+        return out
+
+
+def add_size_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and input size (defaults: official ViT-L/16, 16x224, batch 24)")
+    g.add_argument("--config", default=None,
+                   help="pretraining YAML; sizes, dtype, masks and schedules from it")
+    g.add_argument("overrides", nargs="*", help="dotted overrides for --config, e.g. data.batch_size=8")
+    g.add_argument("--model", default=None, choices=sorted(VIT_PRESETS), help="encoder preset (vit_large)")
+    g.add_argument("--embed-dim", type=int, default=None, help="override the preset width")
+    g.add_argument("--depth", type=int, default=None, help="override the preset depth")
+    g.add_argument("--heads", type=int, default=None, help="override the preset head count")
+    g.add_argument("--pred-dim", type=int, default=None, help="predictor width (384)")
+    g.add_argument("--pred-depth", type=int, default=None, help="predictor depth (12)")
+    g.add_argument("--pred-heads", type=int, default=None, help="predictor heads (= encoder heads)")
+    g.add_argument("--batch", type=int, default=None, help="clips per step (24)")
+    g.add_argument("--frames", type=int, default=None, help="frames per clip (16)")
+    g.add_argument("--crop", type=int, default=None, help="crop size in pixels (224)")
+    g.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="autocast dtype (bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--device", default=None, help="cuda / cpu (cuda when available)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="model init, mask and clip seed (0; --config: meta.seed)")
+    g.add_argument("--clip", action="store_true",
+                   help="clip gradients at 10 in both impls (official clipping starts after epoch 40)")
+    g.add_argument("--official-loggers", action="store_true",
+                   help="reference impl: add the official per-step grad_logger / adamw_logger host syncs")
+    g.add_argument("--attn", default=None, choices=["auto", "math", "flash", "efficient", "cudnn"],
+                   help="fast impl attention backend (default: VJEPA_FAST_ATTN, else cudnn on CUDA "
+                   "if it works)")
+    g.add_argument("--compile", action="store_true",
+                   help="fast impl: vjepa_fast.compile.compile_vjepa, if present")
+
+
+def make_setup(args) -> BenchSetup:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.config:
+        return _setup_from_config(args, device)
+    name = args.model or "vit_large"
+    given = (("embed_dim", args.embed_dim), ("depth", args.depth), ("num_heads", args.heads))
+    enc_kw = {k: v for k, v in given if v is not None}
+    batch, frames, crop = args.batch or 24, args.frames or 16, args.crop or 224
+    pred_dim, pred_depth = args.pred_dim or 384, args.pred_depth or 12
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    seed = args.seed if args.seed is not None else 0
+
+    def build():
+        return build_vjepa(name, crop_size=crop, patch_size=16, num_frames=frames, tubelet_size=2,
+                           uniform_power=True, pred_depth=pred_depth, pred_embed_dim=pred_dim,
+                           pred_num_heads=args.pred_heads, num_mask_tokens=len(VITL16_MASKS), **enc_kw)
+
+    collator = build_mask_collator("multiblock3d", VITL16_MASKS, crop_size=crop, num_frames=frames,
+                                   patch_size=16, tubelet_size=2, seed=seed)
+    describe = {"model": name, "config": None}
+    preset = {**VIT_PRESETS[name], **enc_kw}
+    heads = preset["num_heads"]
+    setup = BenchSetup(device, dtype, batch, frames, crop, 16, 2, seed, describe, build, collator,
+                       VITL16_SCHEDULES, 10.0 if args.clip else None, args.official_loggers)
+    setup.head_dims = (preset["embed_dim"] // heads, pred_dim // (args.pred_heads or heads))
+    return setup
+
+
+def _setup_from_config(args, device: torch.device) -> BenchSetup:
+    from vjepa_fast.config import PretrainConfig
+    from vjepa_fast.train import apply_runtime_settings, build_model_from_config
+
+    overrides = list(args.overrides or [])
+    for flag, key in (("batch", "data.batch_size"), ("frames", "data.num_frames"), ("crop", "data.crop_size"),
+                      ("model", "model.model_name"), ("pred_dim", "model.pred_embed_dim"),
+                      ("pred_depth", "model.pred_depth"), ("pred_heads", "model.pred_num_heads"),
+                      ("embed_dim", "model.embed_dim"), ("depth", "model.depth")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.dtype:
+        long_name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
+        overrides.append(f"meta.dtype={long_name}")
+    if args.heads is not None:
+        print("train_step: --heads is ignored with --config (the preset sets the heads)", file=sys.stderr)
+    cfg = PretrainConfig.from_yaml(args.config, overrides)
+    apply_runtime_settings(cfg)
+    d, m, o = cfg.data, cfg.model, cfg.optimization
+    try:
+        ipe = cfg.iterations_per_epoch()
+    except ValueError:
+        ipe = 300
+    schedule_kw = dict(ipe=ipe, epochs=o.epochs, ipe_scale=o.ipe_scale, warmup=o.warmup, start_lr=o.start_lr,
+                       lr=o.lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
+                       final_weight_decay=o.final_weight_decay, ema=tuple(o.ema))
+    seed = args.seed if args.seed is not None else cfg.meta.seed
+    collator = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size,
+                                   num_frames=d.num_frames, patch_size=d.patch_size,
+                                   tubelet_size=d.tubelet_size, seed=seed)
+    describe = {"model": m.model_name, "config": str(args.config)}
+    dtype = DTYPES[cfg.meta.dtype]
+    if args.device is None and cfg.meta.device != "auto":
+        device = torch.device(cfg.meta.device)
+    setup = BenchSetup(device, dtype, d.batch_size, d.num_frames, d.crop_size, d.patch_size, d.tubelet_size,
+                       seed, describe, lambda: build_model_from_config(cfg), collator, schedule_kw,
+                       10.0 if args.clip else None, args.official_loggers)
+    setup.attn_from_config = cfg.meta.attn_backend if cfg.meta.attn_backend != "auto" else None
+    embed_dim = m.embed_dim or VIT_PRESETS[m.model_name]["embed_dim"]
+    setup.head_dims = (embed_dim // m.encoder_num_heads, m.pred_embed_dim // m.predictor_num_heads)
+    return setup
+
+
+def model_desc(model) -> dict:
+    """Sizes of the model actually built (encoder and predictor)."""
+    enc, pred = model.encoder, model.predictor
+
+    def millions(m):
+        return round(sum(p.numel() for p in m.parameters() if p.requires_grad) / 1e6, 3)
+
+    return {"embed_dim": enc.embed_dim, "depth": len(enc.blocks), "heads": enc.num_heads,
+            "pred_dim": pred.predictor_embed_dim, "pred_depth": len(pred.predictor_blocks),
+            "pred_heads": pred.predictor_blocks[0].attn.num_heads,
+            "params_encoder_m": millions(enc), "params_predictor_m": millions(pred)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the fast step
+# ----------------------------------------------------------------------------------------------
+
+
+def _no_phase(name):
+    return None
+
+
+class FastStep:
+    """One vjepa-fast iteration per call (the :class:`vjepa_fast.train.Trainer` step without its
+    bookkeeping): schedules → ``VJEPA.forward`` under autocast → backward → optional clipping →
+    AdamW (fused on CUDA) → fused EMA. Returns the loss as a device tensor: no host sync."""
+
+    impl = "fast"
+
+    def __init__(self, model, schedules, dtype=torch.float32, clip_grad=None, compile=False):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.schedules, self.dtype, self.clip_grad = schedules, dtype, clip_grad
+        self.optimizer = build_optimizer(model.encoder, model.predictor)
+        # bf16 needs no loss scaling (fp32 exponent range); fp16 does.
+        self.scaler = torch.amp.GradScaler(self.device.type) if dtype == torch.float16 else None
+        self.compile_status = "off"
+        self.forward = model
+        if compile:
+            self.enable_compile()
+
+    def enable_compile(self) -> str:
+        """Route the forward through ``vjepa_fast.compile.compile_vjepa`` when that module exists."""
+        try:
+            from vjepa_fast.compile import compile_vjepa
+        except ImportError as e:
+            self.compile_status = f"unavailable ({e})"
+        else:
+            result = compile_vjepa(self.model)
+            if isinstance(result, torch.nn.Module):
+                self.forward = result
+            self.compile_status = "on"
+        return self.compile_status
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def __call__(self, clips, masks_enc, masks_pred, phase=None):
+        phase = phase or _no_phase
+        model, opt = self.model, self.optimizer
+        phase("target_fwd")
+        self.schedules.step(opt)
+        with self.autocast():
+            if phase is _no_phase:
+                loss = self.forward(clips, masks_enc, masks_pred).loss
+            else:  # the same computation as VJEPA.forward, split at the phase boundary
+                h = model.forward_target(clips)
+                phase("ctx_pred_fwd_bwd")
+                student = getattr(model, "compiled_student", None) or getattr(
+                    type(model), "forward_student", None)
+                if student is not None:
+                    loss = student(model, clips, masks_enc, masks_pred, h)[0]
+                else:  # a VJEPA without forward_student
+                    _, preds = model.forward_context(clips, masks_enc, masks_pred)
+                    loss = jepa_loss(preds, h, masks_pred, model.loss_exp)
+                    if model.reg_coeff:
+                        loss = loss + model.reg_coeff * variance_reg(preds)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if self.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            clip_gradients(model.encoder, model.predictor, self.clip_grad)
+        phase("optimizer")
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        phase("ema")
+        ema_update_(model.target_encoder, model.encoder, self.schedules.momentum())
+        phase(None)
+        return loss.detach()
+
+
+def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
+    if impl == "reference":
+        return ReferenceStep(model, setup.schedules(), setup.dtype, setup.clip_grad, setup.official_loggers)
+    if impl == "fast":
+        return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile)
+    raise ValueError(f"unknown impl {impl!r}")
+
+
+def choose_attention(args, setup: BenchSetup) -> str:
+    """The fast path's attention backend: --attn, else VJEPA_FAST_ATTN, else cuDNN on CUDA when a
+    forward+backward at this run's head dims works, else PyTorch's choice."""
+    if args.attn:
+        set_attention_backend(args.attn)
+        return args.attn
+    if os.environ.get("VJEPA_FAST_ATTN") or setup.attn_from_config:
+        return get_attention_backend()  # already applied (import time / apply_runtime_settings)
+    backend = "auto"
+    if setup.device.type == "cuda" and setup.dtype != torch.float32:
+        if all(_cudnn_attention_works(setup.device, setup.dtype, hd) for hd in set(setup.head_dims)):
+            backend = "cudnn"
+    set_attention_backend(backend)
+    return backend
+
+
+def _cudnn_attention_works(device, dtype, head_dim: int) -> bool:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    try:
+        q = torch.randn(2, 2, 128, head_dim, device=device, dtype=dtype, requires_grad=True)
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            F.scaled_dot_product_attention(q, q, q).sum().backward()
+        torch.cuda.synchronize(device)
+        return True
+    except RuntimeError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------
+
+
+class PhaseTimer:
+    """``phase(name)`` hook: stamps a phase boundary (CUDA event or perf_counter) and, for
+    profiling, opens ``record_function`` / NVTX ranges named after the phase."""
+
+    def __init__(self, device: torch.device, ranges: bool = False):
+        self.cuda = device.type == "cuda"
+        self.ranges = ranges
+        self.steps: list[list] = []
+        self._current: list | None = None
+        self._open = None
+
+    def _stamp(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def __call__(self, name: str | None) -> None:
+        if self._open is not None:
+            self._open.__exit__(None, None, None)
+            if self.cuda:
+                torch.cuda.nvtx.range_pop()
+            self._open = None
+        if self._current is None:
+            self._current = []
+            self.steps.append(self._current)
+        self._current.append((name, self._stamp()))
+        if name is None:
+            self._current = None
+        elif self.ranges:
+            self._open = torch.profiler.record_function(f"phase/{name}")
+            self._open.__enter__()
+            if self.cuda:
+                torch.cuda.nvtx.range_push(f"phase/{name}")
+
+    def summary(self) -> dict:
+        """Median ms of each phase over the recorded steps (synchronises first)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        per: dict[str, list[float]] = {}
+        totals = []
+        for marks in self.steps:
+            for (name, a), (_, b) in zip(marks, marks[1:]):
+                per.setdefault(name, []).append(a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
+            first, last = marks[0][1], marks[-1][1]
+            totals.append(first.elapsed_time(last) if self.cuda else (last - first) * 1e3)
+        out = {f"{name}_ms": round(statistics.median(v), 4) for name, v in per.items()}
+        if totals:
+            out["total_ms"] = round(statistics.median(totals), 4)
+        return out
+
+
+def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[float], float, object]:
+    """Per-step ms over ``indices`` (events without sync on CUDA), the wall time, the last loss."""
+    device = setup.device
+    loss = None
+    sync(device)
+    if device.type == "cuda":
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(len(indices) + 1)]
+        t0 = time.perf_counter()
+        events[0].record()
+        for j, i in enumerate(indices):
+            me, mp = setup.masks(i)
+            loss = step(clips_pool[i % len(clips_pool)], me, mp)
+            events[j + 1].record()
+        torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+        ms = [events[j].elapsed_time(events[j + 1]) for j in range(len(indices))]
+    else:
+        ms = []
+        t0 = time.perf_counter()
+        for i in indices:
+            me, mp = setup.masks(i)
+            t = time.perf_counter()
+            loss = step(clips_pool[i % len(clips_pool)], me, mp)
+            ms.append((time.perf_counter() - t) * 1e3)
+        wall = time.perf_counter() - t0
+    return ms, wall, loss
+
+
+def _quantile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float, str] | None) -> dict:
+    device = setup.device
+    model = setup.build_model()
+    step = make_step(impl, model, setup, compile=False)
+    # Step 0: the FLOP count (also the first warm-up step), always on the eager module.
+    me, mp = setup.masks(0)
+    if args.no_flops:
+        flops, flop_error = None, "skipped"
+    else:
+        flops, flop_error = count_flops(lambda: step(clips_pool[0], me, mp))
+    compile_status = "off"
+    if impl == "fast" and args.compile:
+        compile_status = step.enable_compile()
+    warm = list(range(1, 1 + args.warmup))
+    timed = list(range(1 + args.warmup, 1 + args.warmup + args.steps))
+    for i in warm:
+        me, mp = setup.masks(i)
+        step(clips_pool[i % len(clips_pool)], me, mp)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    official_timer = getattr(step, "gpu_timer_ms", None)
+    if official_timer is not None:
+        official_timer.clear()
+    ms, wall, loss = timed_steps(step, setup, timed, clips_pool)
+    official_ms = statistics.median(official_timer) if official_timer else None
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    phases = {}
+    if args.phase_steps > 0:
+        timer = PhaseTimer(device)
+        start = timed[-1] + 1 if timed else 1 + args.warmup
+        for i in range(start, start + args.phase_steps):
+            me, mp = setup.masks(i)
+            step(clips_pool[i % len(clips_pool)], me, mp, phase=timer)
+        phases = timer.summary()
+    mask_lengths = setup.mask_lengths(timed or [0])
+    embeds = len(mask_lengths) if impl == "reference" else 1  # full-clip patch embeds per step
+    sizes = (model, setup.batch, setup.frames, setup.crop)
+    analytic = model_step_flops(*sizes, mask_lengths, embeds)
+    analytic0 = model_step_flops(*sizes, setup.mask_lengths([0]), embeds)
+    # The count is exact for step 0's masks; the timed steps have other mask lengths, so the
+    # count is carried over to their mean lengths with the analytic formula's ratio.
+    flops_step = flops * analytic.total / analytic0.total if flops is not None else analytic.total
+    med = statistics.median(ms)
+    row = {
+        "bench": "train_step", "impl": impl, **environment(device), **setup.describe, **model_desc(model),
+        "batch": setup.batch, "frames": setup.frames, "crop": setup.crop,
+        "tokens": (setup.frames // setup.tubelet) * (setup.crop // setup.patch) ** 2,
+        "dtype": DTYPE_NAMES[setup.dtype],
+        "attn_backend": get_attention_backend() if impl == "fast" else "sdpa-default",
+        "kernels": kernels.kernel_backend(device) if impl == "fast" else "none",
+        "compile": compile_status, "compile_stats": _compile_stats() if compile_status == "on" else None,
+        "grad_scaler": getattr(step, "scaler", None) is not None,
+        "clip_grad": setup.clip_grad,
+        "official_loggers": setup.official_loggers if impl == "reference" else None,
+        "steps": len(ms), "warmup": args.warmup,
+        "ms_step": round(med, 4), "ms_step_p20": round(_quantile(ms, 0.2), 4),
+        "ms_step_p80": round(_quantile(ms, 0.8), 4), "ms_step_wall_mean": round(wall * 1e3 / len(ms), 4),
+        "clips_s": round(setup.batch * 1e3 / med, 3),
+        "ms_step_official_gpu_timer": round(official_ms, 4) if official_ms is not None else None,
+        "flops_step": int(flops_step), "flops_step_counted": flops,
+        "flops_step_analytic": int(analytic.total), "flops_step_analytic_step0": int(analytic0.total),
+        "flops_analytic_split": {k: int(v) for k, v in analytic.as_dict().items()},
+        "tflops_s": round(flops_step / (med / 1e3) / 1e12, 4),
+        "mfu": round(flops_step / (med / 1e3) / (peak[0] * 1e12), 5) if peak else None,
+        "peak_tflops": round(peak[0], 3) if peak else None, "peak_source": peak[1] if peak else None,
+        "peak_mem_gib": round(peak_mem, 3) if peak_mem is not None else None,
+        "phases": phases, "mask_lengths_mean": [[round(kc, 1), round(kt, 1)] for kc, kt in mask_lengths],
+        "loss_last": float(loss) if loss is not None else None,
+    }
+    if flop_error and flop_error != "skipped":
+        row["flops_error"] = flop_error
+    del step, model
+    _free(device)
+    return row
+
+
+def _compile_stats():
+    try:
+        from vjepa_fast.compile import compile_stats
+    except ImportError:
+        return None
+    return compile_stats()
+
+
+def ratio_row(ref: dict, fast: dict) -> dict:
+    phases = {}
+    for k, v in fast["phases"].items():
+        if ref["phases"].get(k):
+            phases[k] = round(v / ref["phases"][k], 4)
+    return {
+        "bench": "train_step", "impl": "ratio", "model": ref["model"], "batch": ref["batch"],
+        "device_name": ref["device_name"], "dtype": ref["dtype"],
+        "ms_ratio_fast_over_reference": round(fast["ms_step"] / ref["ms_step"], 4),
+        "speedup_fast_vs_reference": round(ref["ms_step"] / fast["ms_step"], 4),
+        "clips_s_reference": ref["clips_s"], "clips_s_fast": fast["clips_s"],
+        "phases_ratio_fast_over_reference": phases,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# loss parity
+# ----------------------------------------------------------------------------------------------
+
+
+def default_tolerance(setup: BenchSetup) -> float:
+    if setup.dtype == torch.float32:
+        return 1e-5 if setup.device.type == "cpu" else 1e-4
+    return 2e-2
+
+
+def check_loss(setup: BenchSetup, args) -> dict:
+    """Both impls, ``args.check_loss`` steps each from the same init, masks and clips."""
+    n = args.check_loss
+    losses, params = {}, {}
+    for impl in ("reference", "fast"):
+        model = setup.build_model()
+        step = make_step(impl, model, setup, compile=args.compile)
+        out = []
+        for i in range(n):
+            me, mp = setup.masks(i)
+            out.append(step(setup.clips(i), me, mp))
+        losses[impl] = [float(v) for v in out]
+        params[impl] = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        desc = model_desc(model)
+        del step, model
+        _free(setup.device)
+    ref, fast = losses["reference"], losses["fast"]
+    rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(ref, fast)]
+    worst_name, worst = None, 0.0
+    for k, a in params["reference"].items():
+        d = (a - params["fast"][k]).abs().max().item() if a.numel() else 0.0
+        if d > worst or worst_name is None:
+            worst_name, worst = k, d
+    tol = args.tol if args.tol is not None else default_tolerance(setup)
+    max_rel = max(rel) if rel else 0.0
+    return {
+        "bench": "train_step", "mode": "check_loss", **environment(setup.device), **setup.describe, **desc,
+        "batch": setup.batch, "frames": setup.frames, "crop": setup.crop, "dtype": DTYPE_NAMES[setup.dtype],
+        "attn_backend": get_attention_backend(), "kernels": kernels.kernel_backend(setup.device),
+        "steps": n, "losses_reference": ref, "losses_fast": fast, "rel_diff": rel,
+        "max_rel_diff": max_rel, "param_max_abs_diff": worst, "param_max_abs_diff_name": worst_name,
+        "tolerance": tol, "pass": bool(max_rel <= tol and math.isfinite(max_rel)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_step.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--impl", default="both", choices=["reference", "fast", "both"])
+    p.add_argument("--steps", type=int, default=20, help="timed steps (median over them)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (after the FLOP-count step)")
+    p.add_argument("--phase-steps", type=int, default=5,
+                   help="steps of the separate per-phase pass (0: skip)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode step")
+    p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak measurement")
+    p.add_argument("--peak-tflops", type=float, default=None, help="use this peak instead of measuring one")
+    p.add_argument("--check-loss", type=int, default=0, metavar="N",
+                   help="loss parity mode: both impls N steps from the same init / masks / clips")
+    p.add_argument("--tol", type=float, default=None,
+                   help="--check-loss tolerance on the relative loss difference (fp32 CPU 1e-5, bf16 2e-2)")
+    p.add_argument("--out", default=None, help="append the JSON lines to this file as well")
+    add_size_args(p)
+    return p
+
+
+def emit(row: dict, out: str | None) -> None:
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    if args.config is None and args.overrides:
+        build_parser().error(f"dotted overrides {args.overrides} need --config")
+    if args.steps < 1 and not args.check_loss:
+        build_parser().error("--steps must be >= 1")
+    setup = make_setup(args)
+    if setup.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the official main does
+    choose_attention(args, setup)
+    if args.check_loss:
+        row = check_loss(setup, args)
+        emit(row, args.out)
+        return 0 if row["pass"] else 1
+    peak = None
+    if args.peak_tflops:
+        peak = (args.peak_tflops, "given (--peak-tflops)")
+    elif not args.no_mfu:
+        peak = measure_matmul_tflops(setup.device, setup.dtype)
+    clips_pool = [setup.clips(0), setup.clips(1)]
+    impls = ["reference", "fast"] if args.impl == "both" else [args.impl]
+    rows = {}
+    for impl in impls:
+        rows[impl] = bench_impl(impl, setup, args, clips_pool, peak)
+        emit(rows[impl], args.out)
+    if len(rows) == 2:
+        emit(ratio_row(rows["reference"], rows["fast"]), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

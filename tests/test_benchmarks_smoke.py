@@ -1,0 +1,152 @@
+"""CPU smoke tests of the training-step benchmarks at tiny sizes.
+
+* ``benchmarks/train_step.py --impl both`` prints one valid JSON line per impl plus the ratio line,
+  with every field the throughput report needs (speed is reported, never asserted);
+* ``--check-loss`` is a real parity test: the official-structure step (``reference_step.py``: one
+  encoder pass per mask, repeat-index gathers, full-length target LayerNorm, foreach AdamW, Python
+  EMA loop) and the fast step (fused kernels / their references, fused EMA) must give the same
+  losses and weights in fp32;
+* ``benchmarks/profile_step.py`` writes a Chrome trace and a table of top ops.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+import profile_step  # noqa: E402
+import train_step  # noqa: E402
+
+TINY = ["--device", "cpu", "--model", "vit_tiny", "--embed-dim", "64", "--depth", "2", "--heads", "2",
+        "--pred-dim", "32", "--pred-depth", "1", "--frames", "8", "--crop", "64", "--batch", "2"]  # fmt: skip
+
+IMPL_FIELDS = {
+    "bench", "impl", "device", "device_name", "torch", "triton", "commit", "model", "embed_dim", "depth",
+    "heads", "pred_dim", "pred_depth", "batch", "frames", "crop", "tokens", "dtype", "attn_backend",
+    "kernels", "compile", "steps", "warmup", "ms_step", "ms_step_p20", "ms_step_p80", "clips_s",
+    "flops_step", "flops_step_counted", "flops_step_analytic", "tflops_s", "mfu", "peak_tflops",
+    "peak_source", "peak_mem_gib", "phases", "mask_lengths_mean", "loss_last",
+}  # fmt: skip
+PHASE_FIELDS = {"target_fwd_ms", "ctx_pred_fwd_bwd_ms", "optimizer_ms", "ema_ms", "total_ms"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny ops gain nothing from intra-op threads, and on a shared CI box they lose a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_train_step_both_reports_every_field(capsys, tmp_path):
+    out = tmp_path / "results.jsonl"
+    rc = train_step.main(TINY + ["--impl", "both", "--steps", "3", "--warmup", "1", "--phase-steps", "1",
+                                 "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert [r["impl"] for r in rows] == ["reference", "fast", "ratio"]
+    assert _json_lines(out.read_text()) == rows
+    for r in rows[:2]:
+        assert IMPL_FIELDS <= set(r), IMPL_FIELDS - set(r)
+        assert PHASE_FIELDS <= set(r["phases"]), r["phases"]
+        assert r["steps"] == 3 and r["ms_step"] > 0 and r["clips_s"] > 0
+        assert r["ms_step_p20"] <= r["ms_step"] <= r["ms_step_p80"]
+        assert r["flops_step"] > 0 and r["flops_step_analytic"] > 0 and 0 < r["mfu"]
+        assert r["peak_mem_gib"] is None  # CPU
+        assert r["loss_last"] > 0
+    ref, fast = rows[0], rows[1]
+    assert "host_sync_ms" in ref["phases"] and "host_sync_ms" not in fast["phases"]
+    assert ref["kernels"] == "none" and fast["kernels"] in ("torch", "triton")
+    # The reference recomputes the patch embedding once per mask config; the fast path once per step.
+    assert ref["flops_step"] > fast["flops_step"]
+    # The analytic formula matches FlopCounterMode on the same step's masks to a few percent.
+    for r in (ref, fast):
+        assert abs(r["flops_step_analytic_step0"] / r["flops_step_counted"] - 1) < 0.05, r
+    ratio = rows[2]
+    assert ratio["speedup_fast_vs_reference"] == pytest.approx(ref["ms_step"] / fast["ms_step"], rel=1e-3)
+    assert ratio["ms_ratio_fast_over_reference"] == pytest.approx(fast["ms_step"] / ref["ms_step"], rel=1e-3)
+
+
+def test_check_loss_reference_and_fast_agree_fp32(capsys):
+    rc = train_step.main(TINY + ["--check-loss", "5"])
+    row = _json_lines(capsys.readouterr().out)[0]
+    assert rc == 0 and row["pass"], row
+    assert row["mode"] == "check_loss" and row["steps"] == 5 and row["tolerance"] == 1e-5
+    assert len(row["losses_reference"]) == len(row["losses_fast"]) == 5
+    assert row["max_rel_diff"] <= 1e-5
+    assert row["param_max_abs_diff"] < 1e-6
+    # The weights really moved (5 AdamW steps), so the parity covers the update and the EMA too.
+    assert row["losses_reference"][0] != row["losses_reference"][-1]
+
+
+def test_check_loss_with_triton_kernels_in_interpreter(capsys, monkeypatch):
+    """The Triton kernels (run by the interpreter on CPU) against the official structure."""
+    from vjepa_fast.kernels import HAS_TRITON, INTERPRET
+
+    if not (HAS_TRITON and INTERPRET):
+        pytest.skip("needs triton with TRITON_INTERPRET=1 at import")
+    monkeypatch.setenv("VJEPA_FAST_KERNELS", "triton")
+    rc = train_step.main(TINY + ["--check-loss", "2"])
+    row = _json_lines(capsys.readouterr().out)[0]
+    assert row["kernels"] == "triton"
+    assert rc == 0 and row["pass"] and row["max_rel_diff"] <= 1e-5, row
+
+
+def test_profile_step_writes_trace_and_table(capsys, tmp_path):
+    rc = profile_step.main(TINY + ["--steps", "1", "--warmup", "1", "--out-dir", str(tmp_path),
+                                   "--row-limit", "5"])  # fmt: skip
+    assert rc == 0
+    summary = _json_lines(capsys.readouterr().out)[-1]
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"phase/target_fwd", "phase/ctx_pred_fwd_bwd", "phase/optimizer", "phase/ema"} <= names
+    table = (tmp_path / "top_ops.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table
+    assert summary["bench"] == "profile_step" and PHASE_FIELDS <= set(summary["phases"])
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["files"]["trace"] == str(tmp_path / "trace.json")
+
+
+def test_profile_step_from_pretrain_config(capsys, tmp_path):
+    cfg = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+    overrides = ["data.batch_size=1", "model.embed_dim=48", "model.depth=2", "model.pred_depth=1",
+                 "model.pred_embed_dim=24"]  # fmt: skip
+    rc = profile_step.main(["--config", str(cfg), "--impl", "reference", "--steps", "1", "--warmup", "0",
+                            "--out-dir", str(tmp_path), *overrides])  # fmt: skip
+    assert rc == 0
+    summary = _json_lines(capsys.readouterr().out)[-1]
+    assert summary["config"] == str(cfg) and summary["batch"] == 1
+    sizes = tuple(summary[k] for k in ("embed_dim", "depth", "pred_dim", "pred_depth"))
+    assert sizes == (48, 2, 24, 1)
+    assert "host_sync_ms" in summary["phases"]
+    assert (tmp_path / "trace.json").stat().st_size > 0
+
+
+def test_train_step_runs_as_a_script(tmp_path):
+    """The CLI as users call it: its own sys.path handling, --out, and exit status 1 when the
+    loss check fails (here forced with an impossible tolerance)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, str(BENCH / "train_step.py"), *TINY, "--check-loss", "1", "--tol", "-1",
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    row = json.loads(out.read_text())
+    assert row == json.loads(proc.stdout)
+    assert row["pass"] is False and row["max_rel_diff"] <= 1e-5
