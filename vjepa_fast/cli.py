@@ -1,47 +1,85 @@
-"""``vjepa-fast`` command line: ``pretrain``, ``demo``, ``make-demo-data``."""
+"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``plot``, ``profile``, ``make-demo-data``."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+DEMO_DATA = REPO / "data" / "demo"
+DEMO_RUN = REPO / "runs" / "demo_digits"
+
+
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _pretrain(args) -> int:
     from .config import PretrainConfig
     from .train import pretrain
 
-    cfg = PretrainConfig.from_yaml(args.config, args.overrides)
-    result = pretrain(cfg)
-    print(f"done: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}")
-    print(f"checkpoint: {result.checkpoint}\nlog: {result.log}")
+    result = pretrain(PretrainConfig.from_yaml(args.config, args.overrides))
+    if _rank0():
+        print(f"done: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}")
+        print(f"checkpoint: {result.checkpoint}\nlog: {result.log}")
     return 0
 
 
-def _demo(args) -> int:
-    from .config import PretrainConfig
-    from .train import pretrain
+def _probe(args) -> int:
+    from .config import EvalConfig
+    from .probe import main_probe
 
-    if not DEMO_CONFIG.is_file():
-        print(f"demo config not found at {DEMO_CONFIG} (run from a clone of the repository)", file=sys.stderr)
+    result = main_probe(EvalConfig.from_yaml(args.config, args.overrides))
+    print(f"best probe: top-1 {result.top1:.2f}" + (f", top-5 {result.top5:.2f}" if result.top5 is not None else ""))
+    print(f"results: {result.results_json}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .plot import plot
+
+    print(plot(args.run_dir, args.out))
+    return 0
+
+
+def _profile(args) -> int:
+    # benchmarks/ is not an installed package: load the script from the repository.
+    path = REPO / "benchmarks" / "profile_step.py"
+    if not path.is_file():
+        print(f"profiler script not found at {path} (run from a clone of the repository)", file=sys.stderr)
         return 2
-    cfg = PretrainConfig.from_yaml(DEMO_CONFIG, args.overrides)
-    d, m = cfg.data, cfg.model
+    spec = importlib.util.spec_from_file_location("vjepa_fast_profile_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.rest)
+
+
+def _demo(args) -> int:
+    from .probe import run_demo_probes
+    from .train import run_demo_pretrain
+
     print(
-        f"vjepa-fast demo: pretraining a tiny V-JEPA ({m.model_name}, {d.num_frames}x{d.crop_size}px clips, "
-        f"batch {d.batch_size}, {cfg.total_steps()} steps, {cfg.meta.dtype}) on SYNTHETIC random clips "
-        f"with the official masks, loss, schedules, AdamW and EMA. Real video data comes with the "
-        f"pretraining pipeline.",
+        "vjepa-fast demo: (1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
+        "digits moving in known directions), (2) pretrain a tiny V-JEPA on them on the CPU with the "
+        "official masks, loss, schedules, AdamW and EMA, (3) probe the frozen encoder for digit class "
+        "(appearance) and motion direction (motion) on held-out clips, next to a random-init encoder.",
         flush=True,
     )
-    result = pretrain(cfg)
+    result = run_demo_pretrain(args.data, args.out, overrides=args.overrides)
     print(
-        f"\nran {result.steps} real training steps in {result.seconds:.1f} s; "
-        f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}\n"
-        f"checkpoint (official format): {result.checkpoint}\nper-step log: {result.log}"
+        f"\npretraining: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.4f} -> "
+        f"{result.final_loss:.4f}\ncheckpoint (official format): {result.checkpoint}\nlog: {result.log}\n"
+        f"plot: {Path(args.out) / 'training.png'}\n",
+        flush=True,
     )
+    probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes")
+    print(f"\nprobe results: {Path(args.out) / 'probes'}")
+    top1 = probes["top1"]
+    beaten = [task for task in ("digit", "motion") if top1["pretrained"][task] <= top1["random"][task]]
+    if beaten:
+        print(f"note: the pretrained encoder does not beat random init on: {', '.join(beaten)}")
     return 0
 
 
@@ -54,21 +92,41 @@ def _make_demo_data(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vjepa-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="pretrain V-JEPA from a YAML config")
+
+    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (CPU minutes)")
+    p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
+    p.add_argument("--out", default=str(DEMO_RUN), help="run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("pretrain", help="pretrain V-JEPA from a YAML config (torchrun for several GPUs)")
     p.add_argument("--config", required=True, help="YAML file (official layout)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimization.lr=1e-3")
     p.set_defaults(func=_pretrain)
-    p = sub.add_parser("demo", help="the bundled demo (tiny model, a few minutes on a CPU)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/tiny_cpu.yaml")
-    p.set_defaults(func=_demo)
-    p = sub.add_parser("make-demo-data", help="render the moving-digits demo videos", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_make_demo_data)
+
+    p = sub.add_parser("probe", help="train and evaluate attentive probes on a frozen encoder")
+    p.add_argument("--config", required=True, help="eval YAML file (official layout)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.set_defaults(func=_probe)
+
+    p = sub.add_parser("plot", help="PNG of loss, lr/wd and throughput of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/training.png)")
+    p.set_defaults(func=_plot)
+
+    for name, helptext, func in (
+        ("profile", "torch.profiler trace + top-kernel table of training steps (benchmarks/profile_step.py)", _profile),
+        ("make-demo-data", "render the moving-digits demo videos", _make_demo_data),
+    ):
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        # Config and checkpoint errors already name the file/key/value: show them without a traceback.
+        # Config, data and checkpoint errors already name the file/key/value: no traceback.
         print(f"vjepa-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
 
