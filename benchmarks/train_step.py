@@ -61,6 +61,8 @@ for _p in (str(REPO), str(HERE)):
         sys.path.insert(0, _p)
 
 import torch  # noqa: E402
+
+from envinfo import git_commit  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from flops import count_flops, model_step_flops  # noqa: E402
@@ -92,28 +94,6 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 # ----------------------------------------------------------------------------------------------
 # environment
 # ----------------------------------------------------------------------------------------------
-
-
-def git_commit() -> str:
-    """HEAD's commit id read from .git (no git process)."""
-    git = REPO / ".git"
-    try:
-        if git.is_file():  # worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head[:12]
-        ref = head.split(" ", 1)[1]
-        if (git / ref).exists():
-            return (git / ref).read_text().strip()[:12]
-        packed = git / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0][:12]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def environment(device: torch.device) -> dict:

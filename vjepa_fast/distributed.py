@@ -39,7 +39,6 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_object",
     "barrier",
-    "student_loss",
     "local_tensors",
 ]
 
@@ -152,29 +151,8 @@ class StudentModule(nn.Module):
     def forward(self, clips, masks_enc, masks_pred, h):
         """-> ``(loss, loss_jepa, loss_reg, preds, context)`` against raw target features ``h``."""
         model = self.__dict__["_vjepa"]
-        compiled = getattr(model, "compiled_student", None)
-        if compiled is not None:
-            return compiled(model, clips, masks_enc, masks_pred, h)
-        own = getattr(type(model), "forward_student", None)
-        if own is not None:
-            return own(model, clips, masks_enc, masks_pred, h)
-        return student_loss(model, clips, masks_enc, masks_pred, h)
-
-
-def student_loss(model, clips, masks_enc, masks_pred, h):
-    """The student half of ``VJEPA.forward`` (same operations, same order): context encoder +
-    predictor, then the JEPA loss against the raw target features ``h``."""
-    from .jepa import jepa_loss, variance_reg  # noqa: PLC0415
-
-    ctx, preds = model.forward_context(clips, masks_enc, masks_pred)
-    loss_jepa = jepa_loss(preds, h, masks_pred, model.loss_exp)
-    if model.reg_coeff:
-        loss_reg = variance_reg(preds)
-        loss = loss_jepa + model.reg_coeff * loss_reg
-    else:
-        loss_reg = loss_jepa.new_zeros(())
-        loss = loss_jepa
-    return loss, loss_jepa, loss_reg, preds, ctx
+        student = model.compiled_student or type(model).forward_student
+        return student(model, clips, masks_enc, masks_pred, h)
 
 
 def _fsdp_shard(modules: Sequence[nn.Module], device: torch.device, mp_dtype: torch.dtype | None) -> None:

@@ -10,7 +10,6 @@ the inputs are not rotated.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,12 +20,7 @@ import common as C  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=list(C.MODELS), choices=list(C.MODELS))
-    ap.add_argument("--skip-adamw", action="store_true")
-    ap.add_argument("--no-save", action="store_true")
-    args = ap.parse_args(argv)
-    C.require_cuda("bench_ema")
+    args = C.bench_args("bench_ema", __doc__, argv, dtype=False, extra=[("--skip-adamw", dict(action="store_true"))])
     from vjepa_fast.kernels import FlatParams, fused_adamw_ema_, fused_ema_
 
     rec = C.Recorder("ema")

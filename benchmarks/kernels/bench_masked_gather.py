@@ -7,7 +7,6 @@ GB/s is the fused op's minimal traffic over the time, for every implementation (
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,12 +22,7 @@ def official(x, idx, pos):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--models", nargs="+", default=list(C.MODELS), choices=list(C.MODELS))
-    ap.add_argument("--no-save", action="store_true")
-    args = ap.parse_args(argv)
-    C.require_cuda("bench_masked_gather")
+    args = C.bench_args("bench_masked_gather", __doc__, argv)
     from vjepa_fast.kernels import masked_gather, reference
 
     dtype = getattr(torch, args.dtype)

@@ -7,7 +7,6 @@ int64 index), ``mean(|z - h|)``. Traffic counted for the fused op: pred + gather
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -25,12 +24,7 @@ def official(pred, target, idx):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--models", nargs="+", default=list(C.MODELS), choices=list(C.MODELS))
-    ap.add_argument("--no-save", action="store_true")
-    args = ap.parse_args(argv)
-    C.require_cuda("bench_masked_l1_loss")
+    args = C.bench_args("bench_masked_l1_loss", __doc__, argv)
     from vjepa_fast.kernels import masked_l1_loss, reference
 
     dtype = getattr(torch, args.dtype)

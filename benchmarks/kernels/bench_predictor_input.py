@@ -7,7 +7,6 @@ gather; ``+= gather(pos.repeat(B,1,1))``; ``cat``. Predictor width 384 for ViT-L
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -26,11 +25,7 @@ def official(ctx, ctx_idx, tgt_idx, pos, token):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--no-save", action="store_true")
-    args = ap.parse_args(argv)
-    C.require_cuda("bench_predictor_input")
+    args = C.bench_args("bench_predictor_input", __doc__, argv, models=False)
     from vjepa_fast.kernels import assemble_predictor_input, reference
 
     dtype = getattr(torch, args.dtype)

@@ -21,6 +21,9 @@ from typing import Callable, Sequence
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for envinfo
+from envinfo import git_commit  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 CSV_PATH = Path(os.environ.get("VJEPA_BENCH_CSV", REPO / "benchmarks" / "results" / "kernels.csv"))
 
@@ -51,29 +54,6 @@ def require_cuda(script: str) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print(f"{script}: TRITON_INTERPRET is set; unset it to benchmark compiled kernels.", file=sys.stderr)
         sys.exit(2)
-
-
-def git_commit() -> str:
-    """HEAD's commit id read from .git (no git process)."""
-    git = REPO / ".git"
-    try:
-        if git.is_file():  # worktree: "gitdir: <path>"
-            git = Path(git.read_text().split(":", 1)[1].strip())
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref:"):
-            return head[:12]
-        ref = head.split(" ", 1)[1]
-        ref_file = git / ref
-        if ref_file.exists():
-            return ref_file.read_text().strip()[:12]
-        packed = git / "packed-refs"
-        if packed.exists():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0][:12]
-    except OSError:
-        pass
-    return "unknown"
 
 
 def environment() -> dict:
@@ -237,3 +217,21 @@ def _no_grad_call(fn, args):
 
 def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def bench_args(name: str, description: str, argv=None, *, dtype: bool = True, models: bool = True, extra=()):
+    """The shared command line of the kernel benchmarks (``--dtype``, ``--models``, ``--no-save``
+    plus ``extra`` ``(flag, kwargs)`` pairs); refuses to run without CUDA."""
+    import argparse  # noqa: PLC0415
+
+    ap = argparse.ArgumentParser(description=description)
+    if dtype:
+        ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    if models:
+        ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    for flag, kwargs in extra:
+        ap.add_argument(flag, **kwargs)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    require_cuda(name)
+    return args
