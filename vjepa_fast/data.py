@@ -3,9 +3,19 @@
 Pipeline (one rank)::
 
     index files --VideoDataset (decord, in DataLoader workers)--> uint8 [T,H,W,3] per clip
+      [--RandAugment (data_aug.auto_augment; workers, full-resolution uint8 frames, PIL)]
       --collate_uint8--> lists of uint8 tensors (pinned on CUDA)
       --VideoClipSource (main process)--> crop/resize/flip/normalise, batched on the device
-      (vjepa_fast.transforms.apply_video_transform) --> float [B*num_clips, 3, T, S, S]
+      (vjepa_fast.transforms.apply_video_transform)
+      [--random erasing (data_aug.reprob; on the device, per clip)] --> float [B*num_clips, 3, T, S, S]
+
+This is the official order (spec §5.2): RandAugment before the random-resized-crop, random erasing
+after normalisation. RandAugment is :class:`vjepa_fast.eval_data.RandAugmentVideo`
+(``rand-m7-n4-mstd0.5-inc1``, bicubic, one set of op parameters for all frames of a clip); random
+erasing is :func:`vjepa_fast.eval_data.random_erase_` (pixel mode, max_count 1, one box for every
+frame of the clip, fresh N(0,1) noise per frame: the official ``RandomErasing(cube=True)``). The
+official transform normalises in [0,1] units when RandAugment is on; normalising the [0,255] clip with
+mean/std x 255 is the same affine map (equal up to float32 rounding).
 
 Masks are not made here: the trainer draws them in the main process with
 ``collator.sample(B, step)`` (a pure function of ``(seed, rank, step)``).
@@ -18,7 +28,11 @@ Determinism and exact resume. Everything random is a function of a counter that 
 * the clip position inside a video comes from ``(seed, p, index)`` (the dataset's per-item
   generator, passed ``p`` through :class:`~vjepa_fast.video_dataset.EpochTaggedSampler` so it also
   works in persistent workers);
-* crop boxes and flips of training step ``s`` come from a generator keyed by ``(seed, rank, s)``.
+* crop boxes and flips of training step ``s`` come from a generator keyed by ``(seed, rank, s)``;
+* RandAugment of sample ``index`` in pass ``p`` draws from a numpy generator keyed by
+  ``(seed, rank, p, index)`` (in the worker, so it does not depend on the number of workers);
+* random erasing of clip ``b`` of step ``s`` draws from a numpy generator keyed by
+  ``(seed, rank, s, b)``.
 
 The source state is ``{"pass": p, "consumed": k}`` (batches of pass ``p`` already used). On resume
 the sampler skips the first ``k * B`` indices *by index*, without decoding them.
@@ -33,11 +47,13 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .config import PretrainConfig
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, _check_unsupported, apply_video_transform, sample_batch_crop_params
+from .eval_data import RandAugmentVideo, random_erase_
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, _check_motion_shift, apply_video_transform, sample_batch_crop_params
 from .video_dataset import DistributedWeightedSampler, VideoDataset
 
 __all__ = [
@@ -48,6 +64,9 @@ __all__ = [
     "VideoClipSource",
     "repeat_masks",
     "step_generator",
+    "numpy_generator",
+    "RandAugmentClips",
+    "random_erase_batch_",
 ]
 
 
@@ -57,13 +76,59 @@ def step_generator(seed: int, rank: int, step: int, stream: str = "crop") -> tor
     return torch.Generator().manual_seed(int.from_bytes(key, "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def numpy_generator(seed: int, rank: int, step: int, stream: str, *extra: int) -> np.random.Generator:
+    """A numpy generator that depends only on ``(seed, rank, step, stream, *extra)``."""
+    key = hashlib.blake2b("/".join(str(v) for v in (seed, rank, step, stream, *extra)).encode(), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(key, "little"))
+
+
+class RandAugmentClips(Dataset):
+    """Wraps a :class:`VideoDataset` (indexed by ``index`` or ``(index, pass)``) and applies
+    :class:`~vjepa_fast.eval_data.RandAugmentVideo` to every clip of the item, on the full-resolution
+    uint8 frames, before anything else (official order). Clip ``c`` of sample ``index`` in pass ``p``
+    on rank ``rank`` draws from ``numpy_generator(seed, rank, p, "randaugment", index)`` (clips of a
+    sample in turn), so the result does not depend on which worker decodes it."""
+
+    def __init__(self, base: Dataset, seed: int = 0, rank: int = 0, randaugment: RandAugmentVideo | None = None):
+        self.base = base
+        self.seed, self.rank = int(seed), int(rank)
+        self.randaugment = randaugment if randaugment is not None else RandAugmentVideo()
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def augment(self, clips, data_pass: int, index: int) -> list[np.ndarray]:
+        rng = numpy_generator(self.seed, self.rank, data_pass, "randaugment", index)
+        return [self.randaugment(np.asarray(c), rng) for c in clips]
+
+    def __getitem__(self, key):
+        if isinstance(key, (tuple, list)):
+            index, data_pass = int(key[0]), int(key[1])
+        else:
+            index, data_pass = int(key), int(getattr(self.base, "epoch", 0))
+        clips, label, clip_indices = self.base[key]
+        return self.augment(clips, data_pass, index), label, clip_indices
+
+
+def random_erase_batch_(x: torch.Tensor, prob: float, seed: int, rank: int, step: int) -> torch.Tensor:
+    """Random erasing, in place, of a batch of normalised clips ``[B, C, T, H, W]`` (any device and
+    dtype): clip ``b`` goes through :func:`~vjepa_fast.eval_data.random_erase_` (probability ``prob``,
+    pixel mode, one box for all frames, max_count 1) with ``numpy_generator(seed, rank, step, "erase", b)``."""
+    if prob <= 0:
+        return x
+    for b in range(x.shape[0]):
+        random_erase_(x[b], prob, numpy_generator(seed, rank, step, "erase", b))
+    return x
+
+
 def build_video_dataset(cfg: PretrainConfig) -> VideoDataset:
     """The official ``VideoDataset`` for ``cfg.data`` returning raw uint8 clips (no transform:
-    augmentation happens batched on the device)."""
+    augmentation happens batched on the device; RandAugment, when on, is added by
+    :class:`VideoClipSource` as a :class:`RandAugmentClips` wrapper)."""
     d = cfg.data
     if not d.datasets:
         raise ValueError("data.datasets is empty: list the index files (official '<path> <label>' format)")
-    _check_unsupported(cfg.data_aug.auto_augment, cfg.data_aug.motion_shift, cfg.data_aug.reprob)
+    _check_motion_shift(cfg.data_aug.motion_shift)
     return VideoDataset(
         d.datasets, datasets_weights=d.datasets_weights, frames_per_clip=d.num_frames,
         frame_step=d.sampling_rate, num_clips=d.num_clips, duration=d.clip_duration,
@@ -143,11 +208,16 @@ class VideoClipSource:
         self.scale = tuple(a.random_resize_scale)
         self.ratio = tuple(a.random_resize_aspect_ratio)
         self.out_dtype = out_dtype
+        _check_motion_shift(a.motion_shift)
+        self.auto_augment = bool(a.auto_augment)
+        self.reprob = float(a.reprob)
         self.dataset = dataset if dataset is not None else build_video_dataset(cfg)
         self.sampler = ResumableSampler(build_sampler(self.dataset, rank, world_size, self.seed))
         self.pin = bool(d.pin_mem) and self.device.type == "cuda"
+        # RandAugment runs in the workers on the decoded uint8 frames (before the device crop).
+        loader_dataset = RandAugmentClips(self.dataset, self.seed, rank) if self.auto_augment else self.dataset
         self.loader = DataLoader(
-            self.dataset, batch_size=d.batch_size, sampler=self.sampler, drop_last=True,
+            loader_dataset, batch_size=d.batch_size, sampler=self.sampler, drop_last=True,
             num_workers=d.num_workers, pin_memory=self.pin, persistent_workers=d.num_workers > 0,
             collate_fn=collate_uint8,
         )
@@ -201,12 +271,15 @@ class VideoClipSource:
         return batch
 
     def transform(self, clips: Sequence[torch.Tensor], step: int) -> torch.Tensor:
-        """Crop/resize/flip/normalise a list of uint8 clips for step ``step`` on ``self.device``."""
+        """Crop/resize/flip/normalise a list of uint8 clips for step ``step`` on ``self.device``,
+        then random erasing (``data_aug.reprob``) of each normalised clip."""
         g = step_generator(self.seed, self.rank, step)
         sizes = [(int(c.shape[1]), int(c.shape[2])) for c in clips]
         boxes, flips = sample_batch_crop_params(sizes, self.scale, self.ratio, g, 0.5)
-        return apply_video_transform(clips, boxes, flips, self.crop_size, IMAGENET_MEAN, IMAGENET_STD,
-                                     device=self.device, out_dtype=self.out_dtype)
+        out = apply_video_transform(clips, boxes, flips, self.crop_size, IMAGENET_MEAN, IMAGENET_STD,
+                                    device=self.device, out_dtype=self.out_dtype)
+        # Erasing in out_dtype == erasing in float32 then casting (the noise is cast the same way).
+        return random_erase_batch_(out, self.reprob, self.seed, self.rank, step)
 
     def __call__(self, step: int) -> torch.Tensor:
         clips, labels = self.next_batch()

@@ -13,8 +13,25 @@ It is split in two so that the heavy part can run batched on the GPU:
   align_corners=False)``; on the CPU it loops over the clips with ``F.interpolate`` on each box.
 
 :func:`reference_video_transform` is the per-clip CPU implementation in the official order; the tests
-check that both agree. RandAugment, random erasing and motion shift (all off in the official
-pretraining configs) are not implemented and raise ``NotImplementedError``.
+check that both agree.
+
+Optional pieces (all off in the official pretraining configs):
+
+* ``data_aug.auto_augment`` (RandAugment ``rand-m7-n4-mstd0.5-inc1``, bicubic, one set of op
+  parameters for every frame of a clip) and ``data_aug.reprob`` (random erasing, pixel mode,
+  max_count 1, one box for all frames of a clip) are implemented by the pretraining pipeline
+  (:class:`vjepa_fast.data.VideoClipSource`), reusing :class:`vjepa_fast.eval_data.RandAugmentVideo`
+  and :func:`vjepa_fast.eval_data.random_erase_`: RandAugment runs on the full-resolution uint8
+  frames in the DataLoader workers *before* the crop, random erasing on the normalised batched clips
+  on the device *after* :func:`apply_video_transform`. When RandAugment is on, the official code
+  converts to [0,1] (``/255``) and normalises with mean/std in [0,1] units; here the clip stays in
+  [0,255] and is normalised with mean/std x 255, which is the same affine map
+  (``(x/255 - m)/s == (x - 255 m)/(255 s)``, and the bilinear resize commutes with the scaling), so the
+  normalised result is equal up to float32 rounding (~1e-6).
+* The per-clip :class:`VideoTransform` and :class:`BatchVideoTransform` do not implement them and
+  raise ``NotImplementedError`` for ``auto_augment`` / ``reprob > 0``.
+* ``motion_shift`` (``random_resized_crop_with_shift``) is not implemented anywhere and raises
+  ``NotImplementedError``.
 """
 from __future__ import annotations
 
@@ -301,21 +318,29 @@ def reference_video_transform(
     return (x - m) / s
 
 
-def _check_unsupported(auto_augment, motion_shift, reprob) -> None:
-    if auto_augment:
-        raise NotImplementedError(
-            "auto_augment (RandAugment rand-m7-n4-mstd0.5-inc1) is not implemented in vjepa_fast; it is "
-            "off in every official pretraining config. Use auto_augment=False."
-        )
+def _check_motion_shift(motion_shift) -> None:
     if motion_shift:
         raise NotImplementedError(
             "motion_shift (random_resized_crop_with_shift) is not implemented; it is off in every "
             "official pretraining config. Use motion_shift=False."
         )
+
+
+def _check_unsupported(auto_augment, motion_shift, reprob) -> None:
+    """For the per-clip/batch transform classes, which implement neither RandAugment nor random
+    erasing (the pretraining pipeline, :class:`vjepa_fast.data.VideoClipSource`, does)."""
+    if auto_augment:
+        raise NotImplementedError(
+            "auto_augment (RandAugment rand-m7-n4-mstd0.5-inc1) is not implemented by VideoTransform / "
+            "BatchVideoTransform; the pretraining pipeline (vjepa_fast.data.VideoClipSource, "
+            "data_aug.auto_augment) implements it. Use auto_augment=False here."
+        )
+    _check_motion_shift(motion_shift)
     if reprob and reprob > 0:
         raise NotImplementedError(
-            "random erasing (reprob > 0) is not implemented in vjepa_fast; it is off in every official "
-            "pretraining config. Use reprob=0."
+            "random erasing (reprob > 0) is not implemented by VideoTransform / BatchVideoTransform; the "
+            "pretraining pipeline (vjepa_fast.data.VideoClipSource, data_aug.reprob) implements it. "
+            "Use reprob=0 here."
         )
 
 
