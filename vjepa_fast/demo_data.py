@@ -60,7 +60,8 @@ def _upscale(img8: np.ndarray, digit_size: int) -> np.ndarray:
 
 
 def render_clip(
-    digit: np.ndarray, direction: int, speed: float, start: tuple[float, float], frames: int, size: int
+    digit: np.ndarray, direction: int, speed: float, start: tuple[float, float], frames: int, size: int,
+    noise: float = 0.0, noise_seed: int = 0,
 ) -> np.ndarray:
     """uint8 ``[frames, size, size, 3]``: ``digit`` (uint8 square) pasted at ``start + t * speed * dir``
     (rounded to whole pixels) on a black torus canvas."""
@@ -74,6 +75,9 @@ def render_clip(
         y = int(np.rint(start[0] + t * speed * dy / norm)) % size
         x = int(np.rint(start[1] + t * speed * dx / norm)) % size
         out[t] = np.roll(base, (y, x), axis=(0, 1))[:, :, None]
+    if noise > 0:  # fresh grey-level noise every frame (unpredictable detail)
+        g = np.random.default_rng(int(noise_seed)).normal(0.0, float(noise), (frames, size, size, 1))
+        out = np.clip(out.astype(np.float32) + g, 0, 255).round().astype(np.uint8)
     return out
 
 
@@ -130,6 +134,8 @@ def make_demo_data(
     num_directions: int = 4,
     digit_size: int | None = None,
     fps: int = 8,
+    max_speed: float | None = None,
+    noise: float = 0.0,
     verbose: bool = False,
 ) -> dict:
     """Write the demo clips, index files and README into ``out_dir``; returns a summary dict.
@@ -141,6 +147,10 @@ def make_demo_data(
         out_dir/{train,val}_motion.csv     # "<abs path> <direction 0..num_directions-1>"
         out_dir/metadata.json              # per clip: path, split, digit, motion, image_index, speed, start
         out_dir/README.txt
+
+    ``max_speed``: top speed in px/frame (speeds are uniform in [max_speed / 2, max_speed]; default
+    min(3, 0.75 * size / (frames - 1)), at least 1). ``noise``: std of fresh per-frame Gaussian grey-level
+    noise (0 = none; the noise-free output is unchanged by this option).
     """
     if num_directions not in (4, 8):
         raise ValueError("num_directions must be 4 or 8")
@@ -168,7 +178,9 @@ def make_demo_data(
         pools["train"][c] = idx[n_val_c:]
 
     # speeds (pixels / frame) large enough to see, small enough not to alias on the torus
-    max_speed = max(1.0, min(3.0, 0.75 * size / (frames - 1)))
+    if max_speed is None:
+        max_speed = max(1.0, min(3.0, 0.75 * size / (frames - 1)))
+    max_speed = float(max_speed)
     min_speed = max_speed / 2
 
     metadata = []
@@ -186,13 +198,16 @@ def make_demo_data(
             cursor[digit] += 1
             speed = float(rng.uniform(min_speed, max_speed))
             start = (float(rng.uniform(0, size)), float(rng.uniform(0, size)))
-            clip = render_clip(_upscale(images[image_index], digit_size), motion, speed, start, frames, size)
+            noise_seed = int(rng.integers(2**31)) if noise > 0 else 0  # no draw: noise-free data unchanged
+            clip = render_clip(_upscale(images[image_index], digit_size), motion, speed, start, frames, size,
+                               noise=noise, noise_seed=noise_seed)
             path = os.path.join(vdir, f"{split}_{i:05d}.mp4")
             _write_mp4(path, clip, fps, codec)
             digit_rows.append(f"{path} {digit}\n")
             motion_rows.append(f"{path} {motion}\n")
             metadata.append(dict(path=path, split=split, digit=int(digit), motion=int(motion),
-                                 image_index=image_index, speed=speed, start=list(start)))
+                                 image_index=image_index, speed=speed, start=list(start),
+                                 noise_seed=noise_seed))
         with open(os.path.join(out_dir, f"{split}_digit.csv"), "w") as f:
             f.writelines(digit_rows)
         with open(os.path.join(out_dir, f"{split}_motion.csv"), "w") as f:
@@ -201,7 +216,7 @@ def make_demo_data(
 
     settings = dict(n_train=n_train, n_val=n_val, frames=frames, size=size, seed=seed,
                     num_directions=num_directions, digit_size=digit_size, fps=fps, codec=codec,
-                    min_speed=min_speed, max_speed=max_speed)
+                    min_speed=min_speed, max_speed=max_speed, noise=float(noise))
     with open(os.path.join(out_dir, "metadata.json"), "w") as f:
         json.dump(dict(settings=settings, clips=metadata), f, indent=1)
     _write_readme(out_dir, settings)
