@@ -622,9 +622,38 @@ class OptimizationConfig:
                        f"must be <= epochs*ipe = {self.epochs * self.ipe}")
 
 
+class _RootConfig:
+    """Construction and serialisation shared by the two kinds of file."""
+
+    _KIND = ""  # what this kind of file is called, and the other kind, for error messages
+    _OTHER_KIND = ""
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], source: str = "<dict>"):
+        """Build and validate from a plain (YAML-like) dict; errors name ``source``."""
+        return _from_dict(cls, d, source)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()):
+        cfg = load_config(path, overrides)
+        if not isinstance(cfg, cls):
+            raise ConfigError(f"is {cls._OTHER_KIND}, not {cls._KIND}", source=str(path))
+        return cfg
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (official key names, ranges as lists); ``from_dict`` round-trips it."""
+        return _to_plain(self)
+
+    def save_yaml(self, path: Union[str, os.PathLike]) -> None:
+        _save_yaml(self.to_dict(), path)
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(_RootConfig):
     """A V-JEPA pretraining run (official ``configs/pretrain/*.yaml`` layout)."""
+    _KIND = "a pretraining config"
+    _OTHER_KIND = "an evaluation config (has 'eval_name')"
+
     app: str = "vjepa"
     nodes: Optional[int] = None  # ignored
     tasks_per_node: Optional[int] = None  # ignored
@@ -636,27 +665,6 @@ class PretrainConfig:
     meta: MetaConfig = field(default_factory=MetaConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
-
-    # -- construction / serialisation ----------------------------------------------------------
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any], source: str = "<dict>") -> "PretrainConfig":
-        """Build and validate from a plain (YAML-like) dict; errors name ``source``."""
-        return _from_dict(cls, d, source)
-
-    @classmethod
-    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "PretrainConfig":
-        cfg = load_config(path, overrides)
-        if not isinstance(cfg, cls):
-            raise ConfigError("is an evaluation config (has 'eval_name'), not a pretraining config",
-                              source=str(path))
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain nested dict (official key names, ranges as lists); ``from_dict`` round-trips it."""
-        return _to_plain(self)
-
-    def save_yaml(self, path: Union[str, os.PathLike]) -> None:
-        _save_yaml(self.to_dict(), path)
 
     def validate(self, source: Optional[str] = None) -> "PretrainConfig":
         try:
@@ -919,8 +927,11 @@ class EvalMetaConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_RootConfig):
     """A frozen-backbone attentive-probe evaluation (official ``configs/evals/*.yaml`` layout)."""
+    _KIND = "an evaluation config"
+    _OTHER_KIND = "a pretraining config (no 'eval_name')"
+
     eval_name: Optional[str] = None  # required: video_classification_frozen | image_classification_frozen
     nodes: Optional[int] = None  # ignored
     tasks_per_node: Optional[int] = None  # ignored
@@ -930,24 +941,6 @@ class EvalConfig:
     optimization: EvalOptimizationConfig = field(default_factory=EvalOptimizationConfig)
     pretrain: EvalPretrainConfig = field(default_factory=EvalPretrainConfig)
     meta: EvalMetaConfig = field(default_factory=EvalMetaConfig)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any], source: str = "<dict>") -> "EvalConfig":
-        return _from_dict(cls, d, source)
-
-    @classmethod
-    def from_yaml(cls, path: Union[str, os.PathLike], overrides: Iterable[str] = ()) -> "EvalConfig":
-        cfg = load_config(path, overrides)
-        if not isinstance(cfg, cls):
-            raise ConfigError("is a pretraining config (no 'eval_name'), not an evaluation config",
-                              source=str(path))
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        return _to_plain(self)
-
-    def save_yaml(self, path: Union[str, os.PathLike]) -> None:
-        _save_yaml(self.to_dict(), path)
 
     def validate(self, source: Optional[str] = None) -> "EvalConfig":
         try:
