@@ -85,5 +85,7 @@ for bench in masked_gather predictor_input masked_l1_loss ema; do
     "$PY" "$REPO/benchmarks/kernels/bench_$bench.py" ${args[@]+"${args[@]}"} 2>&1 | tee "$OUT/bench_$bench.txt" | tee -a "$LOG"
     [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1
 done
+# Attention backends at the V-JEPA shapes; the measured tables (VJEPA_FAST_ATTN_TABLE) go to $OUT.
+for m in vit_large vit_huge; do log "== bench_attention $m =="; "$PY" "$REPO/benchmarks/bench_attention.py" --model "$m" --out "$OUT/attention_table_$m.json" 2>&1 | tee "$OUT/bench_attention_$m.txt" | tee -a "$LOG"; [[ ${PIPESTATUS[0]} -ne 0 ]] && status=1; done
 log "gpu_check: done (status $status); outputs in $OUT"
 exit $status
