@@ -8,9 +8,11 @@ fixed sequence of steps shared by both implementations) and synthetic on-device 
   encoder pass and patch embedding per mask config, gathers with repeated indices, the predictor's
   repeat + gather + cat, full-length target LayerNorm, GradScaler even for bf16, default AdamW,
   Python EMA loop, ``float(loss)`` and ``torch.cuda.synchronize()`` every step);
-* ``--impl fast``: vjepa-fast (``VJEPA.forward`` with the fused kernels per ``VJEPA_FAST_KERNELS``,
-  bf16 autocast without GradScaler, fused AdamW on CUDA, fused EMA, cuDNN attention when it works
-  here, no host sync per step, optional ``--compile``);
+* ``--impl fast``: vjepa-fast, the Trainer's own step (``vjepa_fast.train.TrainStep``: the fused
+  kernels per ``VJEPA_FAST_KERNELS``, bf16 autocast without GradScaler, AdamW + EMA in one fused
+  pass on CUDA with Triton (else torch's fused AdamW and the fused EMA), a bf16 working copy of the
+  target's weights under bf16, cuDNN attention when it works here, no host sync per step, optional
+  ``--compile``);
 * ``--impl both`` (default): both, one after the other, plus a ratio line.
 
 Timing: warm-up steps first, then the median (and p20 / p80) of ``--steps`` steps; on CUDA each
@@ -40,7 +42,6 @@ parameter difference at the end; it exits with status 1 when the tolerance is ex
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import gc
 import json
@@ -69,10 +70,16 @@ from flops import count_flops, model_step_flops  # noqa: E402
 from reference_step import ReferenceStep  # noqa: E402
 from vjepa_fast import kernels  # noqa: E402
 from vjepa_fast.attention import get_attention_backend, set_attention_backend  # noqa: E402
-from vjepa_fast.jepa import build_vjepa, jepa_loss, variance_reg  # noqa: E402
+from vjepa_fast.jepa import build_vjepa  # noqa: E402
 from vjepa_fast.masks import build_mask_collator  # noqa: E402
-from vjepa_fast.optim import build_optimizer, clip_gradients, ema_update_  # noqa: E402
+from vjepa_fast.optim import FusedAdamWEMA, build_optimizer  # noqa: E402
 from vjepa_fast.schedules import Schedules  # noqa: E402
+from vjepa_fast.train import (  # noqa: E402
+    TargetWorkingCopy,
+    TrainStep,
+    resolve_fused_optimizer,
+    resolve_target_working_copy,
+)
 from vjepa_fast.vision_transformer import VIT_PRESETS  # noqa: E402
 
 # configs/pretrain/vitl16.yaml, `mask` section (the same two generators in every V1 config).
@@ -168,6 +175,9 @@ class BenchSetup:
     official_loggers: bool = False
     attn_from_config: Optional[str] = None
     head_dims: tuple = ()
+    #: fast impl: meta.fused_optimizer / meta.target_working_copy (None = auto)
+    fused_optimizer: Optional[bool] = None
+    target_working_copy: Optional[bool] = None
     _masks: dict = field(default_factory=dict)
 
     def build_model(self):
@@ -230,6 +240,12 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
                    "if it works)")
     g.add_argument("--compile", action="store_true",
                    help="fast impl: vjepa_fast.compile.compile_vjepa, if present")
+    g.add_argument("--fused-optimizer", default="auto", choices=["auto", "on", "off"],
+                   help="fast impl: AdamW + EMA in one fused pass (auto: CUDA with triton kernels; "
+                   "--config: meta.fused_optimizer)")
+    g.add_argument("--target-copy", default="auto", choices=["auto", "on", "off"],
+                   help="fast impl: bf16/fp16 working copy of the target encoder's weights (auto: on "
+                   "under bf16/fp16; --config: meta.target_working_copy)")
 
 
 def make_setup(args) -> BenchSetup:
@@ -257,7 +273,20 @@ def make_setup(args) -> BenchSetup:
     setup = BenchSetup(device, dtype, batch, frames, crop, 16, 2, seed, describe, build, collator,
                        VITL16_SCHEDULES, 10.0 if args.clip else None, args.official_loggers)
     setup.head_dims = (preset["embed_dim"] // heads, pred_dim // (args.pred_heads or heads))
+    _set_fast_options(setup, args)
     return setup
+
+
+def _flag(value: str | None, default: Optional[bool] = None) -> Optional[bool]:
+    """--fused-optimizer / --target-copy: auto -> ``default`` (a config's value, else None = auto)."""
+    return {"on": True, "off": False}.get(value or "auto", default)
+
+
+def _set_fast_options(setup: BenchSetup, args, meta=None) -> None:
+    setup.fused_optimizer = _flag(getattr(args, "fused_optimizer", None),
+                                  meta.fused_optimizer if meta is not None else None)
+    setup.target_working_copy = _flag(getattr(args, "target_copy", None),
+                                      meta.target_working_copy if meta is not None else None)
 
 
 def _setup_from_config(args, device: torch.device) -> BenchSetup:
@@ -300,6 +329,7 @@ def _setup_from_config(args, device: torch.device) -> BenchSetup:
     setup.attn_from_config = cfg.meta.attn_backend if cfg.meta.attn_backend != "auto" else None
     embed_dim = m.embed_dim or VIT_PRESETS[m.model_name]["embed_dim"]
     setup.head_dims = (embed_dim // m.encoder_num_heads, m.pred_embed_dim // m.predictor_num_heads)
+    _set_fast_options(setup, args, cfg.meta)
     return setup
 
 
@@ -321,93 +351,57 @@ def model_desc(model) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _no_phase(name):
-    return None
-
-
 class FastStep:
-    """One vjepa-fast iteration per call (the :class:`vjepa_fast.train.Trainer` step without its
-    bookkeeping): schedules → ``VJEPA.forward`` under autocast → backward → optional clipping →
-    AdamW (fused on CUDA) → fused EMA. Returns the loss as a device tensor: no host sync."""
+    """One vjepa-fast iteration per call: :class:`vjepa_fast.train.TrainStep`, the Trainer's own step
+    (schedules → target forward → student forward → backward → optional clipping → AdamW → EMA),
+    without the Trainer's bookkeeping. Fused AdamW + EMA and the target working copy follow the
+    Trainer's defaults unless ``fused_optimizer`` / ``target_copy`` say otherwise. Returns the loss
+    as a device tensor: no host sync."""
 
     impl = "fast"
 
-    def __init__(self, model, schedules, dtype=torch.float32, clip_grad=None, compile=False):
+    def __init__(self, model, schedules, dtype=torch.float32, clip_grad=None, compile=False,
+                 fused_optimizer: Optional[bool] = None, target_copy: Optional[bool] = None):
         self.model = model
         self.device = next(model.parameters()).device
         self.schedules, self.dtype, self.clip_grad = schedules, dtype, clip_grad
-        self.optimizer = build_optimizer(model.encoder, model.predictor)
+        use_fused, _ = resolve_fused_optimizer(fused_optimizer, self.device)
+        use_copy, _ = resolve_target_working_copy(target_copy, dtype)
+        self.optimizer = build_optimizer(model.encoder, model.predictor, fused=False if use_fused else None)
+        self.fused = (FusedAdamWEMA(self.optimizer, model.target_encoder.parameters(),
+                                    model.encoder.parameters()) if use_fused else None)
+        self.target_copy = TargetWorkingCopy(model.target_encoder, dtype) if use_copy else None
         # bf16 needs no loss scaling (fp32 exponent range); fp16 does.
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == torch.float16 else None
+        self.step_fn = TrainStep(model, self.optimizer, schedules, dtype=dtype, scaler=self.scaler,
+                                 fused=self.fused, target_copy=self.target_copy)
         self.compile_status = "off"
-        self.forward = model
         if compile:
             self.enable_compile()
 
     def enable_compile(self) -> str:
-        """Route the forward through ``vjepa_fast.compile.compile_vjepa`` when that module exists."""
+        """Route the forward through ``vjepa_fast.compile.compile_vjepa`` when that module exists
+        (the step picks up the compiled target forward and student, working copy included)."""
         try:
             from vjepa_fast.compile import compile_vjepa
         except ImportError as e:
             self.compile_status = f"unavailable ({e})"
         else:
-            result = compile_vjepa(self.model)
-            if isinstance(result, torch.nn.Module):
-                self.forward = result
+            compile_vjepa(self.model)
             self.compile_status = "on"
         return self.compile_status
 
-    def autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     def __call__(self, clips, masks_enc, masks_pred, phase=None):
-        phase = phase or _no_phase
-        model, opt = self.model, self.optimizer
-        phase("target_fwd")
-        self.schedules.step(opt)
-        with self.autocast():
-            if phase is _no_phase:
-                loss = self.forward(clips, masks_enc, masks_pred).loss
-            else:  # the same computation as VJEPA.forward, split at the phase boundary
-                h = model.forward_target(clips)
-                phase("ctx_pred_fwd_bwd")
-                student = getattr(model, "compiled_student", None) or getattr(
-                    type(model), "forward_student", None)
-                if student is not None:
-                    loss = student(model, clips, masks_enc, masks_pred, h)[0]
-                else:  # a VJEPA without forward_student
-                    _, preds = model.forward_context(clips, masks_enc, masks_pred)
-                    loss = jepa_loss(preds, h, masks_pred, model.loss_exp)
-                    if model.reg_coeff:
-                        loss = loss + model.reg_coeff * variance_reg(preds)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        if self.clip_grad is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(opt)
-            clip_gradients(model.encoder, model.predictor, self.clip_grad)
-        phase("optimizer")
-        if self.scaler is not None:
-            self.scaler.step(opt)
-            self.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        phase("ema")
-        ema_update_(model.target_encoder, model.encoder, self.schedules.momentum())
-        phase(None)
-        return loss.detach()
+        metrics = self.step_fn([(clips, masks_enc, masks_pred)], clip_grad=self.clip_grad, phase=phase)
+        return metrics["loss"]
 
 
 def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
     if impl == "reference":
         return ReferenceStep(model, setup.schedules(), setup.dtype, setup.clip_grad, setup.official_loggers)
     if impl == "fast":
-        return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile)
+        return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile,
+                        fused_optimizer=setup.fused_optimizer, target_copy=setup.target_working_copy)
     raise ValueError(f"unknown impl {impl!r}")
 
 
@@ -591,6 +585,8 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "attn_backend": get_attention_backend() if impl == "fast" else "sdpa-default",
         "kernels": kernels.kernel_backend(device) if impl == "fast" else "none",
         "compile": compile_status, "compile_stats": _compile_stats() if compile_status == "on" else None,
+        "fused_optimizer": getattr(step, "fused", None) is not None if impl == "fast" else None,
+        "target_working_copy": getattr(step, "target_copy", None) is not None if impl == "fast" else None,
         "grad_scaler": getattr(step, "scaler", None) is not None,
         "clip_grad": setup.clip_grad,
         "official_loggers": setup.official_loggers if impl == "reference" else None,

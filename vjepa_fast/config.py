@@ -527,6 +527,15 @@ class MetaConfig:
     #: ours: peak accelerator TFLOP/s used for the MFU in the progress line; null = the
     #: VJEPA_FAST_PEAK_TFLOPS env variable, else a table of known GPUs, else a measured matmul.
     peak_tflops: Optional[float] = None
+    #: ours: AdamW step and EMA as one fused pass (``kernels.fused_adamw_ema_``) over the same
+    #: torch AdamW state (checkpoints unchanged). null = on when the device is CUDA and the kernels
+    #: resolve to triton, off otherwise; never under meta.parallel=fsdp.
+    fused_optimizer: Optional[bool] = None
+    #: ours: under bf16/fp16 autocast, run the target encoder's forward on a low-precision copy of
+    #: its Linear/Conv weights, refreshed after each EMA update (bit-identical to autocast; the fp32
+    #: target stays the master that checkpoints save). null = on under bf16/fp16 except with
+    #: meta.parallel=fsdp; ignored in float32.
+    target_working_copy: Optional[bool] = None
 
     def __post_init__(self):
         if isinstance(self.dtype, str):

@@ -1,9 +1,20 @@
 """V-JEPA pretraining loop with the official step semantics.
 
-One step: schedules advance (lr, wd) → target forward (no grad) → context encoder + predictor
-→ L1 loss → backward → separate encoder/predictor clipping once ``epoch > warmup`` → AdamW (torch's
-fused kernel on CUDA) → EMA of the target (fused multi-tensor kernel when available). bf16 runs
-under autocast without a GradScaler (it has the fp32 exponent range); fp16 uses one; fp32 runs plain.
+One step (:class:`TrainStep`, shared with ``benchmarks/train_step.py``): schedules advance (lr,
+wd) → target forward (no grad) → context encoder + predictor → L1 loss → backward → separate
+encoder/predictor clipping once ``epoch > warmup`` → AdamW → EMA of the target. bf16 runs under
+autocast without a GradScaler (it has the fp32 exponent range); fp16 uses one; fp32 runs plain.
+
+Optimizer and EMA (``meta.fused_optimizer``): either torch's AdamW (its fused kernel on CUDA)
+followed by the multi-tensor EMA kernel, or :class:`~vjepa_fast.optim.FusedAdamWEMA`, which does
+both in one pass (each encoder tensor is read once: updated, then averaged into its target while
+still in registers) over the same AdamW state, so checkpoints keep torch's AdamW state layout.
+Default: fused on CUDA when the kernels resolve to Triton.
+
+Target working copy (``meta.target_working_copy``): under bf16/fp16 autocast the target forward
+runs on a low-precision copy of its Linear/Conv weights (:class:`TargetWorkingCopy`), refreshed
+after each EMA update; the fp32 target parameters stay the masters that the EMA updates and the
+checkpoints hold. Bit-identical to autocast over the fp32 weights.
 
 The hot path never waits for the device: per-step metrics stay on the device and are read back
 once every ``logging.log_every`` steps (and at epoch ends), where the progress line, the CSV log,
@@ -19,22 +30,27 @@ consumed) and RNG states.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
+import itertools
 import math
 import os
 import re
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 
 from .attention import set_attention_backend
 from .checkpoint import atomic_save, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
 from .config import PretrainConfig
 from .distributed import (
     DistInfo,
+    StudentModule,
     all_reduce_mean,
     cleanup_distributed,
     init_distributed,
@@ -44,7 +60,7 @@ from .distributed import (
 )
 from .jepa import build_vjepa
 from .masks import build_mask_collator
-from .optim import build_optimizer, clip_gradients, clipping_active
+from .optim import FusedAdamWEMA, build_optimizer, clip_gradients, clipping_active
 from . import kernels
 from .schedules import Schedules
 
@@ -183,6 +199,243 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, override: float | None
 
 
 # ------------------------------------------------------------------------------------------------
+# The training step (shared by Trainer and benchmarks/train_step.py)
+# ------------------------------------------------------------------------------------------------
+Phase = Callable[[Optional[str]], None]
+
+#: Layers whose weights and biases autocast casts to its low-precision dtype (and which are all the
+#: target encoder's matmul weights); everything else (LayerNorm, pos_embed) autocast uses in fp32.
+_AUTOCAST_LOWP_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _no_phase(name: str | None) -> None:
+    return None
+
+
+def resolve_fused_optimizer(setting: bool | None, device: torch.device | str,
+                            parallel: str = "none") -> tuple[bool, str | None]:
+    """``meta.fused_optimizer`` -> (use it, a note to print or None).
+
+    ``None`` (auto): on when the device is CUDA and the kernels resolve to Triton. Elsewhere the
+    fused op would run its PyTorch reference, a per-tensor loop doing what torch's AdamW + the EMA
+    already do, so nothing is gained. Never under FSDP (the parameters are DTensor shards and the
+    optimizer state is sharded with them)."""
+    device = torch.device(device)
+    if parallel == "fsdp":
+        note = ("meta.fused_optimizer: not supported with meta.parallel=fsdp; using torch AdamW + fused EMA"
+                if setting else None)
+        return False, note
+    if setting is None:
+        return device.type == "cuda" and kernels.kernel_backend(device) == "triton", None
+    return bool(setting), None
+
+
+def resolve_target_working_copy(setting: bool | None, dtype: torch.dtype,
+                                parallel: str = "none") -> tuple[bool, str | None]:
+    """``meta.target_working_copy`` -> (use it, a note to print or None). ``None`` (auto): on under
+    bf16/fp16 autocast, off in fp32 (nothing is cast) and under FSDP (its mixed-precision policy
+    already casts each sharded block once per forward, and the target's parameters are DTensors)."""
+    if dtype == torch.float32:
+        return False, ("meta.target_working_copy: float32 has no autocast casts to save; ignored"
+                       if setting else None)
+    if parallel == "fsdp":
+        return False, ("meta.target_working_copy: not supported with meta.parallel=fsdp; ignored"
+                       if setting else None)
+    return (True if setting is None else bool(setting)), None
+
+
+class TargetWorkingCopy:
+    """A bf16/fp16 working copy of the EMA target encoder, for its forward under autocast.
+
+    Autocast caches its casts only for leaf tensors that require grad, so the frozen target's fp32
+    Linear/Conv weights are cast again, one kernel and one allocation per tensor, in every target
+    forward. Here those weights and biases are kept once more in ``dtype`` and refreshed from the
+    fp32 masters with one multi-tensor copy (:meth:`refresh`, right after each EMA update). Autocast
+    leaves a tensor already in its dtype as it is, and rounds fp32 to bf16/fp16 the way the copy
+    does (to nearest even), so the forward is bit-identical to autocast over the fp32 weights.
+    LayerNorm weights and ``pos_embed`` are not copied: the module shares the masters (autocast
+    runs layer_norm in fp32, and the position add is no autocast op).
+
+    ``module`` is a shallow structural copy of the target (same parameter objects except the
+    low-precision ones); it is not registered anywhere, so ``state_dict``, the EMA and the
+    checkpoints see only the fp32 target. Call :meth:`refresh` after changing the target's weights
+    outside the training step (e.g. after loading a checkpoint). A ``forward`` replaced on the
+    target instance (``vjepa_fast.compile``) is rebound to the copy, before or after construction.
+    """
+
+    def __init__(self, target: nn.Module, dtype: torch.dtype):
+        if any(hasattr(p, "to_local") for p in target.parameters()):
+            raise NotImplementedError("TargetWorkingCopy does not support FSDP (DTensor) parameters")
+        self.target, self.dtype = target, dtype
+        # deepcopy with every tensor pre-mapped to itself: a new module tree, no tensor copied.
+        memo = {id(t): t for t in itertools.chain(target.parameters(), target.buffers())}
+        self.module = copy.deepcopy(target, memo)
+        self.masters: list[torch.Tensor] = []
+        self.copies: list[torch.Tensor] = []
+        for mod in self.module.modules():
+            if not isinstance(mod, _AUTOCAST_LOWP_LAYERS):
+                continue
+            for name, master in list(mod._parameters.items()):
+                if master is None or not master.is_floating_point():
+                    continue
+                low = nn.Parameter(torch.empty_like(master, dtype=dtype), requires_grad=False)
+                mod._parameters[name] = low
+                self.masters.append(master)
+                self.copies.append(low)
+        self._follow_compiled_forward()
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the fp32 masters into the working copy: one multi-tensor launch on CUDA."""
+        if self.copies:
+            torch._foreach_copy_(self.copies, self.masters)
+
+    def _follow_compiled_forward(self) -> None:
+        # A compiled callable bound to the target itself would silently run the fp32 target, so
+        # only a method of the encoder class (compile_vjepa's form) is rebound to the copy.
+        if getattr(self.target, "_compiled_call_impl", None) is not None:
+            raise NotImplementedError(
+                "target_encoder was compiled with nn.Module.compile(), which the working copy cannot "
+                "run on its own weights; use vjepa_fast.compile.compile_vjepa, or set "
+                "meta.target_working_copy: false")
+        fwd = self.target.__dict__.get("forward")
+        own = self.module.__dict__.get("forward")
+        if fwd is None:
+            if own is not None:
+                del self.module.forward
+            return
+        if not isinstance(fwd, types.MethodType) or fwd.__self__ is not self.target:
+            raise NotImplementedError(
+                f"target_encoder.forward was replaced by {fwd!r}, not a method bound to the encoder; "
+                "the working copy cannot run it on its own weights (set meta.target_working_copy: false)")
+        if getattr(own, "__func__", None) is not fwd.__func__:
+            self.module.forward = types.MethodType(fwd.__func__, self.module)
+
+    @torch.no_grad()
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        self._follow_compiled_forward()
+        return self.module(clips)
+
+
+class TrainStep:
+    """One official V-JEPA iteration, the hot path of :class:`Trainer` and of the benchmark's fast
+    step (``benchmarks/train_step.py``), which both call it.
+
+    schedules.step (lr, wd) → per micro-batch: target forward (no grad; the working copy when
+    given) → student forward (context encoder + predictor + loss) → backward of loss / n → clipping
+    of encoder and predictor separately (when ``clip_grad`` is passed) → AdamW (``fused``: the
+    fused AdamW + EMA pass; else ``optimizer.step``) → EMA (else the multi-tensor EMA kernel) →
+    working-copy refresh. Returns device tensors only: no host sync (except inside an enabled
+    GradScaler's step, which must read its inf check, as the official loop does).
+
+    ``phase(name)`` is called at the phase boundaries ``target_fwd``, ``ctx_pred_fwd_bwd``,
+    ``optimizer``, ``ema`` and ``None`` (end of step) for per-phase timing and profiler ranges;
+    with the fused optimizer the ``ema`` phase holds only the working-copy refresh.
+    """
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, schedules: Schedules, *,
+                 dtype: torch.dtype = torch.float32, student: nn.Module | None = None,
+                 scaler: torch.amp.GradScaler | None = None, fused: FusedAdamWEMA | None = None,
+                 target_copy: TargetWorkingCopy | None = None, fsdp: bool = False):
+        self.model, self.optimizer, self.schedules, self.dtype = model, optimizer, schedules, dtype
+        self.student = student if student is not None else StudentModule(model)
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.fused, self.target_copy, self.fsdp = fused, target_copy, fsdp
+        # What the scaler unscales and steps: the same object both times (it keys its state by id).
+        self.stepper = fused if fused is not None else optimizer
+        self.device = next(model.encoder.parameters()).device
+        self._ema_target = list(model.target_encoder.parameters())
+        self._ema_source = list(model.encoder.parameters())
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def forward_target(self, clips: torch.Tensor) -> torch.Tensor:
+        """Raw target features [B, N, D] (call under :meth:`autocast`)."""
+        if self.target_copy is not None:
+            return self.target_copy(clips)
+        h = self.model.forward_target(clips)
+        if self.fsdp:
+            # FSDP2 keeps a root module's parameters unsharded after forward (expecting a backward);
+            # the target has none, and its stale unsharded copy would hide the EMA update from the
+            # next forward.
+            self.model.target_encoder.reshard()
+        return h
+
+    @torch.no_grad()
+    def ema(self, m: float) -> None:
+        if self.fsdp:
+            kernels.fused_ema_(local_tensors(self._ema_target), local_tensors(self._ema_source), m)
+        else:
+            kernels.fused_ema_(self._ema_target, self._ema_source, m)
+
+    def __call__(self, micro: Sequence[tuple], *, clip_grad: float | None = None,
+                 phase: Phase | None = None) -> dict[str, torch.Tensor]:
+        """``micro``: ``[(clips, masks_enc, masks_pred), ...]``, whose gradients are averaged (the mean
+        of their losses: what DDP computes over ranks). ``clip_grad``: clip this step (the caller
+        applies the official ``epoch > warmup`` rule)."""
+        phase = phase or _no_phase
+        opt, model = self.optimizer, self.model
+        n = len(micro)
+        phase("target_fwd")
+        self.schedules.step(opt)
+        sums = None
+        for i, (clips, masks_enc, masks_pred) in enumerate(micro):
+            if i:
+                phase("target_fwd")
+            sync_ctx = contextlib.nullcontext()
+            if n > 1 and i < n - 1 and hasattr(self.student, "no_sync"):
+                sync_ctx = self.student.no_sync()
+            with sync_ctx:
+                with self.autocast():
+                    h = self.forward_target(clips)
+                    phase("ctx_pred_fwd_bwd")
+                    loss, loss_jepa, loss_reg, _, _ = self.student(clips, masks_enc, masks_pred, h)
+                scaled = loss / n if n > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            parts = torch.stack([loss.detach(), loss_jepa.detach(), loss_reg.detach()]).float()
+            sums = parts if sums is None else sums + parts
+        if n > 1:
+            sums = sums / n
+        zero = sums.new_zeros(())
+        norms = (zero, zero)
+        if clip_grad:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.stepper)
+            norms = tuple(_full(t) for t in clip_gradients(model.encoder, model.predictor, clip_grad))
+        phase("optimizer")
+        m = self.schedules.momentum()
+        if self.fused is not None:
+            self.fused.stepped = False
+            if self.scaler is not None:
+                self.scaler.step(self.fused, momentum=m)
+                self.scaler.update()
+            else:
+                self.fused.step(m)
+            opt.zero_grad(set_to_none=True)
+            phase("ema")
+            if not self.fused.stepped:
+                self.fused.ema_only(m)  # the scaler skipped an inf/NaN step; the official EMA still runs
+        else:
+            if self.scaler is not None:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            phase("ema")
+            self.ema(m)
+        if self.target_copy is not None:
+            self.target_copy.refresh()
+        phase(None)
+        return {"loss": sums[0], "loss-jepa": sums[1], "reg-loss": sums[2],
+                "enc-grad-norm": norms[0].detach().float(), "pred-grad-norm": norms[1].detach().float()}
+
+
+# ------------------------------------------------------------------------------------------------
 @dataclass
 class FitResult:
     steps: int
@@ -255,7 +508,20 @@ class Trainer:
         self.parallel = cfg.meta.parallel if is_distributed() else "none"
         mp = self.dtype if (self.parallel == "fsdp" and self.dtype != torch.float32) else None
         self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp)
-        self.optimizer = build_optimizer(self.model.encoder, self.model.predictor)
+        meta = cfg.meta
+        use_fused, note_fused = resolve_fused_optimizer(meta.fused_optimizer, self.device, self.parallel)
+        use_copy, note_copy = resolve_target_working_copy(meta.target_working_copy, self.dtype, self.parallel)
+        for note in (note_fused, note_copy):
+            if note and self.is_main:
+                self.out(f"note: {note}")
+        # The torch AdamW is the state the checkpoints hold in both modes; the fused pass keeps
+        # torch's non-fused layout (step on the CPU), so torch's own fused kernel stays off there.
+        self.optimizer = build_optimizer(self.model.encoder, self.model.predictor,
+                                         fused=False if use_fused else None)
+        self.fused_optimizer = (FusedAdamWEMA(self.optimizer, self.model.target_encoder.parameters(),
+                                              self.model.encoder.parameters()) if use_fused else None)
+        # Built after compile_vjepa (above), though it also follows a compiled forward set later.
+        self.target_copy = TargetWorkingCopy(self.model.target_encoder, self.dtype) if use_copy else None
         self.ipe = cfg.iterations_per_epoch(loader_len)
         self.schedules = Schedules.from_config(cfg.optimization, ipe=self.ipe)
         self.masks = build_mask_collator(
@@ -263,8 +529,9 @@ class Trainer:
             patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=self.rank,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self._ema_target = list(self.model.target_encoder.parameters())
-        self._ema_source = list(self.model.encoder.parameters())
+        self.step_fn = TrainStep(self.model, self.optimizer, self.schedules, dtype=self.dtype,
+                                 student=self.student, scaler=self.scaler, fused=self.fused_optimizer,
+                                 target_copy=self.target_copy, fsdp=self.parallel == "fsdp")
         self.step = 0
         self._peak = None  # resolved lazily (a measured matmul costs a moment)
 
@@ -279,59 +546,20 @@ class Trainer:
 
     # -- one optimisation step -------------------------------------------------------------------
     def autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return self.step_fn.autocast()
 
     def train_step(self, clips: torch.Tensor, masks_enc, masks_pred) -> dict[str, torch.Tensor]:
         """One official V-JEPA iteration. Returns device tensors only (no host sync)."""
         return self.train_step_accum([(clips, masks_enc, masks_pred)])
 
-    def train_step_accum(self, micro: Sequence[tuple]) -> dict[str, torch.Tensor]:
+    def train_step_accum(self, micro: Sequence[tuple], phase: Phase | None = None) -> dict[str, torch.Tensor]:
         """One iteration over several micro-batches ``[(clips, masks_enc, masks_pred), ...]`` whose
         gradients are averaged (the mean of their losses), i.e. what DDP computes over ranks."""
-        opt, o = self.optimizer, self.cfg.optimization
-        epoch = self.step // self.ipe
-        self.schedules.step(opt)
-        n = len(micro)
-        sums = None
-        for i, (clips, masks_enc, masks_pred) in enumerate(micro):
-            sync_ctx = contextlib.nullcontext()
-            if n > 1 and i < n - 1 and hasattr(self.student, "no_sync"):
-                sync_ctx = self.student.no_sync()
-            with sync_ctx:
-                with self.autocast():
-                    h = self.model.forward_target(clips)
-                    if self.parallel == "fsdp":
-                        # FSDP2 keeps a root module's parameters unsharded after forward (expecting a
-                        # backward); the target has none, and its stale unsharded copy would hide the
-                        # EMA update from the next forward.
-                        self.model.target_encoder.reshard()
-                    loss, loss_jepa, loss_reg, _, _ = self.student(clips, masks_enc, masks_pred, h)
-                self.scaler.scale(loss / n if n > 1 else loss).backward()
-            parts = torch.stack([loss.detach(), loss_jepa.detach(), loss_reg.detach()]).float()
-            sums = parts if sums is None else sums + parts
-        if n > 1:
-            sums = sums / n
-        zero = sums.new_zeros(())
-        norms = (zero, zero)
-        if clipping_active(epoch, o.warmup, o.clip_grad):
-            self.scaler.unscale_(opt)
-            norms = tuple(_full(t) for t in clip_gradients(self.model.encoder, self.model.predictor, o.clip_grad))
-        self.scaler.step(opt)
-        self.scaler.update()
-        opt.zero_grad(set_to_none=True)
-        self._ema(self.schedules.momentum())
+        o = self.cfg.optimization
+        clip = o.clip_grad if clipping_active(self.step // self.ipe, o.warmup, o.clip_grad) else None
+        metrics = self.step_fn(micro, clip_grad=clip, phase=phase)
         self.step += 1
-        return {"loss": sums[0], "loss-jepa": sums[1], "reg-loss": sums[2],
-                "enc-grad-norm": norms[0].detach().float(), "pred-grad-norm": norms[1].detach().float()}
-
-    @torch.no_grad()
-    def _ema(self, m: float) -> None:
-        if self.parallel == "fsdp":
-            kernels.fused_ema_(local_tensors(self._ema_target), local_tensors(self._ema_source), m)
-        else:
-            kernels.fused_ema_(self._ema_target, self._ema_source, m)
+        return metrics
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _extra(self) -> dict:
@@ -386,7 +614,9 @@ class Trainer:
             if ckpt.get("opt"):
                 if extra and extra.get("opt_format") == "fsdp_fqn":
                     raise ValueError(f"{path}: optimizer state was written by an FSDP run; resume with meta.parallel=fsdp")
-                self.optimizer.load_state_dict(ckpt["opt"])
+                (self.fused_optimizer or self.optimizer).load_state_dict(ckpt["opt"])
+        if self.target_copy is not None:
+            self.target_copy.refresh()  # the target was loaded in place, behind the copy's back
         if extra:
             self.step = int(extra["step"])
             self.schedules.load_state_dict(extra["schedules"])
@@ -572,9 +802,11 @@ class Trainer:
         n_pred = sum(p.numel() for p in m.predictor.parameters())
         src = "synthetic clips" if isinstance(self.source, SyntheticClips) else f"{type(self.source).__name__}"
         par = f", {self.parallel} x{self.world_size}" if self.world_size > 1 else ""
+        opts = "".join([", fused AdamW+EMA" if self.fused_optimizer is not None else "",
+                        f", {self.cfg.meta.dtype} target copy" if self.target_copy is not None else ""])
         return (f"pretraining {self.cfg.model.model_name} (encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params) "
                 f"on {src}: {total} steps, ipe {self.ipe}, batch {d.batch_size}x{self.world_size}, "
-                f"{d.num_frames}x{d.crop_size}px, {self.cfg.meta.dtype} on {self.device}{par}")
+                f"{d.num_frames}x{d.crop_size}px, {self.cfg.meta.dtype} on {self.device}{par}{opts}")
 
     def _progress(self, total, loss, lr, wd, rate, data_frac, eta, flops_per_s) -> str:
         s = (f"{_bar(self.step, total)} {self.step}/{total} | ep {self.step // self.ipe} | loss {loss:.4f} | "
