@@ -59,7 +59,14 @@ class JEPAOutput:
 
 class VJEPA(nn.Module):
     """Context encoder, predictor and EMA target encoder in one module (one checkpoint, one
-    ``.to()``). The target is a frozen deep copy of the encoder unless one is given."""
+    ``.to()``). The target is a frozen deep copy of the encoder unless one is given.
+
+    ``pack_context``: the context encoder and the predictor each run once on all masks' tokens
+    packed into one sequence, attention kept within each mask (:mod:`vjepa_fast.packed`), instead
+    of once per mask. ``sparse_patch_embed``: the context path embeds only the kept tubelets
+    instead of the whole clip. Both compute the default path's numbers up to float rounding; both
+    are off by default.
+    """
 
     def __init__(
         self,
@@ -68,6 +75,8 @@ class VJEPA(nn.Module):
         target_encoder: VisionTransformer | None = None,
         loss_exp: float = 1.0,
         reg_coeff: float = 0.0,
+        pack_context: bool = False,
+        sparse_patch_embed: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -75,6 +84,7 @@ class VJEPA(nn.Module):
         self.target_encoder = target_encoder if target_encoder is not None else copy.deepcopy(encoder)
         self.target_encoder.requires_grad_(False)
         self.loss_exp, self.reg_coeff = loss_exp, reg_coeff
+        self.pack_context, self.sparse_patch_embed = pack_context, sparse_patch_embed
         #: Set by :func:`vjepa_fast.compile.compile_vjepa`: a compiled ``forward_student`` that takes
         #: the model first. None runs eagerly.
         self.compiled_student = None
@@ -88,8 +98,10 @@ class VJEPA(nn.Module):
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if len(masks_enc) != len(masks_pred):
             raise ValueError(f"{len(masks_enc)} context masks but {len(masks_pred)} target masks")
-        ctx = self.encoder.forward_masks(clips, masks_enc)
-        return ctx, self.predictor.forward_masks(ctx, masks_enc, masks_pred)
+        ctx = self.encoder.forward_masks(
+            clips, masks_enc, packed=self.pack_context, sparse_embed=self.sparse_patch_embed
+        )
+        return ctx, self.predictor.forward_masks(ctx, masks_enc, masks_pred, packed=self.pack_context)
 
     def forward_student(
         self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor],
@@ -132,10 +144,13 @@ def build_vjepa(
     zero_init_mask_tokens: bool = True,
     loss_exp: float = 1.0,
     reg_coeff: float = 0.0,
+    pack_context: bool = False,
+    sparse_patch_embed: bool = False,
     **encoder_overrides,
 ) -> VJEPA:
     """Encoder (preset + overrides such as ``embed_dim``/``depth``/``num_heads``), predictor and target,
-    initialised as the official V1 ``init_video_model`` leaves them."""
+    initialised as the official V1 ``init_video_model`` leaves them. ``pack_context`` and
+    ``sparse_patch_embed``: see :class:`VJEPA`."""
     encoder = build_encoder(
         model_name, img_size=crop_size, patch_size=patch_size, num_frames=num_frames,
         tubelet_size=tubelet_size, uniform_power=uniform_power, **encoder_overrides,
@@ -146,4 +161,7 @@ def build_vjepa(
         num_heads=pred_num_heads or encoder.num_heads, uniform_power=uniform_power,
         num_mask_tokens=num_mask_tokens, zero_init_mask_tokens=zero_init_mask_tokens,
     )
-    return VJEPA(encoder, predictor, loss_exp=loss_exp, reg_coeff=reg_coeff)
+    return VJEPA(
+        encoder, predictor, loss_exp=loss_exp, reg_coeff=reg_coeff,
+        pack_context=pack_context, sparse_patch_embed=sparse_patch_embed,
+    )

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .packed import Packing
 from .pos_embed import sincos_table
 from .tokens import assemble_predictor_input
 from .vision_transformer import Block, check_grid, check_heads, init_v1_, rescale_blocks_
@@ -67,12 +68,7 @@ class VisionTransformerPredictor(nn.Module):
     def forward(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, mask_index: int = 0) -> torch.Tensor:
         """ctx [B, Kc, D] (encoder output for ``ctx_idx``) → predictions [B, Kt, D] at ``tgt_idx``,
         using mask token ``mask_index`` (the mask generator's index, as in the official wrapper)."""
-        if ctx.dim() != 3 or ctx.shape[-1] != self.embed_dim:
-            raise ValueError(f"predictor expects context [B, K, {self.embed_dim}], got {tuple(ctx.shape)}")
-        if ctx_idx.shape != ctx.shape[:2]:
-            raise ValueError(f"context indices {tuple(ctx_idx.shape)} do not match context {tuple(ctx.shape[:2])}")
-        if tgt_idx.dim() != 2 or tgt_idx.shape[0] != ctx.shape[0]:
-            raise ValueError(f"target indices must be [B={ctx.shape[0]}, Kt], got {tuple(tgt_idx.shape)}")
+        self._check(ctx, ctx_idx, tgt_idx)
         Kc = ctx.shape[1]
         x = self.assemble(ctx, ctx_idx, tgt_idx, mask_index)
         for blk in self.predictor_blocks:
@@ -80,8 +76,43 @@ class VisionTransformerPredictor(nn.Module):
         x = self.predictor_norm(x)
         return self.predictor_proj(x[:, Kc:])
 
+    def _check(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> None:
+        if ctx.dim() != 3 or ctx.shape[-1] != self.embed_dim:
+            raise ValueError(f"predictor expects context [B, K, {self.embed_dim}], got {tuple(ctx.shape)}")
+        if ctx_idx.shape != ctx.shape[:2]:
+            raise ValueError(f"context indices {tuple(ctx_idx.shape)} do not match context {tuple(ctx.shape[:2])}")
+        if tgt_idx.dim() != 2 or tgt_idx.shape[0] != ctx.shape[0]:
+            raise ValueError(f"target indices must be [B={ctx.shape[0]}, Kt], got {tuple(tgt_idx.shape)}")
+
     def forward_masks(
-        self, ctxs: Sequence[torch.Tensor], masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
+        self, ctxs: Sequence[torch.Tensor], masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor],
+        *, packed: bool = False,
     ) -> list[torch.Tensor]:
-        """The official ``PredictorMultiMaskWrapper``: mask generator i uses mask token i."""
-        return [self(z, mc, mt, i) for i, (z, mc, mt) in enumerate(zip(ctxs, masks_enc, masks_pred))]
+        """The official ``PredictorMultiMaskWrapper``: mask generator i uses mask token i.
+
+        ``packed``: the [context, targets] sequences of all masks run as one sequence through the
+        blocks, attention kept within each mask's sequence (:mod:`vjepa_fast.packed`): the same
+        numbers up to float rounding, one pass instead of one per mask.
+        """
+        if not packed:
+            return [self(z, mc, mt, i) for i, (z, mc, mt) in enumerate(zip(ctxs, masks_enc, masks_pred))]
+        if not (len(ctxs) == len(masks_enc) == len(masks_pred)):
+            raise ValueError(
+                f"{len(ctxs)} contexts, {len(masks_enc)} context masks, {len(masks_pred)} target masks"
+            )
+        for z, mc, mt in zip(ctxs, masks_enc, masks_pred):
+            self._check(z, mc, mt)
+        seqs = [self.assemble(z, mc, mt, i) for i, (z, mc, mt) in enumerate(zip(ctxs, masks_enc, masks_pred))]
+        packing = Packing([s.shape[1] for s in seqs], device=seqs[0].device)
+        x = torch.cat(seqs, dim=1)
+        for blk in self.predictor_blocks:
+            x = blk(x, packing)
+        x = self.predictor_norm(x)
+        preds, start = [], 0
+        for z, mt in zip(ctxs, masks_pred):
+            # The projection runs on each mask's target rows only, as in the per-mask path, and
+            # gives each prediction its own contiguous tensor for the loss kernel.
+            kc, kt = z.shape[1], mt.shape[1]
+            preds.append(self.predictor_proj(x[:, start + kc:start + kc + kt]))
+            start = start + kc + kt
+        return preds

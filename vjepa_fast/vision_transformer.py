@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import attention
+from .packed import Packing, document_attention
 from .pos_embed import interpolate_pos_embed, sincos_table
 from .tokens import gather_tokens
 
@@ -62,16 +63,21 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x, packing: Packing | None = None):
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = attention(qkv[0], qkv[1], qkv[2])
+        if packing is None:
+            x = attention(qkv[0], qkv[1], qkv[2])
+        else:
+            x = document_attention(qkv[0], qkv[1], qkv[2], packing)
         return self.proj(x.transpose(1, 2).reshape(B, L, C))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block. The official block takes (and ignores) a ``mask`` argument;
-    here it is simply absent: V1 attention is never masked."""
+    here it is simply absent: V1 attention is never masked. ``packing`` is this package's own: the
+    tokens of several masks packed into one sequence (:mod:`vjepa_fast.packed`), each attending only
+    within its mask, which is the unmasked attention of each mask on its own."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, norm_eps: float = 1e-6):
         super().__init__()
@@ -80,8 +86,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, packing: Packing | None = None):
+        x = x + self.attn(self.norm1(x), packing)
         return x + self.mlp(self.norm2(x))
 
 
@@ -98,6 +104,27 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def forward_tokens(self, x: torch.Tensor, idx: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """``forward(x)[b, idx[b]]`` without embedding the other tokens: the raw tubelets of the
+        kept tokens are gathered and the (non-overlapping, stride = kernel) convolution applied to
+        them as one matmul with its weight flattened in the same (c, t, h, w) order."""
+        gt, gh, gw = grid
+        w = self.proj.weight
+        B, C = x.shape[:2]
+        b = torch.arange(B, device=idx.device).unsqueeze(1)
+        wi = idx % gw
+        hi = (idx // gw) % gh
+        # Advanced indices split by slices: numpy rules put the indexed dims first, giving
+        # [B, K, C, (t,) p, p] straight from the strided clip, without a patchified copy of it.
+        if isinstance(self.proj, nn.Conv3d):
+            t, p = w.shape[2], w.shape[3]
+            ti = idx // (gh * gw)
+            patches = x.reshape(B, C, gt, t, gh, p, gw, p)[b, :, ti, :, hi, :, wi, :]
+        else:
+            p = w.shape[2]
+            patches = x.reshape(B, C, gh, p, gw, p)[b, :, hi, :, wi, :]
+        return F.linear(patches.flatten(2), w.flatten(1), self.proj.bias)
 
 
 def init_v1_(module: nn.Module, std: float = 0.02) -> None:
@@ -194,10 +221,22 @@ class VisionTransformer(nn.Module):
         pos = self.pos_embed_for(self._grid_of(x))  # validates the shape first
         return self.patch_embed(x), pos
 
-    def run_blocks(self, x: torch.Tensor):
+    def embed_tokens(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The kept tokens ``idx`` [B, K] with their positions, [B, K, D]: what ``gather_tokens(*embed(x)
+        ...)`` gives, with the patch embedding applied to those K tubelets only."""
+        grid = self._grid_of(x)
+        pos = self.pos_embed_for(grid)
+        if idx.dim() != 2 or idx.shape[0] != x.shape[0]:
+            raise ValueError(f"mask indices must be [B, K] with B={x.shape[0]}, got {tuple(idx.shape)}")
+        tokens = self.patch_embed.forward_tokens(x, idx, grid)
+        # As the masked gather does it: the add in the wider dtype, rounded once to the tokens'
+        # (bf16 under autocast, where pos stays fp32).
+        return (tokens + pos.detach()[0][idx]).to(tokens.dtype)
+
+    def run_blocks(self, x: torch.Tensor, packing: Packing | None = None):
         outs = []
         for i, blk in enumerate(self.blocks):
-            x = blk(x)
+            x = blk(x) if packing is None else blk(x, packing)
             if self.out_layers is not None and i in self.out_layers:
                 outs.append(self.norm(x))
         return outs if self.out_layers is not None else self.norm(x)
@@ -213,11 +252,34 @@ class VisionTransformer(nn.Module):
             masks = [masks]
         return self.run_blocks(torch.cat([gather_tokens(tokens, m, pos) for m in masks], dim=0))
 
-    def forward_masks(self, x: torch.Tensor, masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def forward_masks(
+        self, x: torch.Tensor, masks: Sequence[torch.Tensor], *, packed: bool = False,
+        sparse_embed: bool = False,
+    ) -> list[torch.Tensor]:
         """What the official ``MultiMaskWrapper`` returns (one encoder pass per mask), with the
-        patch embedding computed once instead of once per mask."""
-        tokens, pos = self.embed(x)
-        return [self.run_blocks(gather_tokens(tokens, m, pos)) for m in masks]
+        patch embedding computed once instead of once per mask.
+
+        ``packed``: the masks' tokens run as one sequence [B, K1 + K2 + ..., D] through the blocks,
+        attention kept within each mask (:mod:`vjepa_fast.packed`); the outputs are views of it.
+        ``sparse_embed``: embed only the kept tubelets (:meth:`PatchEmbed.forward_tokens`) instead of
+        the whole clip. Both compute the same numbers up to float rounding.
+        """
+        if not packed:
+            if sparse_embed:
+                return [self.run_blocks(self.embed_tokens(x, m)) for m in masks]
+            tokens, pos = self.embed(x)
+            return [self.run_blocks(gather_tokens(tokens, m, pos)) for m in masks]
+        if self.out_layers is not None:
+            raise ValueError("packed=True returns one output per mask; it does not support out_layers")
+        if sparse_embed:
+            tokens = self.embed_tokens(x, torch.cat(list(masks), dim=1))
+        else:
+            # One gather per mask, not one over the concatenated indices: masks share tokens, and
+            # the Triton gather's backward stores (does not add) the gradient of repeated indices.
+            full, pos = self.embed(x)
+            tokens = torch.cat([gather_tokens(full, m, pos) for m in masks], dim=1)
+        packing = Packing([m.shape[1] for m in masks], device=x.device)
+        return packing.split(self.run_blocks(tokens, packing))
 
 
 def build_encoder(model_name: str, **kwargs) -> VisionTransformer:
