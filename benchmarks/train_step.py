@@ -69,7 +69,7 @@ import torch.nn.functional as F  # noqa: E402
 from flops import count_flops, model_step_flops  # noqa: E402
 from reference_step import ReferenceStep  # noqa: E402
 from vjepa_fast import kernels  # noqa: E402
-from vjepa_fast.attention import get_attention_backend, set_attention_backend  # noqa: E402
+from vjepa_fast.attention import get_attention_backend, load_attention_table, set_attention_backend  # noqa: E402
 from vjepa_fast.jepa import build_vjepa  # noqa: E402
 from vjepa_fast.masks import build_mask_collator  # noqa: E402
 from vjepa_fast.optim import FusedAdamWEMA, build_optimizer  # noqa: E402
@@ -235,7 +235,7 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
                    help="clip gradients at 10 in both impls (official clipping starts after epoch 40)")
     g.add_argument("--official-loggers", action="store_true",
                    help="reference impl: add the official per-step grad_logger / adamw_logger host syncs")
-    g.add_argument("--attn", default=None, choices=["auto", "math", "flash", "efficient", "cudnn"],
+    g.add_argument("--attn", default=None, choices=["auto", "math", "flash", "efficient", "cudnn", "tuned"],
                    help="fast impl attention backend (default: VJEPA_FAST_ATTN, else cudnn on CUDA "
                    "if it works)")
     g.add_argument("--compile", action="store_true",
@@ -243,6 +243,12 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fused-optimizer", default="auto", choices=["auto", "on", "off"],
                    help="fast impl: AdamW + EMA in one fused pass (auto: CUDA with triton kernels; "
                    "--config: meta.fused_optimizer)")
+    g.add_argument("--attn-table", default=None,
+                   help="fast impl: attention table from benchmarks/bench_attention.py --out (for --attn tuned)")
+    g.add_argument("--pack-context", action="store_true",
+                   help="fast impl: one context-encoder and predictor pass over all masks (vjepa_fast/packed.py)")
+    g.add_argument("--sparse-embed", action="store_true",
+                   help="fast impl: patch-embed only the context tubelets")
     g.add_argument("--target-copy", default="auto", choices=["auto", "on", "off"],
                    help="fast impl: bf16/fp16 working copy of the target encoder's weights (auto: on "
                    "under bf16/fp16; --config: meta.target_working_copy)")
@@ -283,6 +289,8 @@ def _flag(value: str | None, default: Optional[bool] = None) -> Optional[bool]:
 
 
 def _set_fast_options(setup: BenchSetup, args, meta=None) -> None:
+    setup.pack_context = bool(getattr(args, "pack_context", False) or (meta is not None and meta.pack_context))
+    setup.sparse_embed = bool(getattr(args, "sparse_embed", False) or (meta is not None and meta.sparse_patch_embed))
     setup.fused_optimizer = _flag(getattr(args, "fused_optimizer", None),
                                   meta.fused_optimizer if meta is not None else None)
     setup.target_working_copy = _flag(getattr(args, "target_copy", None),
@@ -400,6 +408,9 @@ def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
     if impl == "reference":
         return ReferenceStep(model, setup.schedules(), setup.dtype, setup.clip_grad, setup.official_loggers)
     if impl == "fast":
+        # Plain attributes read per forward: the reference impl builds its own model and never sees them.
+        model.pack_context = bool(getattr(setup, "pack_context", False))
+        model.sparse_patch_embed = bool(getattr(setup, "sparse_embed", False))
         return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile,
                         fused_optimizer=setup.fused_optimizer, target_copy=setup.target_working_copy)
     raise ValueError(f"unknown impl {impl!r}")
@@ -408,6 +419,8 @@ def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
 def choose_attention(args, setup: BenchSetup) -> str:
     """The fast path's attention backend: --attn, else VJEPA_FAST_ATTN, else cuDNN on CUDA when a
     forward+backward at this run's head dims works, else PyTorch's choice."""
+    if getattr(args, "attn_table", None):
+        load_attention_table(args.attn_table)
     if args.attn:
         set_attention_backend(args.attn)
         return args.attn
@@ -587,6 +600,8 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "compile": compile_status, "compile_stats": _compile_stats() if compile_status == "on" else None,
         "fused_optimizer": getattr(step, "fused", None) is not None if impl == "fast" else None,
         "target_working_copy": getattr(step, "target_copy", None) is not None if impl == "fast" else None,
+        "pack_context": bool(getattr(step.model, "pack_context", False)) if impl == "fast" else None,
+        "sparse_patch_embed": bool(getattr(step.model, "sparse_patch_embed", False)) if impl == "fast" else None,
         "grad_scaler": getattr(step, "scaler", None) is not None,
         "clip_grad": setup.clip_grad,
         "official_loggers": setup.official_loggers if impl == "reference" else None,

@@ -92,6 +92,17 @@ def test_check_loss_reference_and_fast_agree_fp32(capsys):
     assert row["losses_reference"][0] != row["losses_reference"][-1]
 
 
+def test_check_loss_every_fast_option_agrees_fp32(capsys):
+    """Packed context, sparse patch embed and the fused AdamW+EMA step together, against the
+    official structure from the same weights, masks and clips."""
+    rc = train_step.main(TINY + ["--check-loss", "3", "--pack-context", "--sparse-embed",
+                                 "--fused-optimizer", "on"])  # fmt: skip
+    row = _json_lines(capsys.readouterr().out)[0]
+    assert rc == 0 and row["pass"] and row["max_rel_diff"] <= 1e-5, row
+    assert row["param_max_abs_diff"] < 1e-6
+    assert row["losses_reference"][0] != row["losses_reference"][-1]
+
+
 def test_check_loss_with_triton_kernels_in_interpreter(capsys, monkeypatch):
     """The Triton kernels (run by the interpreter on CPU) against the official structure."""
     from vjepa_fast.kernels import HAS_TRITON, INTERPRET

@@ -356,3 +356,18 @@ def test_fused_optimizer_under_ddp_and_fsdp_fallback(tmp_path):
     for (n, a), b in zip(models["torch"].state_dict().items(), models["fsdp"].state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=n)
     assert losses(tmp_path / "torch") == losses(tmp_path / "fused")
+
+
+def test_packed_context_trainer_matches_per_mask(tmp_path):
+    """meta.pack_context + meta.sparse_patch_embed reach the model and train the same weights as
+    the per-mask path (float rounding only)."""
+    a = run(tmp_path / "a")
+    b = run(tmp_path / "b", "meta.pack_context=true", "meta.sparse_patch_embed=true")
+    assert b.model.pack_context and b.model.sparse_patch_embed and not a.model.pack_context
+    torch.testing.assert_close(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-5, atol=0)
+    assert_same_model(a.model, b.model, exact=False)
+
+
+def test_attn_table_must_exist(tmp_path):
+    with pytest.raises(ValueError, match="attn_table"):
+        tiny_cfg(tmp_path, f"meta.attn_table={tmp_path / 'missing.json'}")

@@ -536,6 +536,16 @@ class MetaConfig:
     #: target stays the master that checkpoints save). null = on under bf16/fp16 except with
     #: meta.parallel=fsdp; ignored in float32.
     target_working_copy: Optional[bool] = None
+    #: ours: run the context encoder and the predictor once over all masks' tokens packed into one
+    #: sequence (attention kept within each mask; ``vjepa_fast/packed.py``) instead of once per mask.
+    #: Same math up to float rounding.
+    pack_context: bool = False
+    #: ours: patch-embed only the context tubelets (the conv as a linear on gathered raw patches)
+    #: instead of the whole clip. Same math up to float rounding.
+    sparse_patch_embed: bool = False
+    #: ours: a JSON table from ``benchmarks/bench_attention.py --out`` to load for
+    #: ``attn_backend: tuned`` (null = the VJEPA_FAST_ATTN_TABLE env variable, if set).
+    attn_table: Optional[str] = None
 
     def __post_init__(self):
         if isinstance(self.dtype, str):
@@ -547,6 +557,8 @@ class MetaConfig:
         _check_choice(f"{p}.parallel", self.parallel, PARALLEL_CHOICES)
         if self.peak_tflops is not None:
             _check(self.peak_tflops > 0, f"{p}.peak_tflops", self.peak_tflops, "must be > 0 or null")
+        if self.attn_table is not None:
+            _check(os.path.isfile(self.attn_table), f"{p}.attn_table", self.attn_table, "file not found")
 
 
 @dataclass

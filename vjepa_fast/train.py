@@ -45,7 +45,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .attention import set_attention_backend
+from .attention import load_attention_table, set_attention_backend
 from .checkpoint import atomic_save, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
 from .config import PretrainConfig
 from .distributed import (
@@ -96,6 +96,8 @@ def apply_runtime_settings(cfg: PretrainConfig) -> None:
     set_attention_backend(cfg.meta.attn_backend if cfg.meta.attn_backend != "auto" else os.environ.get("VJEPA_FAST_ATTN", "auto"))
     if cfg.meta.kernels != "auto":
         os.environ["VJEPA_FAST_KERNELS"] = cfg.meta.kernels
+    if cfg.meta.attn_table is not None:
+        load_attention_table(cfg.meta.attn_table)
 
 
 def build_model_from_config(cfg: PretrainConfig):
@@ -110,7 +112,7 @@ def build_model_from_config(cfg: PretrainConfig):
         tubelet_size=d.tubelet_size, uniform_power=m.uniform_power, pred_depth=m.pred_depth,
         pred_embed_dim=m.pred_embed_dim, pred_num_heads=m.pred_num_heads, num_mask_tokens=len(cfg.mask),
         zero_init_mask_tokens=m.zero_init_mask_tokens, loss_exp=cfg.loss.loss_exp, reg_coeff=cfg.loss.reg_coeff,
-        **overrides,
+        pack_context=cfg.meta.pack_context, sparse_patch_embed=cfg.meta.sparse_patch_embed, **overrides,
     )
 
 
