@@ -239,7 +239,9 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
                    help="fast impl attention backend (default: VJEPA_FAST_ATTN, else cudnn on CUDA "
                    "if it works)")
     g.add_argument("--compile", action="store_true",
-                   help="fast impl: vjepa_fast.compile.compile_vjepa, if present")
+                   help="fast impl: vjepa_fast.compile.compile_vjepa (static target, dynamic-length student)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="fast impl with --compile on CUDA: the target forward as a CUDA graph (reduce-overhead)")
     g.add_argument("--fused-optimizer", default="auto", choices=["auto", "on", "off"],
                    help="fast impl: AdamW + EMA in one fused pass (auto: CUDA with triton kernels; "
                    "--config: meta.fused_optimizer)")
@@ -290,6 +292,7 @@ def _flag(value: str | None, default: Optional[bool] = None) -> Optional[bool]:
 
 def _set_fast_options(setup: BenchSetup, args, meta=None) -> None:
     setup.pack_context = bool(getattr(args, "pack_context", False) or (meta is not None and meta.pack_context))
+    setup.cuda_graphs = bool(getattr(args, "cuda_graphs", False) or (meta is not None and meta.cuda_graphs))
     setup.sparse_embed = bool(getattr(args, "sparse_embed", False) or (meta is not None and meta.sparse_patch_embed))
     setup.fused_optimizer = _flag(getattr(args, "fused_optimizer", None),
                                   meta.fused_optimizer if meta is not None else None)
@@ -369,8 +372,9 @@ class FastStep:
     impl = "fast"
 
     def __init__(self, model, schedules, dtype=torch.float32, clip_grad=None, compile=False,
-                 fused_optimizer: Optional[bool] = None, target_copy: Optional[bool] = None):
-        self.model = model
+                 fused_optimizer: Optional[bool] = None, target_copy: Optional[bool] = None,
+                 cuda_graphs: bool = False):
+        self.model, self.cuda_graphs = model, cuda_graphs
         self.device = next(model.parameters()).device
         self.schedules, self.dtype, self.clip_grad = schedules, dtype, clip_grad
         use_fused, _ = resolve_fused_optimizer(fused_optimizer, self.device)
@@ -390,13 +394,11 @@ class FastStep:
     def enable_compile(self) -> str:
         """Route the forward through ``vjepa_fast.compile.compile_vjepa`` when that module exists
         (the step picks up the compiled target forward and student, working copy included)."""
-        try:
-            from vjepa_fast.compile import compile_vjepa
-        except ImportError as e:
-            self.compile_status = f"unavailable ({e})"
-        else:
-            compile_vjepa(self.model)
-            self.compile_status = "on"
+        from vjepa_fast.compile import compile_vjepa
+
+        graphs = self.cuda_graphs and self.device.type == "cuda"
+        compile_vjepa(self.model, target_mode="reduce-overhead" if graphs else None)
+        self.compile_status = "on, target CUDA graph" if graphs else "on"
         return self.compile_status
 
     def __call__(self, clips, masks_enc, masks_pred, phase=None):
@@ -412,7 +414,8 @@ def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
         model.pack_context = bool(getattr(setup, "pack_context", False))
         model.sparse_patch_embed = bool(getattr(setup, "sparse_embed", False))
         return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile,
-                        fused_optimizer=setup.fused_optimizer, target_copy=setup.target_working_copy)
+                        fused_optimizer=setup.fused_optimizer, target_copy=setup.target_working_copy,
+                        cuda_graphs=bool(getattr(setup, "cuda_graphs", False)))
     raise ValueError(f"unknown impl {impl!r}")
 
 

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -161,3 +163,17 @@ def test_train_step_runs_as_a_script(tmp_path):
     row = json.loads(out.read_text())
     assert row == json.loads(proc.stdout)
     assert row["pass"] is False and row["max_rel_diff"] <= 1e-5
+
+
+def test_gpu_train_step_script_runs_at_tiny_size(tmp_path):
+    """The prepared GPU script (benchmarks/gpu_train_step.sh) end to end at CPU sizes: every
+    invocation it makes parses and runs, and each writes its JSON lines."""
+    env = {**os.environ, "SIZE": "tiny", "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCH / "gpu_train_step.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _json_lines((tmp_path / "train_step.jsonl").read_text())
+    impls = [r.get("impl", r.get("mode")) for r in rows]
+    assert impls.count("fast") == 3 and impls.count("reference") == 2, impls
+    assert any(r.get("mode") == "check_loss" and r["pass"] for r in rows), rows
+    assert (tmp_path / "attention_table.json").is_file()

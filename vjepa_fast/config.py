@@ -520,6 +520,9 @@ class MetaConfig:
     kernels: str = "auto"
     #: ours: torch.compile the models.
     compile: bool = False
+    #: ours: with ``compile`` on CUDA, replay the static target-encoder forward as a CUDA graph
+    #: (torch.compile mode ``reduce-overhead`` for that region only; the student's lengths change).
+    cuda_graphs: bool = False
     #: ours: multi-process data parallelism under torchrun: 'ddp' (DistributedDataParallel) or
     #: 'fsdp' (FSDP2 ``fully_shard`` of the encoder, predictor and target, for huge/giant models).
     #: Single-process runs ignore it.

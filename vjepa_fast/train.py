@@ -382,6 +382,10 @@ class TrainStep:
         phase = phase or _no_phase
         opt, model = self.optimizer, self.model
         n = len(micro)
+        if self.device.type == "cuda":
+            # A CUDA-graphed target (meta.cuda_graphs) reuses its output buffers: tell the graph
+            # trees that the previous step's outputs are dead. A counter bump when none is used.
+            torch.compiler.cudagraph_mark_step_begin()
         phase("target_fwd")
         self.schedules.step(opt)
         sums = None
@@ -540,11 +544,12 @@ class Trainer:
     # -- compile hook ----------------------------------------------------------------------------
     def _compile(self) -> None:
         """The one place where ``meta.compile`` takes effect (before DDP/FSDP wrapping)."""
-        try:
-            from .compile import compile_vjepa  # noqa: PLC0415
-        except ImportError as e:
-            raise NotImplementedError("meta.compile: true needs vjepa_fast.compile (not available)") from e
-        compile_vjepa(self.model)
+        from .compile import compile_vjepa  # noqa: PLC0415
+
+        graphs = self.cfg.meta.cuda_graphs and self.device.type == "cuda"
+        if self.cfg.meta.cuda_graphs and not graphs:
+            self.out(f"note: meta.cuda_graphs needs a CUDA device (this run: {self.device}); not used")
+        compile_vjepa(self.model, target_mode="reduce-overhead" if graphs else None)
 
     # -- one optimisation step -------------------------------------------------------------------
     def autocast(self):
