@@ -142,3 +142,40 @@ def test_cli(tmp_path, capsys):
     assert max(motions) < 8
     with pytest.raises(ValueError):
         make_demo_data(str(tmp_path / "bad"), size=33)
+
+
+def test_several_digits_and_textured_background(tmp_path):
+    """``digits_per_clip`` scans of the clip's class on a ``background`` texture, all moving together:
+    the clip is the metadata re-rendered, every scan is of the labelled class, train and val scans
+    stay disjoint."""
+    from sklearn.datasets import load_digits
+
+    from vjepa_fast.demo_data import compose_canvas, smooth_texture
+
+    out = tmp_path / "multi"
+    summary = make_demo_data(str(out), n_train=20, n_val=10, frames=8, size=SIZE, seed=0, digits_per_clip=4,
+                             background=100)
+    assert summary["digits_per_clip"] == 4 and summary["background"] == 100
+    meta = json.load(open(out / "metadata.json"))
+    digits = load_digits()
+    images, targets = digits.images.astype(np.float32), digits.target
+    scans = {"train": set(), "val": set()}
+    for c in meta["clips"]:
+        idx = [c["image_index"], *c["extra_image_indices"]]
+        assert len(set(idx)) == 4 and all(targets[i] == c["digit"] for i in idx)
+        scans[c["split"]].update(idx)
+        x = _decode(c["path"])
+        lo = x.astype(np.float32).min(axis=(1, 2, 3))
+        assert (lo < 20).all()  # the texture spans 0..100: its dark valleys stay dark
+        assert x.mean() > 40  # ... and it fills the canvas between the digits
+        sprites = [_upscale(images[i], summary["digit_size"]) for i in idx]
+        canvas = compose_canvas(sprites, [tuple(o) for o in c["offsets"]], SIZE)
+        ref = render_clip(canvas, c["motion"], c["speed"], tuple(c["start"]), 8, SIZE)
+        # The texture is not stored, so only the digit strokes (where the canvas is bright) must match.
+        bright = ref > 200
+        err = np.abs(x.astype(np.int16) - ref.astype(np.int16))[bright]
+        assert err.mean() < 8, (c["path"], err.mean())
+    assert not scans["train"] & scans["val"]
+    t = smooth_texture(32, 90, np.random.default_rng(0))
+    assert t.dtype == np.uint8 and t.min() == 0 and t.max() == 90
+    np.testing.assert_array_equal(t, smooth_texture(32, 90, np.random.default_rng(0)))

@@ -59,21 +59,55 @@ def _upscale(img8: np.ndarray, digit_size: int) -> np.ndarray:
     return x[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def compose_canvas(digits: Sequence[np.ndarray], offsets: Sequence[tuple[int, int]], size: int) -> np.ndarray:
+    """uint8 ``size x size`` torus canvas with each (uint8 square) digit pasted at its ``(y, x)`` offset;
+    where digits overlap the brighter pixel wins."""
+    base = np.zeros((size, size), dtype=np.uint8)
+    for digit, (oy, ox) in zip(digits, offsets):
+        ds = digit.shape[0]
+        layer = np.zeros((size, size), dtype=np.uint8)
+        layer[:ds, :ds] = digit
+        np.maximum(base, np.roll(layer, (int(oy), int(ox)), axis=(0, 1)), out=base)
+    return base
+
+
+def _spread_offsets(k: int, size: int, digit_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``k`` paste positions in distinct cells of a ceil(sqrt(k))^2 grid (random cells, random jitter inside
+    the cell), so several digits on one canvas rarely overlap."""
+    g = math.ceil(math.sqrt(k))
+    cell = size // g
+    cells = rng.permutation(g * g)[:k]
+    slack = max(0, cell - digit_size)
+    return [(int(c // g) * cell + int(rng.integers(0, slack + 1)), int(c % g) * cell + int(rng.integers(0, slack + 1)))
+            for c in cells]
+
+
+def smooth_texture(size: int, amplitude: float, rng: np.random.Generator, blur: float = 3.0) -> np.ndarray:
+    """uint8 ``size x size`` torus texture: white noise low-passed in the Fourier domain (Gaussian, ``blur``
+    px; periodic, so it wraps like the canvas), scaled to span 0..``amplitude`` grey levels."""
+    f = np.fft.fft2(rng.standard_normal((size, size)))
+    k = np.fft.fftfreq(size)
+    g = np.exp(-2 * (np.pi * blur) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    t = np.real(np.fft.ifft2(f * g))
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-12)
+    return np.round(t * amplitude).astype(np.uint8)
+
+
 def render_clip(
     digit: np.ndarray, direction: int, speed: float, start: tuple[float, float], frames: int, size: int,
-    noise: float = 0.0, noise_seed: int = 0,
+    noise: float = 0.0, noise_seed: int = 0, hold: int = 1,
 ) -> np.ndarray:
-    """uint8 ``[frames, size, size, 3]``: ``digit`` (uint8 square) pasted at ``start + t * speed * dir``
-    (rounded to whole pixels) on a black torus canvas."""
+    """uint8 ``[frames, size, size, 3]``: ``digit`` (uint8 square, or a whole ``size x size`` canvas from
+    :func:`compose_canvas`) pasted at ``start + t * speed * dir`` (rounded to whole pixels) on a black
+    torus canvas."""
     dy, dx = DIRECTIONS[direction]
     norm = math.hypot(dy, dx)
-    ds = digit.shape[0]
-    base = np.zeros((size, size), dtype=np.uint8)
-    base[:ds, :ds] = digit
+    base = compose_canvas([digit], [(0, 0)], size) if digit.shape[0] != size else digit
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
-        y = int(np.rint(start[0] + t * speed * dy / norm)) % size
-        x = int(np.rint(start[1] + t * speed * dx / norm)) % size
+        tm = (t // hold) * hold  # hold > 1: the canvas moves in jumps every `hold` frames
+        y = int(np.rint(start[0] + tm * speed * dy / norm)) % size
+        x = int(np.rint(start[1] + tm * speed * dx / norm)) % size
         out[t] = np.roll(base, (y, x), axis=(0, 1))[:, :, None]
     if noise > 0:  # fresh grey-level noise every frame (unpredictable detail)
         g = np.random.default_rng(int(noise_seed)).normal(0.0, float(noise), (frames, size, size, 1))
@@ -136,6 +170,9 @@ def make_demo_data(
     fps: int = 8,
     max_speed: float | None = None,
     noise: float = 0.0,
+    digits_per_clip: int = 1,
+    background: float = 0.0,
+    hold: int = 1,
     verbose: bool = False,
 ) -> dict:
     """Write the demo clips, index files and README into ``out_dir``; returns a summary dict.
@@ -199,15 +236,27 @@ def make_demo_data(
             speed = float(rng.uniform(min_speed, max_speed))
             start = (float(rng.uniform(0, size)), float(rng.uniform(0, size)))
             noise_seed = int(rng.integers(2**31)) if noise > 0 else 0  # no draw: noise-free data unchanged
-            clip = render_clip(_upscale(images[image_index], digit_size), motion, speed, start, frames, size,
-                               noise=noise, noise_seed=noise_seed)
+            sprite = _upscale(images[image_index], digit_size)
+            extra = []
+            if digits_per_clip > 1:  # more scans of the same class, placed anywhere; they move together
+                for _ in range(digits_per_clip - 1):
+                    extra.append(int(pool[cursor[digit] % len(pool)]))
+                    cursor[digit] += 1
+                offsets = _spread_offsets(digits_per_clip, size, digit_size, rng)
+                sprite = compose_canvas([sprite] + [_upscale(images[j], digit_size) for j in extra], offsets, size)
+            if background > 0:  # a textured canvas that moves with the digits: content in every patch
+                canvas = compose_canvas([sprite], [(0, 0)], size) if sprite.shape[0] != size else sprite
+                sprite = np.maximum(canvas, smooth_texture(size, background, rng))
+            clip = render_clip(sprite, motion, speed, start, frames, size, noise=noise, noise_seed=noise_seed,
+                               hold=hold)
             path = os.path.join(vdir, f"{split}_{i:05d}.mp4")
             _write_mp4(path, clip, fps, codec)
             digit_rows.append(f"{path} {digit}\n")
             motion_rows.append(f"{path} {motion}\n")
             metadata.append(dict(path=path, split=split, digit=int(digit), motion=int(motion),
                                  image_index=image_index, speed=speed, start=list(start),
-                                 noise_seed=noise_seed))
+                                 noise_seed=noise_seed, **(dict(extra_image_indices=extra, offsets=offsets)
+                                                          if extra else {})))
         with open(os.path.join(out_dir, f"{split}_digit.csv"), "w") as f:
             f.writelines(digit_rows)
         with open(os.path.join(out_dir, f"{split}_motion.csv"), "w") as f:
@@ -216,7 +265,8 @@ def make_demo_data(
 
     settings = dict(n_train=n_train, n_val=n_val, frames=frames, size=size, seed=seed,
                     num_directions=num_directions, digit_size=digit_size, fps=fps, codec=codec,
-                    min_speed=min_speed, max_speed=max_speed, noise=float(noise))
+                    min_speed=min_speed, max_speed=max_speed, noise=float(noise), digits_per_clip=int(digits_per_clip),
+                    background=float(background), hold=int(hold))
     with open(os.path.join(out_dir, "metadata.json"), "w") as f:
         json.dump(dict(settings=settings, clips=metadata), f, indent=1)
     _write_readme(out_dir, settings)
