@@ -179,3 +179,18 @@ def test_several_digits_and_textured_background(tmp_path):
     t = smooth_texture(32, 90, np.random.default_rng(0))
     assert t.dtype == np.uint8 and t.min() == 0 and t.max() == 90
     np.testing.assert_array_equal(t, smooth_texture(32, 90, np.random.default_rng(0)))
+
+
+def test_cli_defaults_are_the_bundled_demo_and_stale_data_is_detected(tmp_path, capsys):
+    from vjepa_fast.demo_data import DEMO_DATA, demo_settings_differ
+
+    out = tmp_path / "cli_default"
+    assert main(["--out", str(out), "--n-train", "20", "--n-val", "10", "--frames", "8", "--size", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {k: summary[k] for k in DEMO_DATA} == DEMO_DATA
+    assert demo_settings_differ(str(out)) == {}
+    old = tmp_path / "old"
+    make_demo_data(str(old), n_train=10, n_val=10, frames=8, size=32)  # the original single-digit data
+    stale = demo_settings_differ(str(old))
+    assert stale["digits_per_clip"] == (1, DEMO_DATA["digits_per_clip"]) and "background" in stale
+    assert "metadata.json" in demo_settings_differ(str(tmp_path / "nothing"))

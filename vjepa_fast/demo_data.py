@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["make_demo_data", "render_clip", "DIRECTIONS", "DIRECTION_NAMES", "main"]
+__all__ = ["make_demo_data", "render_clip", "compose_canvas", "smooth_texture", "demo_settings_differ", "DEMO_DATA",
+           "DIRECTIONS", "DIRECTION_NAMES", "main"]
 
 # (dy, dx) unit steps; index = motion label
 DIRECTIONS = [
@@ -37,6 +38,11 @@ DIRECTIONS = [
 ]
 DIRECTION_NAMES = ["right", "left", "down", "up", "down-right", "down-left", "up-right", "up-left"]
 MIN_FILE_BYTES = 1024  # VideoDataset skips smaller files (official rule)
+#: The bundled demo dataset (``make demo``, ``vjepa-fast make-demo-data`` defaults): four scans of the
+#: clip's class on a moving textured canvas, 8 slow directions. On a black canvas with one digit most
+#: target tokens are pure background, whose L1-optimal prediction ignores the digits, and a random
+#: encoder reads 4 fast directions at ~100 %, leaving a probe no headroom.
+DEMO_DATA = dict(digits_per_clip=4, background=120.0, num_directions=8, max_speed=1.0)
 VAL_FRACTION = 1.0 / 3.0
 
 
@@ -312,13 +318,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--directions", type=int, default=4, choices=(4, 8))
+    p.add_argument("--directions", type=int, default=DEMO_DATA["num_directions"], choices=(4, 8))
     p.add_argument("--digit-size", type=int, default=None)
     p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--digits-per-clip", type=int, default=DEMO_DATA["digits_per_clip"],
+                   help="scans of the clip's class on one canvas (1 = the original single digit)")
+    p.add_argument("--background", type=float, default=DEMO_DATA["background"],
+                   help="grey-level amplitude of the moving texture behind the digits (0 = black)")
+    p.add_argument("--max-speed", type=float, default=DEMO_DATA["max_speed"],
+                   help="top speed in px/frame (speeds are uniform in [max/2, max])")
+    p.add_argument("--hold", type=int, default=1, help="move in jumps every HOLD frames (1 = smoothly)")
     a = p.parse_args(argv)
     make_demo_data(a.out, n_train=a.n_train, n_val=a.n_val, frames=a.frames, size=a.size, seed=a.seed,
-                   num_directions=a.directions, digit_size=a.digit_size, fps=a.fps, verbose=True)
+                   num_directions=a.directions, digit_size=a.digit_size, fps=a.fps, max_speed=a.max_speed,
+                   digits_per_clip=a.digits_per_clip, background=a.background, hold=a.hold, verbose=True)
     return 0
+
+
+def demo_settings_differ(out_dir: str) -> dict:
+    """``{setting: (found, expected)}`` for every :data:`DEMO_DATA` setting that the data in ``out_dir``
+    (its ``metadata.json``) was rendered without; empty when it is the bundled demo dataset."""
+    try:
+        with open(os.path.join(out_dir, "metadata.json")) as f:
+            settings = json.load(f)["settings"]
+    except (OSError, ValueError, KeyError):
+        return {"metadata.json": ("missing or unreadable", "present")}
+    return {k: (settings.get(k), v) for k, v in DEMO_DATA.items() if settings.get(k) != v}
 
 
 if __name__ == "__main__":

@@ -867,12 +867,17 @@ def run_demo_pretrain(data_dir: str | os.PathLike = "data/demo", out_dir: str | 
     """Pretrain the tiny demo model on the moving-digits videos in ``data_dir`` (rendered there with
     :func:`vjepa_fast.demo_data.make_demo_data` if the index is missing), writing checkpoints, the
     CSV log and ``training.png`` to ``out_dir``. A few minutes on 2 CPU cores."""
-    index = Path(data_dir) / "train_digit.csv"
-    if not index.is_file():
-        from .demo_data import make_demo_data  # noqa: PLC0415
+    from .demo_data import DEMO_DATA, demo_settings_differ, make_demo_data  # noqa: PLC0415
 
-        (out or print)(f"rendering the moving-digits demo videos into {data_dir} ...")
-        make_demo_data(str(data_dir))
+    say = out or print
+    index = Path(data_dir) / "train_digit.csv"
+    stale = demo_settings_differ(str(data_dir)) if index.is_file() else {}
+    if stale:
+        say(f"{data_dir} holds moving-digits data rendered with other settings "
+            f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in stale.items())}); rendering the demo data again")
+    if stale or not index.is_file():
+        say(f"rendering the moving-digits demo videos into {data_dir} ...")
+        make_demo_data(str(data_dir), **DEMO_DATA)
     cfg = demo_digits_config(data_dir, out_dir, overrides)
     result = pretrain(cfg, out=out)
     if plot_png:
