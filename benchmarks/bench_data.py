@@ -140,8 +140,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker
     warnings.simplefilter("ignore")
-    _emit(bench="env", python=platform.python_version(), torch=torch.__version__, cpu=platform.processor(),
-          threads=torch.get_num_threads())
+    from envinfo import git_commit  # noqa: PLC0415  (benchmarks/ is on sys.path when run as a script)
+
+    decord_version = getattr(importlib.import_module("decord"), "__version__", None) if importlib.util.find_spec(
+        "decord") else None
+    _emit(bench="env", python=platform.python_version(), torch=torch.__version__, decord=decord_version,
+          cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads(),
+          commit=git_commit(), date=time.strftime("%Y-%m-%d"))
 
     with tempfile.TemporaryDirectory() as tmp:
         demo = a.demo_dir

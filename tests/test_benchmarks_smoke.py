@@ -177,3 +177,19 @@ def test_gpu_train_step_script_runs_at_tiny_size(tmp_path):
     assert impls.count("fast") == 3 and impls.count("reference") == 2, impls
     assert any(r.get("mode") == "check_loss" and r["pass"] for r in rows), rows
     assert (tmp_path / "attention_table.json").is_file()
+
+
+def test_bench_data_reports_decode_rates(capsys, tmp_path):
+    """benchmarks/bench_data.py (decode + augment clips/s per worker) on a few demo clips."""
+    import bench_data
+    from vjepa_fast.demo_data import make_demo_data
+
+    make_demo_data(str(tmp_path / "demo"), n_train=4, n_val=2, frames=16, size=32)
+    assert bench_data.main(["--seconds", "0.05", "--crop", "32", "--batch", "2", "--demo-dir",
+                            str(tmp_path / "demo")]) in (0, None)  # fmt: skip
+    rows = _json_lines(capsys.readouterr().out)
+    env = rows[0]
+    assert env["bench"] == "env" and env["commit"] and env["threads"] == 1
+    demo = [r for r in rows if r.get("source") == "demo_64px" or r.get("src_res") == "32x32"]
+    assert any(r["bench"] == "decode" and r["decoder"] == "decord" and r["clips_per_s"] > 0 for r in demo), rows
+    assert any(r["bench"] == "decode+augment" and r["clips_per_s"] > 0 for r in demo), rows
