@@ -162,9 +162,14 @@ def test_demo_pretrain_entry_point(tmp_path, videos):
     from vjepa_fast.train import run_demo_pretrain
 
     root, _ = videos
+    before = (root / "metadata.json").read_text()
+    lines = []
     res = run_demo_pretrain(root, tmp_path / "run", overrides=["optimization.max_steps=2", "data.num_workers=0"],
-                            out=lambda s: None)
+                            out=lines.append)
     assert res.steps == 2 and res.final_loss > 0
+    # These clips are not the bundled demo's (single digits, 32 px): said, used, not overwritten.
+    assert any("rendered with other settings" in line and "digits_per_clip: 1 instead of 4" in line for line in lines)
+    assert (root / "metadata.json").read_text() == before
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"jepa-latest.pth.tar", "jepa_r0.csv", "params-pretrain.yaml", "training.png"} <= names
     ck = torch.load(res.checkpoint, weights_only=True)

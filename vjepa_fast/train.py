@@ -871,13 +871,15 @@ def run_demo_pretrain(data_dir: str | os.PathLike = "data/demo", out_dir: str | 
 
     say = out or print
     index = Path(data_dir) / "train_digit.csv"
-    stale = demo_settings_differ(str(data_dir)) if index.is_file() else {}
-    if stale:
-        say(f"{data_dir} holds moving-digits data rendered with other settings "
-            f"({', '.join(f'{k}: {a} != {b}' for k, (a, b) in stale.items())}); rendering the demo data again")
-    if stale or not index.is_file():
+    if not index.is_file():
         say(f"rendering the moving-digits demo videos into {data_dir} ...")
         make_demo_data(str(data_dir), **DEMO_DATA)
+    else:
+        stale = demo_settings_differ(str(data_dir))
+        if stale:  # someone's own variant, or an older demo: use it, but say so (never overwrite data)
+            say(f"note: {data_dir} was rendered with other settings than the bundled demo "
+                f"({', '.join(f'{k}: {a} instead of {b}' for k, (a, b) in stale.items())}); using it as it is "
+                f"(remove the folder to render the bundled demo data)")
     cfg = demo_digits_config(data_dir, out_dir, overrides)
     result = pretrain(cfg, out=out)
     if plot_png:
