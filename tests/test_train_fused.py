@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_distributed import WORKER  # the torchrun worker: several pretrain runs per launch
 from vjepa_fast.config import PretrainConfig
 from vjepa_fast.optim import FusedAdamWEMA, build_optimizer
 from vjepa_fast.train import (
@@ -308,20 +309,6 @@ def test_fused_step_makes_no_host_sync_on_cuda():
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
 
-
-WORKER = """
-import sys
-from vjepa_fast.config import PretrainConfig
-from vjepa_fast.train import pretrain
-from vjepa_fast.distributed import cleanup_distributed, init_distributed
-info = init_distributed("cpu")
-runs = [[]]
-for a in sys.argv[1:]:
-    runs.append([]) if a == "--" else runs[-1].append(a)
-for run in runs:
-    pretrain(PretrainConfig.from_yaml(run[0], run[1:]), out=lambda s: None)
-cleanup_distributed(info)
-"""
 
 
 def test_fused_optimizer_under_ddp_and_fsdp_fallback(tmp_path):
