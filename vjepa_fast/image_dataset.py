@@ -13,17 +13,13 @@ raise ``RuntimeError`` listing the files.
 """
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from typing import Callable
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from .video_dataset import SkippedVideoWarning
-
-logger = logging.getLogger(__name__)
+from .video_dataset import _item_rng, _SkipSample, load_with_retries, split_index
 
 __all__ = ["ImageFolderDataset", "IMG_EXTENSIONS", "find_classes"]
 
@@ -99,40 +95,21 @@ class ImageFolderDataset(Dataset):
             img.load()  # decode now: truncated / broken files raise here
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
+    def _load_or_skip(self, path: str) -> np.ndarray:
+        try:
+            if not os.path.exists(path):
+                raise OSError("file not found")
+            if os.path.getsize(path) == 0:
+                raise OSError("empty file")
+            return self.load_image(path)
+        except Exception as e:  # PIL raises OSError / UnidentifiedImageError / ValueError ...
+            raise _SkipSample(f"cannot read image ({type(e).__name__}: {str(e).strip()[:200]})") from None
+
     def __getitem__(self, index):
-        if isinstance(index, (tuple, list)):
-            index, epoch = int(index[0]), int(index[1])
-        else:
-            index, epoch = int(index), self.epoch
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, epoch, index]))
-        failures: list[tuple[str, str]] = []
-        cur = index
-        while True:
-            path, target = self.samples[cur]
-            try:
-                if not os.path.exists(path):
-                    raise OSError("file not found")
-                if os.path.getsize(path) == 0:
-                    raise OSError("empty file")
-                img = self.load_image(path)
-                break
-            except Exception as e:  # PIL raises OSError / UnidentifiedImageError / ValueError ...
-                reason = f"cannot read image ({type(e).__name__}: {str(e).strip()[:200]})"
-                failures.append((path, reason))
-                self.skipped[path] = reason
-                self.num_skipped += 1
-                msg = f"skipping image {path}: {reason}"
-                logger.warning(msg)
-                warnings.warn(msg, SkippedVideoWarning, stacklevel=2)
-                if len(failures) >= self.max_retries:
-                    listing = "\n".join(f"  {p}: {r}" for p, r in failures)
-                    raise RuntimeError(
-                        f"ImageFolderDataset: {len(failures)} consecutive files failed while loading index "
-                        f"{index} (max_retries={self.max_retries}):\n{listing}"
-                    ) from None
-                cur = int(rng.integers(len(self.samples)))
+        index, epoch = split_index(index, self.epoch, len(self.samples))
+        rng = _item_rng(self.seed, epoch, index)
+        cur, img = load_with_retries(self, "image", index, rng, lambda i: self.samples[i][0], self._load_or_skip)
+        target = self.samples[cur][1]
         if self.transform is not None:
             img = self.transform(img)
         return img, target

@@ -181,6 +181,45 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
 
 
+def split_index(index, default_epoch: int, size: int) -> tuple[int, int]:
+    """``index`` or ``(index, epoch)`` (what the samplers yield) -> (index, epoch), range-checked."""
+    if isinstance(index, (tuple, list)):
+        index, epoch = int(index[0]), int(index[1])
+    else:
+        index, epoch = int(index), default_epoch
+    if not 0 <= index < size:
+        raise IndexError(f"index {index} out of range for {size} samples")
+    return index, epoch
+
+
+def load_with_retries(dataset, kind: str, index: int, rng: np.random.Generator, path_of: Callable[[int], str],
+                      load: Callable[[str], object]) -> tuple[int, object]:
+    """``(i, load(path_of(i)))`` for the first usable sample from ``index`` on: a file whose ``load`` raises
+    ``_SkipSample`` is recorded in ``dataset.skipped`` / ``num_skipped``, warned about, and replaced by a
+    random index (the official rule); ``dataset.max_retries`` failures in a row stop with all of them listed."""
+    failures: list[tuple[str, str]] = []
+    cur = index
+    while True:
+        path = path_of(cur)
+        try:
+            return cur, load(path)
+        except _SkipSample as e:
+            reason = str(e)
+        failures.append((path, reason))
+        dataset.skipped[path] = reason
+        dataset.num_skipped += 1
+        msg = f"skipping {kind} {path}: {reason}"
+        logger.warning(msg)
+        warnings.warn(msg, SkippedVideoWarning, stacklevel=3)
+        if len(failures) >= dataset.max_retries:
+            listing = "\n".join(f"  {p}: {r}" for p, r in failures)
+            raise RuntimeError(
+                f"{type(dataset).__name__}: {len(failures)} consecutive files failed while loading index {index} "
+                f"(max_retries={dataset.max_retries}):\n{listing}"
+            ) from None
+        cur = int(rng.integers(len(dataset.samples)))
+
+
 class VideoDataset(Dataset):
     """Clips decoded with decord from official-format index files.
 
@@ -318,39 +357,11 @@ class VideoDataset(Dataset):
             del vr
         return buffer, clip_indices
 
-    def _record_skip(self, path: str, reason: str) -> None:
-        self.skipped[path] = reason
-        self.num_skipped += 1
-        msg = f"skipping video {path}: {reason}"
-        logger.warning(msg)
-        warnings.warn(msg, SkippedVideoWarning, stacklevel=3)
-
     def __getitem__(self, index):
-        if isinstance(index, (tuple, list)):
-            index, epoch = int(index[0]), int(index[1])
-        else:
-            index, epoch = int(index), self.epoch
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        index, epoch = split_index(index, self.epoch, len(self.samples))
         rng = _item_rng(self.seed, epoch, index)
-        failures: list[tuple[str, str]] = []
-        cur = index
-        while True:
-            path = self.samples[cur]
-            try:
-                buffer, clip_indices = self.load_video(path, rng)
-                break
-            except _SkipSample as e:
-                reason = str(e)
-                failures.append((path, reason))
-                self._record_skip(path, reason)
-                if len(failures) >= self.max_retries:
-                    listing = "\n".join(f"  {p}: {r}" for p, r in failures)
-                    raise RuntimeError(
-                        f"VideoDataset: {len(failures)} consecutive files failed while loading index {index} "
-                        f"(max_retries={self.max_retries}):\n{listing}"
-                    ) from None
-                cur = int(rng.integers(len(self.samples)))  # official: resample a random index
+        cur, (buffer, clip_indices) = load_with_retries(
+            self, "video", index, rng, self.samples.__getitem__, lambda path: self.load_video(path, rng))
 
         label = int(self.labels[cur])
         if self.shared_transform is not None:
