@@ -344,7 +344,20 @@ def _check_unsupported(auto_augment, motion_shift, reprob) -> None:
         )
 
 
-class VideoTransform:
+class _ClipAugment:
+    """The settings both pretraining transforms share: random-resized-crop box ranges, flip, normalisation."""
+
+    def __init__(self, crop_size, random_horizontal_flip, random_resize_aspect_ratio, random_resize_scale,
+                 reprob, auto_augment, motion_shift, normalize):
+        _check_unsupported(auto_augment, motion_shift, reprob)
+        self.crop_size = int(crop_size)
+        self.hflip_prob = 0.5 if random_horizontal_flip else 0.0
+        self.ratio = tuple(random_resize_aspect_ratio)
+        self.scale = tuple(random_resize_scale)
+        self.mean, self.std = normalize
+
+
+class VideoTransform(_ClipAugment):
     """Per-clip CPU pretraining transform (official pretraining-config values), usable as the
     ``transform`` of :class:`~vjepa_fast.video_dataset.VideoDataset`: uint8 ``[T,H,W,3]`` ->
     float32 ``[3,T,crop,crop]``. ``random_horizontal_flip=False`` disables the flip."""
@@ -361,12 +374,8 @@ class VideoTransform:
         normalize: tuple = (IMAGENET_MEAN, IMAGENET_STD),
         seed: int | None = None,
     ):
-        _check_unsupported(auto_augment, motion_shift, reprob)
-        self.crop_size = int(crop_size)
-        self.hflip_prob = 0.5 if random_horizontal_flip else 0.0
-        self.ratio = tuple(random_resize_aspect_ratio)
-        self.scale = tuple(random_resize_scale)
-        self.mean, self.std = normalize
+        super().__init__(crop_size, random_horizontal_flip, random_resize_aspect_ratio,
+                         random_resize_scale, reprob, auto_augment, motion_shift, normalize)
         self.generator = None
         if seed is not None:
             self.generator = torch.Generator().manual_seed(int(seed))
@@ -379,7 +388,7 @@ class VideoTransform:
                                      device="cpu", method="loop")[0]
 
 
-class BatchVideoTransform:
+class BatchVideoTransform(_ClipAugment):
     """Batched pretraining transform for the training loop: samples boxes on the CPU and applies
     them with :func:`apply_video_transform` on ``device``. Call on a list of uint8 clips (e.g. the
     flattened clips of a collated batch) -> ``[B, 3, T, crop, crop]``."""
@@ -399,13 +408,9 @@ class BatchVideoTransform:
         seed: int | None = None,
         method: str = "auto",
     ):
-        _check_unsupported(auto_augment, motion_shift, reprob)
+        super().__init__(crop_size, random_horizontal_flip, random_resize_aspect_ratio,
+                         random_resize_scale, reprob, auto_augment, motion_shift, normalize)
         self.method = method
-        self.crop_size = int(crop_size)
-        self.hflip_prob = 0.5 if random_horizontal_flip else 0.0
-        self.ratio = tuple(random_resize_aspect_ratio)
-        self.scale = tuple(random_resize_scale)
-        self.mean, self.std = normalize
         self.device = device
         self.out_dtype = out_dtype
         self.generator = torch.Generator()
