@@ -664,6 +664,23 @@ class _RootConfig:
             raise ConfigError(f"is {cls._OTHER_KIND}, not {cls._KIND}", source=str(path))
         return cfg
 
+    def validate(self, source: Optional[str] = None):
+        """Check every section (``_validate_fields``); an error names ``source`` when given."""
+        try:
+            for name in ("nodes", "tasks_per_node"):
+                v = getattr(self, name)
+                if v is not None:
+                    _check(v >= 1, name, v, "must be >= 1")
+            self._validate_fields()
+        except ConfigError as e:
+            if source and e.source is None:
+                raise ConfigError(e.bare_message, source=source, key=e.key) from None
+            raise
+        return self
+
+    def _validate_fields(self) -> None:
+        raise NotImplementedError
+
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (official key names, ranges as lists); ``from_dict`` round-trips it."""
         return _to_plain(self)
@@ -690,31 +707,21 @@ class PretrainConfig(_RootConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
 
-    def validate(self, source: Optional[str] = None) -> "PretrainConfig":
-        try:
-            _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
-            for name in ("nodes", "tasks_per_node"):
-                v = getattr(self, name)
-                if v is not None:
-                    _check(v >= 1, name, v, "must be >= 1")
-            self.data.validate()
-            self.data_aug.validate()
-            self.logging.validate()
-            self.loss.validate()
-            _check(len(self.mask) >= 1, "mask", [], "need at least one mask generator")
-            for i, m in enumerate(self.mask):
-                m.validate(f"mask[{i}]")
-            self.meta.validate()
-            self.model.validate()
-            self.optimization.validate()
-            if self.data.synthetic:
-                _check(self.optimization.ipe is not None, "optimization.ipe", None,
-                       "must be set when data.synthetic is true (there is no dataset length)")
-        except ConfigError as e:
-            if source and e.source is None:
-                raise ConfigError(e.bare_message, source=source, key=e.key) from None
-            raise
-        return self
+    def _validate_fields(self) -> None:
+        _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
+        self.data.validate()
+        self.data_aug.validate()
+        self.logging.validate()
+        self.loss.validate()
+        _check(len(self.mask) >= 1, "mask", [], "need at least one mask generator")
+        for i, m in enumerate(self.mask):
+            m.validate(f"mask[{i}]")
+        self.meta.validate()
+        self.model.validate()
+        self.optimization.validate()
+        if self.data.synthetic:
+            _check(self.optimization.ipe is not None, "optimization.ipe", None,
+                   "must be set when data.synthetic is true (there is no dataset length)")
 
     # -- convenience -----------------------------------------------------------------------------
     def mask_dicts(self) -> List[Dict[str, Any]]:
@@ -966,46 +973,36 @@ class EvalConfig(_RootConfig):
     pretrain: EvalPretrainConfig = field(default_factory=EvalPretrainConfig)
     meta: EvalMetaConfig = field(default_factory=EvalMetaConfig)
 
-    def validate(self, source: Optional[str] = None) -> "EvalConfig":
-        try:
-            _check_required("eval_name", self.eval_name)
-            _check_choice("eval_name", self.eval_name, EVAL_NAMES)
-            for name in ("nodes", "tasks_per_node"):
-                v = getattr(self, name)
-                if v is not None:
-                    _check(v >= 1, name, v, "must be >= 1")
-            self.data.validate(video=self.is_video)
-            self.optimization.validate()
-            self.pretrain.validate()
-            self.meta.validate()
-            res = self.resolution
-            _check(res % self.pretrain.patch_size == 0, self._resolution_key, res,
-                   f"must be divisible by pretrain.patch_size={self.pretrain.patch_size}")
-            if self.is_video:
-                _check(self.data.frames_per_clip % self.pretrain.tubelet_size == 0, "data.frames_per_clip",
-                       self.data.frames_per_clip,
-                       f"must be divisible by pretrain.tubelet_size={self.pretrain.tubelet_size}")
-                # keys that the official video eval does not read: refuse a silent disagreement
-                if self.data.resolution is not None:
-                    _check(self.data.resolution == res, "data.resolution", self.data.resolution,
-                           f"video evals use optimization.resolution={res}; remove data.resolution "
-                           "or make them equal")
-                if self.pretrain.frame_step is not None:
-                    _check(self.pretrain.frame_step == self.data.frame_step, "pretrain.frame_step",
-                           self.pretrain.frame_step,
-                           f"differs from data.frame_step={self.data.frame_step}; the official eval "
-                           "reads pretrain.frame_step, we read data.frame_step: make them equal")
-            else:
-                if self.optimization.resolution is not None:
-                    _check(self.optimization.resolution == res, "optimization.resolution",
-                           self.optimization.resolution,
-                           f"image evals use data.resolution={res}; remove optimization.resolution "
-                           "or make them equal")
-        except ConfigError as e:
-            if source and e.source is None:
-                raise ConfigError(e.bare_message, source=source, key=e.key) from None
-            raise
-        return self
+    def _validate_fields(self) -> None:
+        _check_required("eval_name", self.eval_name)
+        _check_choice("eval_name", self.eval_name, EVAL_NAMES)
+        self.data.validate(video=self.is_video)
+        self.optimization.validate()
+        self.pretrain.validate()
+        self.meta.validate()
+        res = self.resolution
+        _check(res % self.pretrain.patch_size == 0, self._resolution_key, res,
+               f"must be divisible by pretrain.patch_size={self.pretrain.patch_size}")
+        if self.is_video:
+            _check(self.data.frames_per_clip % self.pretrain.tubelet_size == 0, "data.frames_per_clip",
+                   self.data.frames_per_clip,
+                   f"must be divisible by pretrain.tubelet_size={self.pretrain.tubelet_size}")
+            # keys that the official video eval does not read: refuse a silent disagreement
+            if self.data.resolution is not None:
+                _check(self.data.resolution == res, "data.resolution", self.data.resolution,
+                       f"video evals use optimization.resolution={res}; remove data.resolution "
+                       "or make them equal")
+            if self.pretrain.frame_step is not None:
+                _check(self.pretrain.frame_step == self.data.frame_step, "pretrain.frame_step",
+                       self.pretrain.frame_step,
+                       f"differs from data.frame_step={self.data.frame_step}; the official eval "
+                       "reads pretrain.frame_step, we read data.frame_step: make them equal")
+        else:
+            if self.optimization.resolution is not None:
+                _check(self.optimization.resolution == res, "optimization.resolution",
+                       self.optimization.resolution,
+                       f"image evals use data.resolution={res}; remove optimization.resolution "
+                       "or make them equal")
 
     # -- convenience -----------------------------------------------------------------------------
     @property
