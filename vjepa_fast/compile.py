@@ -145,6 +145,7 @@ def compile_vjepa(
     # A bound method on the instance rather than Module.compile(): deepcopy rebinds it to the copy.
     target_forward = torch.compile(type(target).forward, dynamic=False, mode=target_mode, **common)
     target.forward = types.MethodType(target_forward, target)
+    model.target_cuda_graph = target_mode in _CUDAGRAPH_MODES
     student = torch.compile(
         type(model).forward_student, dynamic=None if dynamic_context else False, mode=mode, **common
     )

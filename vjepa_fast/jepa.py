@@ -88,6 +88,9 @@ class VJEPA(nn.Module):
         #: Set by :func:`vjepa_fast.compile.compile_vjepa`: a compiled ``forward_student`` that takes
         #: the model first. None runs eagerly.
         self.compiled_student = None
+        #: Set by ``compile_vjepa(target_mode="reduce-overhead")``: the target forward replays a CUDA
+        #: graph, whose output buffers the next replay reuses (the train step marks each step's start).
+        self.target_cuda_graph = False
 
     @torch.no_grad()
     def forward_target(self, clips: torch.Tensor) -> torch.Tensor:

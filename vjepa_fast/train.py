@@ -382,9 +382,9 @@ class TrainStep:
         phase = phase or _no_phase
         opt, model = self.optimizer, self.model
         n = len(micro)
-        if self.device.type == "cuda":
-            # A CUDA-graphed target (meta.cuda_graphs) reuses its output buffers: tell the graph
-            # trees that the previous step's outputs are dead. A counter bump when none is used.
+        if getattr(model, "target_cuda_graph", False):
+            # The CUDA-graphed target (meta.cuda_graphs) reuses its output buffers: tell the graph
+            # trees that the previous step's outputs are dead.
             torch.compiler.cudagraph_mark_step_begin()
         phase("target_fwd")
         self.schedules.step(opt)
