@@ -72,14 +72,8 @@ from vjepa_fast import kernels  # noqa: E402
 from vjepa_fast.attention import get_attention_backend, load_attention_table, set_attention_backend  # noqa: E402
 from vjepa_fast.jepa import build_vjepa  # noqa: E402
 from vjepa_fast.masks import build_mask_collator  # noqa: E402
-from vjepa_fast.optim import FusedAdamWEMA, build_optimizer  # noqa: E402
 from vjepa_fast.schedules import Schedules  # noqa: E402
-from vjepa_fast.train import (  # noqa: E402
-    TargetWorkingCopy,
-    TrainStep,
-    resolve_fused_optimizer,
-    resolve_target_working_copy,
-)
+from vjepa_fast.train import TrainStep, build_step_state  # noqa: E402
 from vjepa_fast.vision_transformer import VIT_PRESETS  # noqa: E402
 
 # configs/pretrain/vitl16.yaml, `mask` section (the same two generators in every V1 config).
@@ -377,12 +371,8 @@ class FastStep:
         self.model, self.cuda_graphs = model, cuda_graphs
         self.device = next(model.parameters()).device
         self.schedules, self.dtype, self.clip_grad = schedules, dtype, clip_grad
-        use_fused, _ = resolve_fused_optimizer(fused_optimizer, self.device)
-        use_copy, _ = resolve_target_working_copy(target_copy, dtype)
-        self.optimizer = build_optimizer(model.encoder, model.predictor, fused=False if use_fused else None)
-        self.fused = (FusedAdamWEMA(self.optimizer, model.target_encoder.parameters(),
-                                    model.encoder.parameters()) if use_fused else None)
-        self.target_copy = TargetWorkingCopy(model.target_encoder, dtype) if use_copy else None
+        self.optimizer, self.fused, self.target_copy, _ = build_step_state(
+            model, self.device, dtype, fused_optimizer, target_copy)
         # bf16 needs no loss scaling (fp32 exponent range); fp16 does.
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == torch.float16 else None
         self.step_fn = TrainStep(model, self.optimizer, schedules, dtype=dtype, scaler=self.scaler,

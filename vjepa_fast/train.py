@@ -320,6 +320,23 @@ class TargetWorkingCopy:
         return self.module(clips)
 
 
+def build_step_state(model, device: torch.device, dtype: torch.dtype, fused_optimizer: bool | None,
+                     target_working_copy: bool | None, parallel: str = "none"):
+    """``(optimizer, fused or None, target copy or None, notes)`` for :class:`TrainStep`, from the
+    ``meta.fused_optimizer`` / ``meta.target_working_copy`` settings (None = auto); ``notes`` say why
+    an option asked for is off."""
+    use_fused, note_fused = resolve_fused_optimizer(fused_optimizer, device, parallel)
+    use_copy, note_copy = resolve_target_working_copy(target_working_copy, dtype, parallel)
+    # The torch AdamW is the state the checkpoints hold in both modes; the fused pass keeps
+    # torch's non-fused layout (step on the CPU), so torch's own fused kernel stays off there.
+    optimizer = build_optimizer(model.encoder, model.predictor, fused=False if use_fused else None)
+    fused = None
+    if use_fused:
+        fused = FusedAdamWEMA(optimizer, model.target_encoder.parameters(), model.encoder.parameters())
+    copy_ = TargetWorkingCopy(model.target_encoder, dtype) if use_copy else None
+    return optimizer, fused, copy_, [n for n in (note_fused, note_copy) if n]
+
+
 class TrainStep:
     """One official V-JEPA iteration, the hot path of :class:`Trainer` and of the benchmark's fast
     step (``benchmarks/train_step.py``), which both call it.
@@ -514,20 +531,14 @@ class Trainer:
         self.parallel = cfg.meta.parallel if is_distributed() else "none"
         mp = self.dtype if (self.parallel == "fsdp" and self.dtype != torch.float32) else None
         self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp)
-        meta = cfg.meta
-        use_fused, note_fused = resolve_fused_optimizer(meta.fused_optimizer, self.device, self.parallel)
-        use_copy, note_copy = resolve_target_working_copy(meta.target_working_copy, self.dtype, self.parallel)
-        for note in (note_fused, note_copy):
-            if note and self.is_main:
+        # The target copy is built after compile_vjepa (above), though it also follows a compiled
+        # forward set later.
+        self.optimizer, self.fused_optimizer, self.target_copy, notes = build_step_state(
+            self.model, self.device, self.dtype, cfg.meta.fused_optimizer, cfg.meta.target_working_copy,
+            self.parallel)
+        for note in notes:
+            if self.is_main:
                 self.out(f"note: {note}")
-        # The torch AdamW is the state the checkpoints hold in both modes; the fused pass keeps
-        # torch's non-fused layout (step on the CPU), so torch's own fused kernel stays off there.
-        self.optimizer = build_optimizer(self.model.encoder, self.model.predictor,
-                                         fused=False if use_fused else None)
-        self.fused_optimizer = (FusedAdamWEMA(self.optimizer, self.model.target_encoder.parameters(),
-                                              self.model.encoder.parameters()) if use_fused else None)
-        # Built after compile_vjepa (above), though it also follows a compiled forward set later.
-        self.target_copy = TargetWorkingCopy(self.model.target_encoder, self.dtype) if use_copy else None
         self.ipe = cfg.iterations_per_epoch(loader_len)
         self.schedules = Schedules.from_config(cfg.optimization, ipe=self.ipe)
         self.masks = build_mask_collator(
