@@ -48,6 +48,7 @@ import torch.nn as nn
 from .attention import load_attention_table, set_attention_backend
 from .checkpoint import atomic_save, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
 from .config import PretrainConfig
+from .data import repeat_masks
 from .distributed import (
     DistInfo,
     StudentModule,
@@ -723,8 +724,8 @@ class Trainer:
                 masks_enc, masks_pred = self.masks.sample(B, itr)
                 flops_window += self.flop_model.step_flops(
                     clips.shape[0], [m.shape[1] for m in masks_enc], [m.shape[1] for m in masks_pred])
-                masks_enc = [m.to(self.device, non_blocking=True) for m in _repeat(masks_enc, self.num_clips)]
-                masks_pred = [m.to(self.device, non_blocking=True) for m in _repeat(masks_pred, self.num_clips)]
+                masks_enc = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_enc, self.num_clips)]
+                masks_pred = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_pred, self.num_clips)]
                 data_s = time.perf_counter() - t_data
                 data_s_window += data_s
                 metrics = self.train_step(clips, masks_enc, masks_pred)
@@ -841,14 +842,6 @@ class Trainer:
 
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _repeat(masks, num_clips: int):
-    if num_clips == 1:
-        return masks
-    from .data import repeat_masks  # noqa: PLC0415
-
-    return repeat_masks(masks, num_clips)
 
 
 # ------------------------------------------------------------------------------------------------
