@@ -174,3 +174,41 @@ def test_demo_pretrain_entry_point(tmp_path, videos):
     assert {"jepa-latest.pth.tar", "jepa_r0.csv", "params-pretrain.yaml", "training.png"} <= names
     ck = torch.load(res.checkpoint, weights_only=True)
     assert ck["vjepa_fast"]["config"]["data"]["datasets"] == [str((root / "train_digit.csv").resolve())]
+
+
+def test_context_use_of_a_pretraining_checkpoint(tmp_path, videos):
+    """checkpoint_context_use rebuilds the run from the checkpoint's own config and scores real clips;
+    an index with one readable clip is a clear error naming it."""
+    from vjepa_fast.diagnostics import checkpoint_context_use
+    from vjepa_fast.train import run_demo_pretrain
+
+    root, index = videos
+    res = run_demo_pretrain(root, tmp_path / "run", overrides=["optimization.max_steps=1", "data.num_workers=0"],
+                            out=lambda s: None, plot_png=False)
+    lines = []
+    r = checkpoint_context_use(res.checkpoint, index, num_clips=7, batch_size=3, out=lines.append)
+    assert r.clips == 6  # 3 + 3; the last batch of one clip has no other clip to borrow from
+    assert 0 < r.own < 2 and 0 < r.other < 2 and 0 < r.position < 2
+    assert r.own != r.other
+    assert lines == [r.format()]
+    with pytest.raises(ValueError, match="val_digit.csv has 1 readable clips"):
+        checkpoint_context_use(res.checkpoint, root / "val_digit.csv")
+
+
+def test_context_use_command(tmp_path, videos, capsys):
+    import json
+
+    from vjepa_fast.cli import main
+    from vjepa_fast.train import run_demo_pretrain
+
+    root, index = videos
+    res = run_demo_pretrain(root, tmp_path / "run", overrides=["optimization.max_steps=1", "data.num_workers=0"],
+                            out=lambda s: None, plot_png=False)
+    out = tmp_path / "cu.json"
+    assert main(["context-use", str(res.checkpoint), str(index), "--clips", "4", "--batch-size", "2",
+                 "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["clips"] == 4 and set(d) >= {"own", "other", "position", "gain", "uses_context"}
+    assert "JEPA loss on 4 held-out clips" in capsys.readouterr().out
+    assert main(["context-use", str(tmp_path / "missing.pth.tar"), str(index)]) == 2
+    assert "missing.pth.tar" in capsys.readouterr().err

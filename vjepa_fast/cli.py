@@ -1,4 +1,5 @@
-"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``plot``, ``profile``, ``make-demo-data``."""
+"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``context-use``, ``plot``, ``profile``,
+``make-demo-data``."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,18 @@ def _probe(args) -> int:
     return 0
 
 
+def _context_use(args) -> int:
+    import json
+
+    from .diagnostics import checkpoint_context_use
+
+    r = checkpoint_context_use(args.checkpoint, args.index, num_clips=args.clips, batch_size=args.batch_size,
+                               seed=args.seed, out=print)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r.to_dict(), indent=1) + "\n")
+    return 0
+
+
 def _plot(args) -> int:
     from .plot import plot
 
@@ -57,6 +70,7 @@ def _profile(args) -> int:
 
 
 def _demo(args) -> int:
+    from .diagnostics import checkpoint_context_use
     from .probe import run_demo_probes
     from .train import run_demo_pretrain
 
@@ -74,12 +88,17 @@ def _demo(args) -> int:
         f"plot: {Path(args.out) / 'training.png'}\n",
         flush=True,
     )
+    # Cheap (one forward pass over some held-out clips) and says whether the run learnt more than position.
+    context = checkpoint_context_use(result.checkpoint, Path(args.data) / "val_digit.csv", out=print)
+    print(flush=True)
     probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes")
     print(f"\nprobe results: {Path(args.out) / 'probes'}")
     top1 = probes["top1"]
     beaten = [task for task in ("digit", "motion") if top1["pretrained"][task] <= top1["random"][task]]
     if beaten:
-        print(f"note: the pretrained encoder does not beat random init on: {', '.join(beaten)}")
+        print(f"note: the pretrained encoder does not beat random init on: {', '.join(beaten)}"
+              + ("" if context.uses_context() else
+                 " (its predictor ignores the context's content, see above; README: The demo)"))
     return 0
 
 
@@ -108,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="eval YAML file (official layout)")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
     p.set_defaults(func=_probe)
+
+    p = sub.add_parser("context-use", help="does a pretraining checkpoint's predictor use the context's "
+                       "content, or only position? (JEPA loss with own vs another clip's context)")
+    p.add_argument("checkpoint", help="a checkpoint written by vjepa-fast pretrain (its config is inside)")
+    p.add_argument("index", help="held-out videos, official index format ('<path> <label>' per line)")
+    p.add_argument("--clips", type=int, default=96, help="clips to score (default 96)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="mask draw")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.set_defaults(func=_context_use)
 
     p = sub.add_parser("plot", help="PNG of loss, lr/wd and throughput of a run folder")
     p.add_argument("run_dir")
