@@ -185,7 +185,7 @@ def test_cli_defaults_are_the_bundled_demo_and_stale_data_is_detected(tmp_path, 
     from vjepa_fast.demo_data import DEMO_DATA, demo_settings_differ
 
     out = tmp_path / "cli_default"
-    assert main(["--out", str(out), "--n-train", "20", "--n-val", "10", "--frames", "8", "--size", "32"]) == 0
+    assert main(["--out", str(out), "--n-train", "20", "--frames", "8", "--size", "32"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: summary[k] for k in DEMO_DATA} == DEMO_DATA
     assert demo_settings_differ(str(out)) == {}
