@@ -86,3 +86,5 @@ def test_checkpoint_without_our_config_is_a_clear_error(setup, tmp_path):
                 "target_encoder": prefixed(model.target_encoder), "epoch": 1}, path)
     with pytest.raises(ValueError, match=r"official.pth.tar has no vjepa_fast.config"):
         checkpoint_context_use(path, tmp_path / "unused.csv")
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        checkpoint_context_use(path, tmp_path / "unused.csv", batch_size=1)

@@ -87,6 +87,8 @@ def checkpoint_context_use(
     from .train import build_model_from_config  # noqa: PLC0415
     from .video_dataset import VideoDataset  # noqa: PLC0415
 
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (each clip borrows another clip's context), got {batch_size}")
     ckpt = read_checkpoint(checkpoint)
     saved = ckpt.get("vjepa_fast", {}).get("config")
     if saved is None:
