@@ -78,7 +78,7 @@ def _demo(args) -> int:
         "vjepa-fast demo: (1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
         "digits moving in known directions), (2) pretrain a tiny V-JEPA on them on the CPU with the "
         "official masks, loss, lr/wd schedules, AdamW and EMA update (constant momentum 0.999; about "
-        "25 minutes on 2 cores), (3) probe the frozen encoder for digit class (appearance) and motion "
+        "35 minutes on 2 cores), (3) probe the frozen encoder for digit class (appearance) and motion "
         "direction (motion) on held-out clips, next to a random-init encoder.",
         flush=True,
     )
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vjepa-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (~25 min on 2 CPU cores)")
+    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (~35 min on 2 CPU cores)")
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
     p.add_argument("--out", default=str(DEMO_RUN), help="run folder")
     p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml")
