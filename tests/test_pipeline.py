@@ -178,7 +178,7 @@ def test_demo_pretrain_entry_point(tmp_path, videos):
 
 def test_context_use_of_a_pretraining_checkpoint(tmp_path, videos):
     """checkpoint_context_use rebuilds the run from the checkpoint's own config and scores real clips;
-    an index with one readable clip is a clear error naming it."""
+    an index listing one clip is a clear error naming it."""
     from vjepa_fast.diagnostics import checkpoint_context_use
     from vjepa_fast.train import run_demo_pretrain
 
@@ -191,7 +191,7 @@ def test_context_use_of_a_pretraining_checkpoint(tmp_path, videos):
     assert 0 < r.own < 2 and 0 < r.other < 2 and 0 < r.position < 2
     assert r.own != r.other
     assert lines == [r.format()]
-    with pytest.raises(ValueError, match="val_digit.csv has 1 readable clips"):
+    with pytest.raises(ValueError, match=r"val_digit.csv lists 1 clip\(s\); context_use needs at least 2"):
         checkpoint_context_use(res.checkpoint, root / "val_digit.csv")
 
 

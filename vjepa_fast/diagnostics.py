@@ -103,7 +103,7 @@ def checkpoint_context_use(
                       allow_clip_overlap=True, transform=ProbeVideoEvalTransform(d.crop_size, 1), seed=seed)
     n = min(int(num_clips), len(ds))
     if n < 2:
-        raise ValueError(f"{index} has {len(ds)} readable clips; context_use needs at least 2")
+        raise ValueError(f"{index} lists {len(ds)} clip(s); context_use needs at least 2")
     subset = torch.utils.data.Subset(ds, range(n))
     masks = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
                                 patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=seed, rank=0)
