@@ -59,6 +59,49 @@ def test_partial_torchrun_environment_is_an_error(monkeypatch):
         init_distributed("cpu")
 
 
+def test_cleanup_waits_for_every_rank_unless_on_an_error_path(monkeypatch):
+    """A clean exit passes a barrier before destroying the group (gloo threads still freeing the
+    last collective's tensors abort the process if the interpreter is already shutting down); an
+    error path does not wait for ranks that may still be training; a group someone else created is
+    left alone."""
+    import torch.distributed as dist
+
+    import vjepa_fast.train as train_mod
+    from vjepa_fast.distributed import cleanup_distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    ours = DistInfo(0, 2, 0, torch.device("cpu"), "gloo", True)
+    cleanup_distributed(ours)
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
+    cleanup_distributed(ours, sync=False)
+    assert calls == ["destroy"]
+    calls.clear()
+    cleanup_distributed(DistInfo(0, 2, 0, torch.device("cpu"), "gloo", False))
+    assert calls == []
+
+    class Boom:
+        def __init__(self, *a, **k):
+            raise RuntimeError("rank failed")
+
+    monkeypatch.setattr(train_mod, "init_distributed", lambda device: ours)
+    monkeypatch.setattr(train_mod, "Trainer", Boom)
+    with pytest.raises(RuntimeError, match="rank failed"):
+        train_mod.pretrain(PretrainConfig.from_yaml(TINY, []))
+    assert calls == ["destroy"]
+
+
+def test_ddp_student_has_no_buffers():
+    # wrap_student turns DDP's per-forward buffer sync off; that is only free while there are none
+    from vjepa_fast.distributed import StudentModule
+
+    model = build_model_from_config(PretrainConfig.from_yaml(TINY, SMALL))
+    assert [n for n, _ in StudentModule(model).named_buffers()] == []
+
+
 def _overrides(folder, index, steps):
     return [f"logging.folder={folder}", "data.synthetic=false", f"data.datasets=[{index}]", "data.batch_size=2",
             "data.num_workers=0", "data.sampling_rate=2", "optimization.ipe=2", "optimization.epochs=3",

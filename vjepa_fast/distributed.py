@@ -21,6 +21,8 @@ plus the root), with identical placements so the EMA runs shard-local.
 from __future__ import annotations
 
 import datetime
+import gc
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -104,12 +106,26 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     return DistInfo(rank, world, local_rank, dev, backend, True)
 
 
-def cleanup_distributed(info: DistInfo | None = None) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
+def cleanup_distributed(info: DistInfo | None = None, *, sync: bool = True) -> None:
+    """Destroy the process group if :func:`init_distributed` created it.
+
+    ``sync`` first waits at a barrier for every rank. Pass ``False`` on an error path: a rank that
+    failed must not wait for ranks that are still training.
+    """
     if info is not None and not info.initialized_here:
         return
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if sync:
+        # A gloo worker thread frees a finished collective's tensors only after the caller has seen
+        # it complete, and that free takes the GIL. If the interpreter is already shutting down, the
+        # thread is killed mid-free and the process aborts ("terminate called without an active
+        # exception"; ~2 % of 2-rank CPU runs, core dump: ~AsyncAllgatherCoalescedWork in
+        # ProcessGroupGloo::runLoop). destroy_process_group does not join those threads. Waiting in a
+        # barrier, GIL released, lets them finish first; gc frees DDP/FSDP cycles that hold work.
+        dist.barrier()
+        gc.collect()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
@@ -191,7 +207,12 @@ def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device |
         from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
         ids = [device.index] if device is not None and device.type == "cuda" else None
-        return DDP(student, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+        # The models hold no buffers, so not syncing them each forward loses nothing. Newer torch
+        # renames the flag and warns on the old name; older torch (2.11 on the GPU image) lacks it.
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                   else {"broadcast_buffers": False})
+        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
     if parallel == "fsdp":
         _fsdp_shard([model.encoder, model.predictor, model.target_encoder], device, mp_dtype)
         return student

@@ -852,9 +852,12 @@ def pretrain(cfg: PretrainConfig, out: Callable[[str], None] | None = None) -> F
     (DDP, or FSDP2 with ``meta.parallel: fsdp``). Returns the :class:`FitResult` (on every rank)."""
     info = init_distributed(cfg.meta.device)
     try:
-        return Trainer(cfg, dist=info, out=out).fit()
-    finally:
-        cleanup_distributed(info)
+        result = Trainer(cfg, dist=info, out=out).fit()
+    except BaseException:
+        cleanup_distributed(info, sync=False)
+        raise
+    cleanup_distributed(info)
+    return result
 
 
 def demo_digits_config(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
