@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
+import vjepa_fast.train as train_mod
 from vjepa_fast import load_vjepa_checkpoint
 from vjepa_fast.config import PretrainConfig
 from vjepa_fast.data import VideoClipSource
 from vjepa_fast.demo_data import make_demo_data
-from vjepa_fast.distributed import DistInfo, init_distributed
+from vjepa_fast.distributed import DistInfo, StudentModule, cleanup_distributed, init_distributed
 from vjepa_fast.masks import build_mask_collator
 from vjepa_fast.train import Trainer, build_model_from_config
 
@@ -64,11 +66,6 @@ def test_cleanup_waits_for_every_rank_unless_on_an_error_path(monkeypatch):
     last collective's tensors abort the process if the interpreter is already shutting down); an
     error path does not wait for ranks that may still be training; a group someone else created is
     left alone."""
-    import torch.distributed as dist
-
-    import vjepa_fast.train as train_mod
-    from vjepa_fast.distributed import cleanup_distributed
-
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
@@ -83,11 +80,22 @@ def test_cleanup_waits_for_every_rank_unless_on_an_error_path(monkeypatch):
     cleanup_distributed(DistInfo(0, 2, 0, torch.device("cpu"), "gloo", False))
     assert calls == []
 
+    class Fits:
+        def __init__(self, *a, **k):
+            pass
+
+        def fit(self):
+            return "result"
+
     class Boom:
         def __init__(self, *a, **k):
             raise RuntimeError("rank failed")
 
     monkeypatch.setattr(train_mod, "init_distributed", lambda device: ours)
+    monkeypatch.setattr(train_mod, "Trainer", Fits)
+    assert train_mod.pretrain(PretrainConfig.from_yaml(TINY, [])) == "result"
+    assert calls == ["barrier", "destroy"]
+    calls.clear()
     monkeypatch.setattr(train_mod, "Trainer", Boom)
     with pytest.raises(RuntimeError, match="rank failed"):
         train_mod.pretrain(PretrainConfig.from_yaml(TINY, []))
@@ -96,8 +104,6 @@ def test_cleanup_waits_for_every_rank_unless_on_an_error_path(monkeypatch):
 
 def test_ddp_student_has_no_buffers():
     # wrap_student turns DDP's per-forward buffer sync off; that is only free while there are none
-    from vjepa_fast.distributed import StudentModule
-
     model = build_model_from_config(PretrainConfig.from_yaml(TINY, SMALL))
     assert [n for n, _ in StudentModule(model).named_buffers()] == []
 

@@ -209,10 +209,10 @@ def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device |
         ids = [device.index] if device is not None and device.type == "cuda" else None
         # The models hold no buffers, so not syncing them each forward loses nothing. Newer torch
         # renames the flag and warns on the old name; older torch (2.11 on the GPU image) lacks it.
-        no_sync = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-                   else {"broadcast_buffers": False})
-        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, **no_sync)
+        buffer_sync_off = ({"forward_sync_buffers": False}
+                           if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                           else {"broadcast_buffers": False})
+        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, **buffer_sync_off)
     if parallel == "fsdp":
         _fsdp_shard([model.encoder, model.predictor, model.target_encoder], device, mp_dtype)
         return student
