@@ -554,10 +554,12 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         compile_status = step.enable_compile()
     warm = list(range(1, 1 + args.warmup))
     timed = list(range(1 + args.warmup, 1 + args.warmup + args.steps))
+    t_warm = time.perf_counter()
     for i in warm:
         me, mp = setup.masks(i)
         step(clips_pool[i % len(clips_pool)], me, mp)
     sync(device)
+    warmup_s = time.perf_counter() - t_warm  # includes compilation when --compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     official_timer = getattr(step, "gpu_timer_ms", None)
@@ -598,7 +600,7 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "grad_scaler": getattr(step, "scaler", None) is not None,
         "clip_grad": setup.clip_grad,
         "official_loggers": setup.official_loggers if impl == "reference" else None,
-        "steps": len(ms), "warmup": args.warmup,
+        "steps": len(ms), "warmup": args.warmup, "warmup_s": round(warmup_s, 2),
         "ms_step": round(med, 4), "ms_step_p20": round(_quantile(ms, 0.2), 4),
         "ms_step_p80": round(_quantile(ms, 0.8), 4), "ms_step_wall_mean": round(wall * 1e3 / len(ms), 4),
         "clips_s": round(setup.batch * 1e3 / med, 3),

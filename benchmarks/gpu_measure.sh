@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# One call that measures everything on a lent GPU (an H200 here), most important first, each stage
+# under its own `timeout` inside one overall deadline, so a run cut short still brings back the
+# first figures. Run it first whenever a GPU is available, and commit what it measured.
+#
+#   bash benchmarks/gpu_measure.sh                 # on the GPU machine: OUT=... set by the device tool
+#   SIZE=tiny bash benchmarks/gpu_measure.sh       # the same stages at CPU sizes in seconds (CI runs it)
+#   DEADLINE=300 bash benchmarks/gpu_measure.sh    # overall wall-time budget in seconds (default 530)
+#   ONLY="loss vith" bash benchmarks/gpu_measure.sh # only these stages (a second call's remainder)
+#
+# Stages (budget in seconds, cut to what is left of DEADLINE):
+#   env        environment + the two ceilings: bf16 matmul TFLOP/s and device copy GB/s     (40)
+#   kernels    Triton kernels on CUDA vs their references at real V-JEPA shapes, bf16/fp32 (100)
+#   vitl       train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager           (120)
+#   attn       attention backends at the ViT-L shapes -> the tuned table                     (45)
+#   vitl_all   the fast path with every option (compile, CUDA-graphed target, tuned attention,
+#              packed context, sparse embed; fused AdamW+EMA and bf16 target copy by default) (170)
+#   loss       50-step loss curves, reference vs fully optimised fast path, same start       (100)
+#   vith       ViT-H/16: reference vs fast, every option                                     (120)
+#   kbench     kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy          (60)
+# Measured compile times and stage times: not yet measured on GPU (this script's first run fills
+# them in; see benchmarks/results/).
+#
+# Files under $OUT (the GPU machine returns at most 8): results.jsonl (every JSON line: environment,
+# train steps, loss check, tests), summary.txt (the table printed last), measure.log (all output),
+# logs.tgz (per-stage logs, attention table, kernels.csv, pytest output). Without $OUT they go to
+# benchmarks/results/gpu_measure/<date>/.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STAMP="$(date +%Y%m%d-%H%M%S)"
+OUT="${OUT:-$REPO/benchmarks/results/gpu_measure/$STAMP}"
+DEADLINE="${DEADLINE:-530}"
+SIZE="${SIZE:-full}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
+JSONL="$OUT/results.jsonl"
+SUMMARY="$OUT/summary.txt"
+MLOG="$OUT/measure.log"
+: > "$MLOG"
+STAGES="$WORK/stages.tsv"
+: > "$STAGES"
+T0=$SECONDS
+
+PY="${PYTHON:-python3}"
+[[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]] && PY="$REPO/.venv/bin/python"
+export PYTHONUNBUFFERED=1
+# The kernels subpackage lives in ./kernels; without an install, import it through a symlink shim.
+if ! (cd /tmp && "$PY" -c "import vjepa_fast.kernels" 2>/dev/null); then
+    mkdir -p "$WORK/shim/vjepa_fast"
+    for f in "$REPO"/vjepa_fast/*; do ln -s "$f" "$WORK/shim/vjepa_fast/$(basename "$f")"; done
+    ln -sfn "$REPO/kernels" "$WORK/shim/vjepa_fast/kernels"
+    export PYTHONPATH="$WORK/shim:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export VJEPA_BENCH_CSV="$LOGS/kernels.csv"
+
+if [[ "$SIZE" == tiny ]]; then
+    unset TRITON_INTERPRET
+    export TRITON_INTERPRET=1 VJEPA_FAST_KERNELS=torch
+    L=(--device cpu --model vit_tiny --embed-dim 64 --depth 2 --heads 2 --pred-dim 32 --pred-depth 1
+       --frames 8 --crop 64 --batch 2 --dtype fp32)
+    H=("${L[@]}")
+    STEPS=(--steps 2 --warmup 1 --phase-steps 1)
+    CHECK=3
+    ATTN=(--model tiny --device cpu)
+    OPTS=(--pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
+    ENV_ARGS=(--device cpu --small)
+    KTESTS=(-k "odd_sizes and dtype0")
+else
+    unset TRITON_INTERPRET
+    export VJEPA_FAST_KERNELS=triton
+    L=(--model vit_large --batch 24 --frames 16 --crop 224 --dtype bf16)
+    H=(--model vit_huge --batch 24 --frames 16 --crop 224 --dtype bf16)
+    STEPS=(--steps 20 --warmup 5 --phase-steps 5)
+    CHECK=50
+    ATTN=(--model vit_large --batch 24)
+    OPTS=(--compile --cuda-graphs --pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
+    ENV_ARGS=()
+    KTESTS=()
+fi
+
+# The later train-step stages read the tuned attention table, so asking for them runs attn too.
+if [[ -n "${ONLY:-}" && " $ONLY " =~ \ (vitl_all|loss|vith)\  ]]; then ONLY="attn $ONLY"; fi
+
+say() { echo "$@" | tee -a "$MLOG"; }
+
+# stage NAME BUDGET CMD...: run CMD under min(BUDGET, what is left of DEADLINE), output to the
+# stage's log and measure.log; record name, exit status and seconds.
+stage() {
+    local name=$1 budget=$2; shift 2
+    if [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]]; then
+        printf '%s\tnot asked\t0\t-\n' "$name" >> "$STAGES"
+        return 0
+    fi
+    local left=$(( DEADLINE - (SECONDS - T0) - 15 ))  # 15 s kept for the summary and the tarball
+    (( budget > left )) && budget=$left
+    if (( budget < 10 )); then
+        say "== $name: skipped (out of time: ${left}s left)"
+        printf '%s\tskipped\t0\t-\n' "$name" >> "$STAGES"
+        return 0
+    fi
+    say "== $name (budget ${budget}s, t=$(( SECONDS - T0 ))s): $*"
+    local t=$SECONDS
+    timeout -k 10 "$budget" "$@" 2>&1 | tee "$LOGS/$name.log" | tee -a "$MLOG"
+    local rc=${PIPESTATUS[0]}
+    local took=$(( SECONDS - t ))
+    local result=ok
+    (( rc == 124 || rc == 137 )) && result=timeout
+    (( rc != 0 && rc != 124 && rc != 137 )) && result=failed
+    say "== $name: $result (exit $rc, ${took}s)"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$result" "$took" "$rc" >> "$STAGES"
+    # Each stage's JSON lines go to results.jsonl as they come (cut-short runs keep them).
+    grep -h '^{' "$LOGS/$name.log" >> "$JSONL" 2>/dev/null || true
+    return 0
+}
+
+cd "$WORK"
+TS=("$REPO/benchmarks/train_step.py")
+stage env 40 "$PY" "$REPO/benchmarks/gpu_env.py" "${ENV_ARGS[@]}"
+stage kernels 100 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,masked_l1_loss,ema}.py \
+    --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
+    ${KTESTS[@]+"${KTESTS[@]}"}
+stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
+stage attn 45 "$PY" "$REPO/benchmarks/bench_attention.py" "${ATTN[@]}" --out "$LOGS/attention_table.json"
+stage vitl_all 170 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}"
+stage loss 100 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK" "${OPTS[@]}"
+stage vith 120 "$PY" "${TS[@]}" "${H[@]}" "${STEPS[@]}" --impl both "${OPTS[@]}"
+if [[ "$SIZE" == tiny && ( -z "${ONLY:-}" || " $ONLY " == *" kbench "* ) ]]; then
+    say "== kbench: skipped (needs CUDA)"
+    printf 'kbench\tskipped\t0\t-\n' >> "$STAGES"
+else
+    stage kbench 60 bash -c "for b in masked_gather predictor_input masked_l1_loss; do \
+        '$PY' '$REPO/benchmarks/kernels/bench_'\$b.py --models vit_l || exit 1; done; \
+        '$PY' '$REPO/benchmarks/kernels/bench_ema.py' --models vit_l --skip-adamw"
+fi
+
+"$PY" "$REPO/benchmarks/gpu_summary.py" --stages "$STAGES" --results "$JSONL" --logs "$LOGS" | tee "$SUMMARY" | tee -a "$MLOG"
+tar -czf "$OUT/logs.tgz" -C "$WORK" logs 2>/dev/null
+say "gpu_measure: done in $(( SECONDS - T0 ))s; files in $OUT"
+# Non-zero when any stage failed or ran out of time, so CI's SIZE=tiny run catches a broken stage.
+! grep -qP '\t(failed|timeout)\t' "$STAGES"
