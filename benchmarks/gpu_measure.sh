@@ -47,13 +47,8 @@ T0=$SECONDS
 PY="${PYTHON:-python3}"
 [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]] && PY="$REPO/.venv/bin/python"
 export PYTHONUNBUFFERED=1
-# The kernels subpackage lives in ./kernels; without an install, import it through a symlink shim.
-if ! (cd /tmp && "$PY" -c "import vjepa_fast.kernels" 2>/dev/null); then
-    mkdir -p "$WORK/shim/vjepa_fast"
-    for f in "$REPO"/vjepa_fast/*; do ln -s "$f" "$WORK/shim/vjepa_fast/$(basename "$f")"; done
-    ln -sfn "$REPO/kernels" "$WORK/shim/vjepa_fast/kernels"
-    export PYTHONPATH="$WORK/shim:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# vjepa_fast finds ./kernels as vjepa_fast.kernels in a checkout, so no install is needed.
+export PYTHONPATH="$REPO:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export VJEPA_BENCH_CSV="$LOGS/kernels.csv"
 
 if [[ "$SIZE" == tiny ]]; then
@@ -131,9 +126,10 @@ if [[ "$SIZE" == tiny && ( -z "${ONLY:-}" || " $ONLY " == *" kbench "* ) ]]; the
     say "== kbench: skipped (needs CUDA)"
     printf 'kbench\tskipped\t0\t-\n' >> "$STAGES"
 else
-    stage kbench 60 bash -c "for b in masked_gather predictor_input masked_l1_loss; do \
-        '$PY' '$REPO/benchmarks/kernels/bench_'\$b.py --models vit_l || exit 1; done; \
-        '$PY' '$REPO/benchmarks/kernels/bench_ema.py' --models vit_l --skip-adamw"
+    stage kbench 60 bash -c "'$PY' '$REPO/benchmarks/kernels/bench_masked_gather.py' --models vit_l \
+        && '$PY' '$REPO/benchmarks/kernels/bench_predictor_input.py' \
+        && '$PY' '$REPO/benchmarks/kernels/bench_masked_l1_loss.py' --models vit_l \
+        && '$PY' '$REPO/benchmarks/kernels/bench_ema.py' --models vit_l --skip-adamw"
 fi
 
 "$PY" "$REPO/benchmarks/gpu_summary.py" --stages "$STAGES" --results "$JSONL" --logs "$LOGS" | tee "$SUMMARY" | tee -a "$MLOG"

@@ -44,10 +44,13 @@ def _normalized_rows(TGT_ptr, IDX_ptr, rows, row_mask, cols, col_mask, K, D, eps
     mask = row_mask[:, None] & col_mask[None, :]
     t_offs = (b * TGT_stride_b + src * TGT_stride_n)[:, None] + cols[None, :] * TGT_stride_d
     t = tl.load(TGT_ptr + t_offs, mask=mask, other=0.0).to(COMPUTE)
-    mean = tl.sum(t, axis=1) / D
+    # IEEE-rounded division, as torch's layer_norm: Triton's `/` on fp32 compiles to the approximate
+    # div.full.f32 on a GPU, which puts a constant row's mean an ulp off, so t - mean != 0 there.
+    n = tl.cast(D, COMPUTE)
+    mean = tl.div_rn(tl.sum(t, axis=1), n)
     xc = tl.where(mask, t - mean[:, None], 0.0)
-    var = tl.sum(xc * xc, axis=1) / D
-    rstd = 1.0 / tl.sqrt_rn(var + tl.cast(eps, COMPUTE))
+    var = tl.div_rn(tl.sum(xc * xc, axis=1), n)
+    rstd = tl.div_rn(tl.full(var.shape, 1.0, COMPUTE), tl.sqrt_rn(var + tl.cast(eps, COMPUTE)))
     return xc * rstd[:, None], b, k, mask
 
 
@@ -130,7 +133,7 @@ def _masked_l1_loss_bwd_kernel(
     p_offs = (b * PRED_stride_b + k * PRED_stride_k)[:, None] + cols[None, :] * PRED_stride_d
     p = tl.load(PRED_ptr + p_offs, mask=mask, other=0.0)
     diff = p.to(COMPUTE) - t_hat
-    scale = tl.load(GOUT_ptr).to(COMPUTE) / tl.cast(numel, COMPUTE)
+    scale = tl.div_rn(tl.load(GOUT_ptr).to(COMPUTE), tl.cast(numel, COMPUTE))
     sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0)).to(COMPUTE)
     dp = round_to(sign * scale, DPRED_ptr.dtype.element_ty)
     tl.store(DPRED_ptr + (rows * D)[:, None] + cols[None, :], dp, mask=mask)

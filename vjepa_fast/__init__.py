@@ -9,6 +9,17 @@ Public API (see README.md for a tour):
 - checkpoints: :func:`load_vjepa_checkpoint`, :func:`load_encoder`, :func:`vjepa_checkpoint`, :func:`atomic_save`
 - attention backend: :func:`set_attention_backend` (or ``VJEPA_FAST_ATTN``)
 """
+import os as _os
+
+# setup.py installs ../kernels as vjepa_fast.kernels. In a source checkout that is not installed
+# (a benchmark run from the repository on a bare GPU machine, say), find it there too, so that
+# `vjepa_fast.kernels` imports without an install or a symlink shim.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(
+    _os.path.join(_checkout, "kernels", "__init__.py")
+):
+    __path__.append(_checkout)
+
 from .attention import attention_backend, get_attention_backend, set_attention_backend
 from .attentive_probe import AttentiveClassifier, AttentivePooler
 from .checkpoint import CheckpointError, atomic_save, load_encoder, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
