@@ -1,13 +1,20 @@
 """What every benchmark records about where it ran."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """HEAD's commit id read from .git (no git process)."""
+    """HEAD's commit id read from .git (no git process); ``VJEPA_FAST_COMMIT`` overrides it.
+
+    The override exists for copies of a working tree whose ``.git`` is not the tree's own (the GPU
+    machine's copy reported the last landed commit, not the one measured): pass the real one.
+    """
+    if os.environ.get("VJEPA_FAST_COMMIT"):
+        return os.environ["VJEPA_FAST_COMMIT"]
     git = REPO / ".git"
     try:
         if git.is_file():  # worktree: "gitdir: <path>"

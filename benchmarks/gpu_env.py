@@ -106,7 +106,7 @@ def environment(device: torch.device, small: bool) -> dict:
         n, reps, nbytes = 256, 3, 16 << 20
     if small:
         n, reps, nbytes = 256, 3, 16 << 20
-    rec["matmul_tflops"] = round(matmul_tflops(device, n, reps), 1)
+    rec["matmul_tflops"] = round(matmul_tflops(device, n, reps), 3)
     rec["matmul"] = f"{'bf16' if device.type == 'cuda' else 'fp32'} {n}^3, median of {reps}"
     rec["copy_gbps"] = round(copy_gbps(device, nbytes, reps), 1)
     rec["copy"] = f"{nbytes >> 20} MiB device copy, read+write bytes, median of {reps}"

@@ -3,10 +3,13 @@
 # under its own `timeout` inside one overall deadline, so a run cut short still brings back the
 # first figures. Run it first whenever a GPU is available, and commit what it measured.
 #
-#   bash benchmarks/gpu_measure.sh                 # on the GPU machine: OUT=... set by the device tool
+#   VJEPA_FAST_COMMIT=<commit> bash benchmarks/gpu_measure.sh   # on the GPU machine (OUT set there)
 #   SIZE=tiny bash benchmarks/gpu_measure.sh       # the same stages at CPU sizes in seconds (CI runs it)
 #   DEADLINE=300 bash benchmarks/gpu_measure.sh    # overall wall-time budget in seconds (default 530)
 #   ONLY="loss vith" bash benchmarks/gpu_measure.sh # only these stages (a second call's remainder)
+#
+# Name the commit measured: the GPU machine's copy of the tree carries a .git that reported the last
+# landed commit, not the working tree's (seen 2026-11-30), so every JSON line takes VJEPA_FAST_COMMIT.
 #
 # Stages (budget in seconds, cut to what is left of DEADLINE):
 #   env        environment + the two ceilings: bf16 matmul TFLOP/s and device copy GB/s     (40)

@@ -592,7 +592,7 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "dtype": DTYPE_NAMES[setup.dtype],
         "attn_backend": get_attention_backend() if impl == "fast" else "sdpa-default",
         "kernels": kernels.kernel_backend(device) if impl == "fast" else "none",
-        "compile": compile_status, "compile_stats": _compile_stats() if compile_status == "on" else None,
+        "compile": compile_status, "compile_stats": _compile_stats() if compile_status != "off" else None,
         "fused_optimizer": getattr(step, "fused", None) is not None if impl == "fast" else None,
         "target_working_copy": getattr(step, "target_copy", None) is not None if impl == "fast" else None,
         "pack_context": bool(getattr(step.model, "pack_context", False)) if impl == "fast" else None,

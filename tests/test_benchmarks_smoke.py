@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -165,18 +166,26 @@ def test_train_step_runs_as_a_script(tmp_path):
     assert row["pass"] is False and row["max_rel_diff"] <= 1e-5
 
 
-def test_gpu_train_step_script_runs_at_tiny_size(tmp_path):
-    """The prepared GPU script (benchmarks/gpu_train_step.sh) end to end at CPU sizes: every
-    invocation it makes parses and runs, and each writes its JSON lines."""
-    env = {**os.environ, "SIZE": "tiny", "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_train_step.sh")], env=env, capture_output=True, text=True,
+def test_gpu_measure_script_runs_at_tiny_size(tmp_path):
+    """The one-call GPU script (benchmarks/gpu_measure.sh) end to end at CPU sizes: every stage it
+    runs parses and succeeds, writes its JSON lines, and the summary reports each stage and figure."""
+    env = {**os.environ, "SIZE": "tiny", "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "VJEPA_FAST_COMMIT": "abc1234"}  # fmt: skip
+    proc = subprocess.run(["bash", str(BENCH / "gpu_measure.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _json_lines((tmp_path / "train_step.jsonl").read_text())
-    impls = [r.get("impl", r.get("mode")) for r in rows]
-    assert impls.count("fast") == 3 and impls.count("reference") == 2, impls
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tgz", "measure.log", "results.jsonl", "summary.txt"]
+    rows = _json_lines((tmp_path / "results.jsonl").read_text())
+    env_row = next(r for r in rows if r.get("kind") == "environment")
+    assert env_row["commit"] == "abc1234" and env_row["copy_gbps"] > 0 and env_row["matmul_tflops"] > 0
+    impls = [r.get("impl", r.get("mode")) for r in rows if r.get("bench") == "train_step"]
+    assert impls.count("fast") == 3 and impls.count("reference") == 2 and impls.count("ratio") == 2, impls
     assert any(r.get("mode") == "check_loss" and r["pass"] for r in rows), rows
-    assert (tmp_path / "attention_table.json").is_file()
+    summary = (tmp_path / "summary.txt").read_text()
+    for stage in ("env", "kernels", "vitl", "attn", "vitl_all", "loss", "vith"):
+        assert re.search(rf"^{stage}\s+ok\s", summary, re.M), summary
+    assert re.search(r"^kbench\s+skipped", summary, re.M) and "loss check" in summary and "PASS" in summary
+    assert re.search(r"kernel tests: \d+ passed", summary), summary
 
 
 def test_bench_data_reports_decode_rates(capsys, tmp_path):
