@@ -28,16 +28,8 @@ import torch
 
 from . import reference
 from .dispatch import kernel_backend, tl, triton
-from .utils import (
-    MultiTensorTables,
-    check_launchable,
-    compute_dtype,
-    fma,
-    multi_tensor_blocks,
-    round_to,
-    tl_dtype,
-    upload_scalars,
-)
+from .multi_tensor import MultiTensorTables, multi_tensor_blocks, upload_scalars
+from .utils import check_launchable, compute_dtype, fma, round_to, tl_dtype
 
 _N_COEF = 9  # per-group AdamW+EMA coefficients, see adamw_ema_coefficients
 
