@@ -125,12 +125,24 @@ def _target(arch: int):
     return GPUTarget("cuda", arch, 32)
 
 
+def _jit(kernel):
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(kernel, JITFunction):
+        raise TypeError(
+            f"{getattr(kernel, '__name__', kernel)!r} is not a compiled-mode Triton kernel "
+            f"({type(kernel).__name__}): TRITON_INTERPRET was set when vjepa_fast.kernels was imported. "
+            "Compile ahead of time in a process without TRITON_INTERPRET (benchmarks/kernels/sm90_report.py)."
+        )
+    return kernel
+
+
 def specialization(plan: LaunchPlan, arch: int = 90):
     """(cache key, signature, constexprs, attrs, options) as Triton's JIT computes them for ``plan``."""
     from triton.compiler.compiler import make_backend
     from triton.runtime.jit import compute_cache_key, create_function_from_signature
 
-    kernel = plan.kernel
+    kernel = _jit(plan.kernel)
     backend = make_backend(_target(arch))
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     kwargs = {**plan.constexprs, **plan.options()}
@@ -172,23 +184,32 @@ def ptxas_stats(ptx: str, arch: str = "sm_90a") -> tuple[int, int, int, str]:
             int(stack.group(1)) if stack else 0, log)  # fmt: skip
 
 
+_COMPILED: dict = {}
+
+
 def compile_plan(plan: LaunchPlan, arch: int = 90, run_ptxas: bool = True) -> CompiledPlan:
-    """Compile ``plan`` for ``sm_{arch}`` as the JIT would; raises on a compile error."""
+    """Compile ``plan`` for ``sm_{arch}`` as the JIT would; raises on a compile error.
+
+    Plans with one specialisation (the same JIT cache key) are compiled once per process.
+    """
     import triton
     from triton.compiler import ASTSource
 
     key, signature, constexprs, attrs, options = specialization(plan, arch)
-    compiled = triton.compile(ASTSource(plan.kernel, signature, constexprs, attrs), target=_target(arch),
-                              options=options.__dict__)  # fmt: skip
-    ptx = compiled.asm["ptx"]
-    regs = spill = stack = 0
-    log = ""
-    if run_ptxas:
-        regs, spill, stack, log = ptxas_stats(ptx, f"sm_{arch}a" if arch >= 90 else f"sm_{arch}")
+    memo = (plan.kernel.__name__, key, arch, run_ptxas)
+    if memo not in _COMPILED:
+        compiled = triton.compile(ASTSource(plan.kernel, signature, constexprs, attrs), target=_target(arch),
+                                  options=options.__dict__)  # fmt: skip
+        ptx = compiled.asm["ptx"]
+        stats = (0, 0, 0, "")
+        if run_ptxas:
+            stats = ptxas_stats(ptx, f"sm_{arch}a" if arch >= 90 else f"sm_{arch}")
+        _COMPILED[memo] = (ptx, int(compiled.metadata.shared), stats)
+    ptx, smem, (regs, spill, stack, log) = _COMPILED[memo]
     return CompiledPlan(
         label=plan.label, kernel=plan.kernel.__name__, grid=tuple(plan.grid), num_warps=plan.num_warps,
-        cache_key=key, regs=regs, spill_bytes=spill, stack_bytes=stack,
-        smem_bytes=int(compiled.metadata.shared), ptx=ptx, ptxas_log=log,
+        cache_key=key, regs=regs, spill_bytes=spill, stack_bytes=stack, smem_bytes=smem, ptx=ptx,
+        ptxas_log=log,
     )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ compiled ahead of time on a machine without one (``kernels/aot.py``, ``tests/tes
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -96,6 +97,9 @@ class LaunchPlan:
     ``label`` names the configuration in reports (``kernels/aot.py``). ``group``: plans with the
     same non-empty group differ only in what changes from step to step (mask lengths), so they must
     compile to one kernel variant (``tests/test_kernels_sm90.py`` checks their JIT cache keys).
+    ``vector_loads`` / ``vector_stores``: the kernel's hot global loads / stores move contiguous data
+    and must compile to 128-bit accesses; False only where the data is not contiguous by nature (a
+    per-program partial sum written as one scalar, say).
     """
 
     kernel: Any
@@ -106,6 +110,8 @@ class LaunchPlan:
     num_stages: Optional[int] = None
     label: str = ""
     group: str = ""
+    vector_loads: bool = True
+    vector_stores: bool = True
 
     @property
     def n_programs(self) -> int:
@@ -127,5 +133,4 @@ class LaunchPlan:
         """The same plan on other arguments of the same metadata (e.g. specs -> tensors)."""
         if len(args) != len(self.args):
             raise ValueError(f"{self.label or self.kernel}: {len(args)} arguments, plan has {len(self.args)}")
-        return LaunchPlan(self.kernel, self.grid, tuple(args), self.constexprs, self.num_warps,
-                          self.num_stages, self.label, self.group)  # fmt: skip
+        return dataclasses.replace(self, args=tuple(args))
