@@ -11,18 +11,20 @@
 # Name the commit measured: the GPU machine's copy of the tree carries a .git that reported the last
 # landed commit, not the working tree's (seen 2026-11-30), so every JSON line takes VJEPA_FAST_COMMIT.
 #
-# Stages (budget in seconds, cut to what is left of DEADLINE):
-#   env        environment + the two ceilings: bf16 matmul TFLOP/s and device copy GB/s     (40)
-#   kernels    Triton kernels on CUDA vs their references at real V-JEPA shapes, bf16/fp32 (100)
-#   vitl       train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager           (120)
-#   attn       attention backends at the ViT-L shapes -> the tuned table                     (45)
-#   vitl_all   the fast path with every option (compile, CUDA-graphed target, tuned attention,
-#              packed context, sparse embed; fused AdamW+EMA and bf16 target copy by default) (170)
-#   loss       50-step loss curves, reference vs fully optimised fast path, same start       (100)
-#   vith       ViT-H/16: reference vs fast, every option                                     (120)
-#   kbench     kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy          (60)
-# Measured compile times and stage times: not yet measured on GPU (this script's first run fills
-# them in; see benchmarks/results/).
+# Stages (budget in seconds, cut to what is left of DEADLINE; "took" = measured on an H200 on
+# 2026-11-30, benchmarks/results/gpu_measure/):
+#   env        environment + the two ceilings: bf16 matmul TFLOP/s and device copy GB/s   40  took 7-8
+#   kernels    Triton kernels on CUDA vs their references at real V-JEPA shapes         100  took 51-53
+#   vitl       train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager        120  took 49
+#   attn       attention backends at the ViT-L shapes -> the tuned table                  45  took 8
+#   vitl_all   the fast path with every option (compile, CUDA-graphed target, tuned
+#              attention, packed context, sparse embed; fused AdamW+EMA and bf16 target
+#              copy by default)                                                          170  ran out: 140 s
+#                                                             of compilation in 3 warm-up steps, then ~0.63 s/step
+#   loss       50-step loss curves, reference vs fully optimised fast path, same start  100  ran out
+#   vith       ViT-H/16: reference vs fast, every option                                120  not reached
+#   kbench     kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy      60  gather only: 16
+# A bare machine took about 30 s to start (device time, not in DEADLINE).
 #
 # Files under $OUT (the GPU machine returns at most 8): results.jsonl (every JSON line: environment,
 # train steps, loss check, tests), summary.txt (the table printed last), measure.log (all output),
