@@ -497,3 +497,74 @@ def test_ignored_table_is_honest():
             if key == "mask":
                 continue
             assert key in fields, f"{path}: {key}"
+
+
+# ------------------------------------------------------------------------------------------------
+# every problem in one error
+# ------------------------------------------------------------------------------------------------
+
+def test_every_unknown_and_invalid_key_is_reported_at_once(tmp_path):
+    """A file in the V-JEPA 2 layout has many keys this project does not know; one run lists them all
+    (and the invalid values next to them), not one per run."""
+    raw = _tiny_raw()
+    raw["folder"] = "/runs/x"                       # V2 top-level keys
+    raw["cpus_per_task"] = 32
+    raw["data"]["dataset_fpcs"] = [16]
+    raw["data"]["fps"] = 4
+    raw["model"]["use_rope"] = True
+    raw["optimization"]["is_anneal"] = True
+    raw["mask"][0]["full_complement"] = False
+    raw["data"]["batch_size"] = 0                   # invalid values
+    raw["model"]["model_name"] = "vit_giant_xformers"
+    raw["optimization"]["lr"] = "fast"              # wrong type
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError) as ei:
+        load_config(path)
+    err = ei.value
+    # file order, each section's unknown keys and type errors first, then the invalid values
+    assert [p.key for p in err.problems] == [
+        "data.dataset_fpcs", "data.fps", "mask[0].full_complement", "model.use_rope", "optimization.lr",
+        "optimization.is_anneal", "folder", "cpus_per_task", "data.batch_size", "model.model_name"]
+    msg = str(err)
+    assert msg.startswith(f"{path}: 10 problems:")
+    assert "unknown key 'data.fps'" in msg and "'model.model_name': 'vit_giant_xformers'" in msg
+    assert "key 'optimization.lr' expects float, got str 'fast'" in msg
+    assert err.key == err.problems[0].key and isinstance(err, ValueError)
+
+
+def test_one_problem_keeps_the_one_line_message(tmp_path):
+    raw = _tiny_raw()
+    raw["data"]["crop_size"] = 65
+    with pytest.raises(ConfigError) as ei:
+        load_config(_write(tmp_path, raw))
+    assert "problems" not in str(ei.value) and len(ei.value.problems) == 1
+    assert "'data.crop_size': 65 (must be divisible by data.patch_size=16)" in str(ei.value)
+
+
+def test_checks_that_need_a_valid_value_are_skipped_after_it_fails(tmp_path):
+    """tubelet_size 0 is reported once; the divisibility check that would divide by it is skipped,
+    and the other sections are still checked."""
+    raw = _tiny_raw()
+    raw["data"]["tubelet_size"] = 0
+    raw["model"]["pred_num_heads"] = 0
+    raw["optimization"]["epochs"] = 0
+    with pytest.raises(ConfigError) as ei:
+        load_config(_write(tmp_path, raw))
+    assert [p.key for p in ei.value.problems] == ["data.tubelet_size", "model.pred_num_heads", "optimization.epochs"]
+    raw = _probe_raw()
+    raw["pretrain"]["model_name"] = "vit_enormous"
+    raw["pretrain"]["patch_size"] = 0
+    raw["data"]["num_classes"] = None
+    with pytest.raises(ConfigError) as ei:
+        load_config(_write(tmp_path, raw))
+    assert [p.key for p in ei.value.problems] == ["data.num_classes", "pretrain.model_name", "pretrain.patch_size"]
+
+
+def test_image_pretraining_geometry_gets_guidance(tmp_path):
+    raw = _tiny_raw()
+    raw["data"]["num_frames"] = 1
+    with pytest.raises(ConfigError, match=r"image pretraining: num_frames 1 with tubelet_size 1"):
+        load_config(_write(tmp_path, raw))
+    raw["data"]["tubelet_size"] = 1
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.grid_size == (1, 4, 4)

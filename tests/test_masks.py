@@ -337,3 +337,73 @@ def test_tube_and_sample_errors():
         _collator(OFFICIAL).sample(0, 0)
     with pytest.raises(ValueError, match="cfgs_mask"):
         _collator([])
+
+
+# ------------------------------------------------------------------------------------------------
+# opt-in random truncation (data.mask_truncation: random)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: "x".join(map(str, g)))
+def test_random_truncation_keeps_lengths_and_draws_sorted_subsets(grid):
+    crop, frames, patch, tubelet, batch = grid
+    kw = dict(crop=crop, frames=frames, patch=patch, tubelet=tubelet, seed=3)
+    earliest, rand = _collator(OFFICIAL, **kw), _collator(OFFICIAL, **kw, truncation="random")
+    for step in range(4):
+        grids = rand.context_grids(batch, step)
+        (e_enc, e_pred), (r_enc, r_pred) = earliest.sample(batch, step), rand.sample(batch, step)
+        for ctx, ee, ep, re_, rp in zip(grids, e_enc, e_pred, r_enc, r_pred):
+            assert re_.shape == ee.shape and rp.shape == ep.shape and re_.dtype == torch.int64
+            for idx, allowed in ((re_, ctx), (rp, ~ctx)):
+                a = idx.numpy()
+                assert (np.diff(a, axis=1) > 0).all()  # ascending, no repeats
+                assert allowed[np.arange(a.shape[0])[:, None], a].all()  # from the sample's own set
+        # a pure function of (seed, rank, step), like the default
+        again = rand.sample(batch, step)
+        assert all(torch.equal(a, b) for a, b in zip(again[0] + again[1], r_enc + r_pred))
+
+
+def test_random_truncation_picks_every_kept_index_equally_often():
+    """One sample, a fixed context set of 40 tokens cut to 10: over many steps each of the 40 is kept
+    with probability 10/40 (binomial bounds at ~5 sigma)."""
+    from vjepa_fast.masks import _random_k, _rng
+
+    mask = np.zeros((1, 128), dtype=bool)
+    mask[0, np.arange(0, 120, 3)] = True
+    hits = np.zeros(128)
+    n = 4000
+    for step in range(n):
+        hits[_random_k(mask, 10, _rng(0, 3, step))[0]] += 1
+    p = 10 / 40
+    sigma = math.sqrt(n * p * (1 - p))
+    assert hits[~mask[0]].sum() == 0
+    assert np.abs(hits[mask[0]] - n * p).max() < 5 * sigma
+
+
+def test_random_truncation_spreads_context_over_time_like_the_untruncated_masks():
+    """The official cut keeps the earliest indices, so the kept context crowds into the first time
+    steps; the random cut keeps, per time step, the share the untruncated masks have there."""
+    from vjepa_fast.masks import time_step_shares
+
+    earliest, rand = _collator(OFFICIAL), _collator(OFFICIAL, truncation="random")
+    T, H, W = rand.grid
+    steps, batch = 40, 24
+    got = {"earliest": np.zeros((2, T)), "random": np.zeros((2, T))}
+    untruncated = np.zeros((2, T))
+    for step in range(steps):
+        got["earliest"] += time_step_shares(earliest.sample(batch, step)[0], earliest.grid) / steps
+        got["random"] += time_step_shares(rand.sample(batch, step)[0], rand.grid) / steps
+        for g, ctx in enumerate(rand.context_grids(batch, step)):
+            per_t = ctx.reshape(batch, T, H * W).sum(axis=2)
+            untruncated[g] += (per_t / per_t.sum(axis=1, keepdims=True)).mean(axis=0) / steps
+    np.testing.assert_allclose(got["random"], untruncated, atol=0.01)
+    assert (got["earliest"][:, 0] > untruncated[:, 0] + 0.05).all()  # the official bias, both generators
+    assert (got["earliest"][:, -1] < untruncated[:, -1] / 3).all()
+
+
+def test_truncation_switch_is_validated_and_tube_masks_ignore_it():
+    with pytest.raises(ValueError, match="truncation='latest'"):
+        _collator(OFFICIAL, truncation="latest")
+    a = RandomTubeMaskCollator(0.9, crop_size=64, num_frames=8, truncation="random").sample(4, 2)
+    b = RandomTubeMaskCollator(0.9, crop_size=64, num_frames=8).sample(4, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+    col = build_mask_collator("multiblock3d", OFFICIAL, crop_size=64, num_frames=8, truncation="random")
+    assert col.truncation == "random"

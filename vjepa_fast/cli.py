@@ -57,15 +57,24 @@ def _plot(args) -> int:
     return 0
 
 
-def _profile(args) -> int:
-    # benchmarks/ is not an installed package: load the script from the repository.
+def _load_profile_script():
+    """``benchmarks/profile_step.py`` as a module (benchmarks/ is not an installed package), or None
+    outside a clone of the repository."""
     path = REPO / "benchmarks" / "profile_step.py"
     if not path.is_file():
-        print(f"profiler script not found at {path} (run from a clone of the repository)", file=sys.stderr)
-        return 2
+        return None
     spec = importlib.util.spec_from_file_location("vjepa_fast_profile_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _profile(args) -> int:
+    module = _load_profile_script()
+    if module is None:
+        print(f"vjepa-fast profile: error: the profiler script is not here ({REPO / 'benchmarks'}); "
+              "run it from a clone of the repository", file=sys.stderr)
+        return 2
     return module.main(args.rest)
 
 
@@ -107,6 +116,10 @@ def _make_demo_data(args) -> int:
     from . import demo_data
 
     return demo_data.main(args.rest) or 0
+
+
+#: Subcommands whose arguments all go to another parser (``vjepa-fast profile --help`` is the script's).
+PASS_THROUGH = {"profile": _profile, "make-demo-data": _make_demo_data}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
 
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:
+        # These hand every argument to a script with its own parser. An argparse REMAINDER in a
+        # subparser does not take arguments that start with '--', so they are split off here; a
+        # leading '--' (the old workaround) is still accepted.
+        rest = argv[1:][1:] if argv[1:2] == ["--"] else argv[1:]
+        args = argparse.Namespace(command=argv[0], rest=rest, func=PASS_THROUGH[argv[0]])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError) as e:

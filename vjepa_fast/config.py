@@ -35,6 +35,8 @@ Rules
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import difflib
@@ -50,7 +52,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import yaml
 
 from .attention import BACKENDS as ATTENTION_BACKENDS
-from .masks import MASK_COLLATORS
+from .masks import MASK_COLLATORS, TRUNCATIONS
 from .vision_transformer import VIT_PRESETS
 
 __all__ = [
@@ -106,6 +108,8 @@ TRAIN_AUGMENTATIONS = ("official", "crop", "none")
 #: ``data.mask_type`` values (official: anything other than ``multiblock3d`` selects the
 #: random-tube collator, which no official config uses).
 MASK_TYPES = tuple(MASK_COLLATORS)
+#: ``data.mask_truncation`` values (ours; see DataConfig).
+MASK_TRUNCATIONS = tuple(TRUNCATIONS)
 #: ``meta.device``: 'auto' (cuda if available else cpu), or an explicit torch device string.
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:<index>", "mps")
 ATTN_BACKENDS = tuple(ATTENTION_BACKENDS)
@@ -146,14 +150,64 @@ ACCEPTED_AND_IGNORED: Dict[str, str] = {
 class ConfigError(ValueError):
     """Invalid configuration: unknown key, wrong type or impossible value.
 
-    Attributes ``source`` (file name or ``"<dict>"``) and ``key`` (full dotted key, may be None).
+    Attributes ``source`` (file name or ``"<dict>"``), ``key`` (full dotted key of the first
+    problem, may be None) and ``problems`` (every problem found, each a ConfigError; a file with
+    several bad keys reports them all in one error).
     """
 
-    def __init__(self, message: str, *, source: Optional[str] = None, key: Optional[str] = None):
+    def __init__(self, message: str, *, source: Optional[str] = None, key: Optional[str] = None,
+                 problems: Optional[List["ConfigError"]] = None):
         self.source = source
         self.key = key
         self.bare_message = message
+        self.problems = list(problems) if problems else [self]
         super().__init__(f"{source}: {message}" if source else message)
+
+    @classmethod
+    def combine(cls, problems: List["ConfigError"], source: Optional[str] = None) -> "ConfigError":
+        """One error for several problems (the message of the only one when there is one)."""
+        if len(problems) == 1:
+            p = problems[0]
+            return cls(p.bare_message, source=source or p.source, key=p.key)
+        lines = "".join(f"\n  - {p.bare_message}" for p in problems)
+        return cls(f"{len(problems)} problems:{lines}", source=source, key=problems[0].key, problems=problems)
+
+
+# While a config is built and validated, every problem is collected here instead of raised at
+# once, so that one error lists them all.
+_COLLECTING: contextvars.ContextVar[Optional[List[ConfigError]]] = contextvars.ContextVar(
+    "vjepa_fast_config_problems", default=None)
+
+
+def _report(error: ConfigError) -> None:
+    """Raise ``error``, or record it when a caller collects every problem."""
+    sink = _COLLECTING.get()
+    if sink is None:
+        raise error
+    sink.append(error)
+
+
+@contextlib.contextmanager
+def _collecting(source: Optional[str] = None):
+    """Collect the problems reported inside; raise them as one :class:`ConfigError` at the end.
+    Nested uses add to the outermost collector."""
+    if _COLLECTING.get() is not None:
+        yield
+        return
+    sink: List[ConfigError] = []
+    token = _COLLECTING.set(sink)
+    try:
+        yield
+    except ConfigError as e:
+        sink.extend(e.problems)
+    except (TypeError, KeyError, ZeroDivisionError, AttributeError):
+        # A check that ran on a value already reported as invalid; the report says what is wrong.
+        if not sink:
+            raise
+    finally:
+        _COLLECTING.reset(token)
+    if sink:
+        raise ConfigError.combine(sink, source) from None
 
 
 def _err(key: str, value: Any, why: str) -> ConfigError:
@@ -302,10 +356,13 @@ def _coerce(root_cls, tp: Any, value: Any, key: str) -> Any:
 
 
 def _build(root_cls, cls, data: Any, prefix: str):
+    """``cls`` from the mapping ``data``. Unknown keys and wrong types are reported (see
+    :func:`_report`); while collecting, such a key keeps its default so the rest can be checked."""
     if not isinstance(data, dict):
         where = f"'{prefix}'" if prefix else "the top level"
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__} {data!r}",
-                          key=prefix or None)
+        _report(ConfigError(f"{where} must be a mapping, got {type(data).__name__} {data!r}",
+                            key=prefix or None))
+        data = {}
     hints = _hints(cls)
     kwargs = {}
     for k, v in data.items():
@@ -315,8 +372,12 @@ def _build(root_cls, cls, data: Any, prefix: str):
             hint = _suggest(root_cls, cls, prefix, str(k))
             if hint:
                 msg += f"; did you mean '{hint}'?"
-            raise ConfigError(msg, key=full)
-        kwargs[k] = _coerce(root_cls, hints[k], v, _join(prefix, k))
+            _report(ConfigError(msg, key=full))
+            continue
+        try:
+            kwargs[k] = _coerce(root_cls, hints[k], v, _join(prefix, k))
+        except ConfigError as e:
+            _report(e)
     return cls(**kwargs)
 
 
@@ -333,34 +394,38 @@ def _to_plain(obj: Any) -> Any:
 # Validation helpers
 # ----------------------------------------------------------------------------------------------
 
-def _check(cond: bool, key: str, value: Any, why: str) -> None:
+# Each check reports a problem (raised, or collected: see _collecting) and returns whether the
+# value passed, so that checks which need a valid value can be skipped after a failed one.
+def _check(cond: bool, key: str, value: Any, why: str) -> bool:
     if not cond:
-        raise _err(key, value, why)
+        _report(_err(key, value, why))
+    return bool(cond)
 
 
 def _check_range(key: str, rng: Tuple[float, float], lo: float = 0.0, hi: Optional[float] = None,
-                 lo_open: bool = False) -> None:
+                 lo_open: bool = False) -> bool:
     a, b = rng
-    _check(a <= b, key, list(rng), "first value must be <= second")
-    if lo_open:
-        _check(a > lo, key, list(rng), f"values must be > {lo}")
-    else:
-        _check(a >= lo, key, list(rng), f"values must be >= {lo}")
-    if hi is not None:
-        _check(b <= hi, key, list(rng), f"values must be <= {hi}")
+    return (_check(a <= b, key, list(rng), "first value must be <= second")
+            and (_check(a > lo, key, list(rng), f"values must be > {lo}") if lo_open
+                 else _check(a >= lo, key, list(rng), f"values must be >= {lo}"))
+            and (hi is None or _check(b <= hi, key, list(rng), f"values must be <= {hi}")))
 
 
-def _check_required(key: str, value: Any) -> None:
+def _check_required(key: str, value: Any) -> bool:
     if value is None:
-        raise ConfigError(f"required key '{key}' is missing (or null)", key=key)
+        _report(ConfigError(f"required key '{key}' is missing (or null)", key=key))
+        return False
+    return True
 
 
-def _check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+def _check_choice(key: str, value: str, choices: Iterable[str]) -> bool:
     choices = tuple(choices)
     if value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         extra = f"; did you mean {close[0]!r}?" if close else ""
-        raise _err(key, value, f"expected one of {', '.join(choices)}{extra}")
+        _report(_err(key, value, f"expected one of {', '.join(choices)}{extra}"))
+        return False
+    return True
 
 
 def _check_runtime(prefix: str, device: str, attn_backend: str, kernels: str) -> None:
@@ -418,6 +483,11 @@ class DataConfig:
     dataset_type: str = "VideoDataset"
     #: Read from the data section, as in the official training script.
     mask_type: str = "multiblock3d"
+    #: ours: how the multiblock collator cuts every sample's context and target indices to the
+    #: batch minimum. ``earliest`` (official, default): the first indices, which concentrates both in
+    #: the first frames; ``random``: a uniformly random subset of each sample's indices, kept sorted
+    #: (README: "Masks"). No effect on random_tube masks (every sample keeps the same count).
+    mask_truncation: str = "earliest"
     decode_one_clip: Optional[bool] = None  # ignored, see ACCEPTED_AND_IGNORED
     log_resource_utilization: Optional[bool] = None  # ignored
     batch_size: int = 24  # per process
@@ -435,15 +505,16 @@ class DataConfig:
     synthetic: bool = False
 
     def validate(self, p: str = "data") -> None:
-        for name in ("batch_size", "num_clips", "num_frames", "tubelet_size", "sampling_rate",
-                     "crop_size", "patch_size"):
-            v = getattr(self, name)
-            _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
+        positive = [_check(getattr(self, name) >= 1, f"{p}.{name}", getattr(self, name), "must be >= 1")
+                    for name in ("batch_size", "num_clips", "num_frames", "tubelet_size", "sampling_rate",
+                                 "crop_size", "patch_size")]
         _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "must be >= 0")
-        _check(self.num_frames % self.tubelet_size == 0, f"{p}.num_frames", self.num_frames,
-               f"must be divisible by {p}.tubelet_size={self.tubelet_size}")
-        _check(self.crop_size % self.patch_size == 0, f"{p}.crop_size", self.crop_size,
-               f"must be divisible by {p}.patch_size={self.patch_size}")
+        if all(positive):
+            image = " (image pretraining: num_frames 1 with tubelet_size 1)" if self.num_frames == 1 else ""
+            _check(self.num_frames % self.tubelet_size == 0, f"{p}.num_frames", self.num_frames,
+                   f"must be divisible by {p}.tubelet_size={self.tubelet_size}{image}")
+            _check(self.crop_size % self.patch_size == 0, f"{p}.crop_size", self.crop_size,
+                   f"must be divisible by {p}.patch_size={self.patch_size}")
         if self.clip_duration is not None:
             _check(self.clip_duration > 0, f"{p}.clip_duration", self.clip_duration, "must be > 0 or null")
         if self.datasets_weights is not None:
@@ -455,6 +526,7 @@ class DataConfig:
         _check(self.dataset_type.lower() == "videodataset", f"{p}.dataset_type", self.dataset_type,
                "only VideoDataset is supported")
         _check_choice(f"{p}.mask_type", self.mask_type, MASK_TYPES)
+        _check_choice(f"{p}.mask_truncation", self.mask_truncation, MASK_TRUNCATIONS)
 
 
 @dataclass
@@ -503,8 +575,20 @@ class LossConfig:
 
 @dataclass
 class MetaConfig:
+    #: continue the run in logging.folder from its checkpoint (model, optimizer, schedules, masks,
+    #: data position, step). With ``init_from`` also set, a folder without a checkpoint yet starts
+    #: from ``init_from`` (so one config both starts and, after a restart, resumes such a run).
     load_checkpoint: bool = False
     read_checkpoint: Optional[str] = None  # file name inside logging.folder; null = latest
+    #: ours: start a new run from the encoder, predictor and target weights of this pretraining
+    #: checkpoint (a path), at step 0 with a fresh optimizer, schedules, masks and data order
+    #: (fine-tuning, a cooldown). The clip size and frame count may differ from the checkpoint's
+    #: (the sin-cos positions are rebuilt); the model and patch geometry must match.
+    init_from: Optional[str] = None
+    #: ours: on resume, accept a config whose geometry (data.crop_size, num_frames, patch_size,
+    #: tubelet_size), model or masks differ from the checkpoint's. Off: such a resume is refused
+    #: with every difference listed.
+    allow_resume_changes: bool = False
     seed: int = 0
     #: save ``{write_tag}-e{epoch}.pth.tar`` every N epochs as well; <= 0 disables (official).
     save_every_freq: int = -1
@@ -562,6 +646,8 @@ class MetaConfig:
             _check(self.peak_tflops > 0, f"{p}.peak_tflops", self.peak_tflops, "must be > 0 or null")
         if self.attn_table is not None:
             _check(os.path.isfile(self.attn_table), f"{p}.attn_table", self.attn_table, "file not found")
+        if self.init_from is not None:
+            _check(bool(self.init_from), f"{p}.init_from", self.init_from, "must be a checkpoint path or null")
 
 
 @dataclass
@@ -579,26 +665,31 @@ class ModelConfig:
     embed_dim: Optional[int] = None
     #: ours: encoder depth (number of blocks) overriding the preset (null = preset).
     depth: Optional[int] = None
+    #: ours: input channels of the clips (3 = RGB; e.g. 1 for grey or more for multispectral video).
+    #: Decoded videos are RGB, so other values need data.synthetic or clips of your own (Python API:
+    #: ``Trainer(cfg, source=...)``).
+    in_chans: int = 3
 
     def validate(self, p: str = "model") -> None:
-        _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
+        known_model = _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
+        _check(self.in_chans >= 1, f"{p}.in_chans", self.in_chans, "must be >= 1")
         _check(self.pred_depth >= 1, f"{p}.pred_depth", self.pred_depth, "must be >= 1")
         _check(self.pred_embed_dim >= 1, f"{p}.pred_embed_dim", self.pred_embed_dim, "must be >= 1")
         _check(self.use_mask_tokens is True, f"{p}.use_mask_tokens", self.use_mask_tokens,
                "only true is supported: the official false path (noised target features) is unused "
                "by every official config and not implemented")
-        if self.pred_num_heads is not None:
-            _check(self.pred_num_heads >= 1, f"{p}.pred_num_heads", self.pred_num_heads,
-                   "must be >= 1 or null")
-        if self.embed_dim is not None:
+        heads_ok = self.pred_num_heads is None or _check(
+            self.pred_num_heads >= 1, f"{p}.pred_num_heads", self.pred_num_heads, "must be >= 1 or null")
+        if self.embed_dim is not None and known_model:
             _check(self.embed_dim >= 1 and self.embed_dim % self.encoder_num_heads == 0,
                    f"{p}.embed_dim", self.embed_dim,
                    f"must be a positive multiple of the {self.model_name} head count {self.encoder_num_heads}")
         if self.depth is not None:
             _check(self.depth >= 1, f"{p}.depth", self.depth, "must be >= 1 or null")
-        heads = self.predictor_num_heads
-        _check(self.pred_embed_dim % heads == 0, f"{p}.pred_embed_dim", self.pred_embed_dim,
-               f"must be divisible by the predictor head count {heads}")
+        if heads_ok and (known_model or self.pred_num_heads is not None):
+            heads = self.predictor_num_heads
+            _check(self.pred_embed_dim % heads == 0, f"{p}.pred_embed_dim", self.pred_embed_dim,
+                   f"must be divisible by the predictor head count {heads}")
 
     @property
     def encoder_num_heads(self) -> int:
@@ -636,12 +727,12 @@ class OptimizationConfig:
         for name in ("weight_decay", "final_weight_decay", "start_lr", "lr", "final_lr", "warmup"):
             v = getattr(self, name)
             _check(v >= 0 and math.isfinite(v), f"{p}.{name}", v, "must be a finite number >= 0")
-        _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be >= 1")
+        epochs_ok = _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be >= 1")
         _check(all(0.0 <= m <= 1.0 for m in self.ema), f"{p}.ema", list(self.ema),
                "momenta must be in [0, 1]")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, "must be >= 1 or null")
-            if self.ipe is not None:
+            if self.ipe is not None and self.ipe >= 1 and epochs_ok:
                 _check(self.max_steps <= self.epochs * self.ipe, f"{p}.max_steps", self.max_steps,
                        f"must be <= epochs*ipe = {self.epochs * self.ipe}")
 
@@ -665,17 +756,14 @@ class _RootConfig:
         return cfg
 
     def validate(self, source: Optional[str] = None):
-        """Check every section (``_validate_fields``); an error names ``source`` when given."""
-        try:
+        """Check every section (``_validate_fields``); one :class:`ConfigError` lists every problem
+        and names ``source`` when given."""
+        with _collecting(source):
             for name in ("nodes", "tasks_per_node"):
                 v = getattr(self, name)
                 if v is not None:
                     _check(v >= 1, name, v, "must be >= 1")
             self._validate_fields()
-        except ConfigError as e:
-            if source and e.source is None:
-                raise ConfigError(e.bare_message, source=source, key=e.key) from None
-            raise
         return self
 
     def _validate_fields(self) -> None:
@@ -709,16 +797,13 @@ class PretrainConfig(_RootConfig):
 
     def _validate_fields(self) -> None:
         _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
-        self.data.validate()
-        self.data_aug.validate()
-        self.logging.validate()
-        self.loss.validate()
+        for section in (self.data, self.data_aug, self.logging, self.loss):
+            _section(section.validate)
         _check(len(self.mask) >= 1, "mask", [], "need at least one mask generator")
         for i, m in enumerate(self.mask):
-            m.validate(f"mask[{i}]")
-        self.meta.validate()
-        self.model.validate()
-        self.optimization.validate()
+            _section(m.validate, f"mask[{i}]")
+        for section in (self.meta, self.model, self.optimization):
+            _section(section.validate)
         if self.data.synthetic:
             _check(self.optimization.ipe is not None, "optimization.ipe", None,
                    "must be set when data.synthetic is true (there is no dataset length)")
@@ -824,8 +909,8 @@ class EvalDataConfig:
                    f"got {self.train_augmentation!r}")
         _check(self.feature_cache_max_gb > 0, f"{p}.feature_cache_max_gb", self.feature_cache_max_gb,
                "must be > 0")
-        _check_required(f"{p}.num_classes", self.num_classes)
-        _check(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, "must be >= 1")
+        if _check_required(f"{p}.num_classes", self.num_classes):
+            _check(self.num_classes >= 1, f"{p}.num_classes", self.num_classes, "must be >= 1")
         for name in ("frames_per_clip", "num_segments", "num_views_per_segment", "frame_step"):
             v = getattr(self, name)
             _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
@@ -915,22 +1000,21 @@ class EvalPretrainConfig:
     num_heads: Optional[int] = None
 
     def validate(self, p: str = "pretrain") -> None:
-        _check_required(f"{p}.model_name", self.model_name)
-        _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
-        for name in ("embed_dim", "depth", "num_heads"):
-            v = getattr(self, name)
-            if v is not None:
-                _check(v >= 1, f"{p}.{name}", v, "must be >= 1 or null")
-        dim = self.embed_dim or VIT_PRESETS[self.model_name]["embed_dim"]
-        heads = self.num_heads or VIT_PRESETS[self.model_name]["num_heads"]
-        _check(dim % heads == 0, f"{p}.num_heads", heads, f"must divide embed_dim={dim}")
+        known_model = (_check_required(f"{p}.model_name", self.model_name)
+                       and _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES))
+        sizes_ok = all([_check(getattr(self, name) >= 1, f"{p}.{name}", getattr(self, name), "must be >= 1 or null")
+                        for name in ("embed_dim", "depth", "num_heads") if getattr(self, name) is not None])
+        if known_model and sizes_ok:
+            dim = self.embed_dim or VIT_PRESETS[self.model_name]["embed_dim"]
+            heads = self.num_heads or VIT_PRESETS[self.model_name]["num_heads"]
+            _check(dim % heads == 0, f"{p}.num_heads", heads, f"must divide embed_dim={dim}")
         _check_required(f"{p}.folder", self.folder)
         _check_required(f"{p}.checkpoint", self.checkpoint)
-        for name in ("frames_per_clip", "tubelet_size", "patch_size"):
-            v = getattr(self, name)
-            _check(v >= 1, f"{p}.{name}", v, "must be >= 1")
-        _check(self.frames_per_clip % self.tubelet_size == 0, f"{p}.frames_per_clip",
-               self.frames_per_clip, f"must be divisible by {p}.tubelet_size={self.tubelet_size}")
+        positive = [_check(getattr(self, name) >= 1, f"{p}.{name}", getattr(self, name), "must be >= 1")
+                    for name in ("frames_per_clip", "tubelet_size", "patch_size")]
+        if all(positive):
+            _check(self.frames_per_clip % self.tubelet_size == 0, f"{p}.frames_per_clip",
+                   self.frames_per_clip, f"must be divisible by {p}.tubelet_size={self.tubelet_size}")
         if self.frame_step is not None:
             _check(self.frame_step >= 1, f"{p}.frame_step", self.frame_step, "must be >= 1 or null")
         if self.clip_duration is not None:
@@ -974,12 +1058,13 @@ class EvalConfig(_RootConfig):
     meta: EvalMetaConfig = field(default_factory=EvalMetaConfig)
 
     def _validate_fields(self) -> None:
-        _check_required("eval_name", self.eval_name)
-        _check_choice("eval_name", self.eval_name, EVAL_NAMES)
-        self.data.validate(video=self.is_video)
-        self.optimization.validate()
-        self.pretrain.validate()
-        self.meta.validate()
+        _check_required("eval_name", self.eval_name) and _check_choice("eval_name", self.eval_name, EVAL_NAMES)
+        _section(self.data.validate, video=self.is_video)
+        for section in (self.optimization, self.pretrain, self.meta):
+            _section(section.validate)
+        _section(self._validate_geometry)
+
+    def _validate_geometry(self) -> None:
         res = self.resolution
         _check(res % self.pretrain.patch_size == 0, self._resolution_key, res,
                f"must be divisible by pretrain.patch_size={self.pretrain.patch_size}")
@@ -1047,13 +1132,22 @@ class EvalConfig(_RootConfig):
 # ----------------------------------------------------------------------------------------------
 
 def _from_dict(cls, d: Any, source: str):
-    try:
+    # Unknown keys, wrong types and invalid values all go into one error.
+    with _collecting(source):
         cfg = _build(cls, cls, d, "")
-    except ConfigError as e:
-        if e.source is None:
-            raise ConfigError(e.bare_message, source=source, key=e.key) from None
-        raise
-    return cfg.validate(source)
+        cfg.validate(source)
+    return cfg
+
+
+def _section(check, *args, **kwargs) -> None:
+    """Run one section's checks. A check that trips over a value already reported as invalid
+    (e.g. a lookup by an unknown model name) stops only its own section."""
+    sink = _COLLECTING.get()
+    try:
+        check(*args, **kwargs)
+    except (TypeError, KeyError, ZeroDivisionError, AttributeError):
+        if not sink:
+            raise
 
 
 def parse_override(text: str) -> Tuple[str, Any]:

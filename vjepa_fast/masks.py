@@ -33,7 +33,9 @@ __all__ = [
     "MultiBlock3DMaskCollator",
     "RandomTubeMaskCollator",
     "build_mask_collator",
+    "time_step_shares",
     "MASK_CFG_DEFAULTS",
+    "TRUNCATIONS",
 ]
 
 # Values the official `_MaskGenerator` falls back to when a YAML key is absent. None of the
@@ -53,6 +55,12 @@ _V2_FLAGS_OFF_ONLY = ("full_complement", "pred_full_complement", "inv_block")
 # Separate RNG streams per use, so adding one never shifts the draws of another.
 _STREAM_POS = 1
 _STREAM_TUBE = 2
+_STREAM_TRUNCATE = 3
+
+#: How a generator's rows are cut to the batch minimum: ``earliest`` keeps each sample's first
+#: indices (official; context and targets then crowd into the first frames), ``random`` keeps a
+#: uniformly random subset of each sample's indices, in ascending order (ours, opt-in).
+TRUNCATIONS = ("earliest", "random")
 # A sample whose blocks cover every context token is redrawn. Only a block as large as the grid
 # can fail every time, and that is refused before drawing, so hitting this bound means a bug.
 _MAX_RESAMPLE_ROUNDS = 10_000
@@ -100,6 +108,25 @@ def _first_k(mask: np.ndarray, k: int) -> np.ndarray:
     """
     keep = mask & (np.cumsum(mask, axis=1, dtype=np.int32) <= k)
     return np.nonzero(keep)[1].reshape(mask.shape[0], k)
+
+
+def _random_k(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices of ``k`` True entries of each row chosen uniformly at random, ascending, ``[B, k]``.
+
+    Every True entry gets a uniform key and every False entry a key above all of them; the ``k``
+    smallest keys of a row are then a uniform random ``k``-subset of its True entries.
+    """
+    B, N = mask.shape
+    if k == 0:
+        return np.zeros((B, 0), dtype=np.int64)
+    keys = np.where(mask, rng.random((B, N)), 2.0)
+    return np.sort(np.argpartition(keys, k - 1, axis=1)[:, :k], axis=1)
+
+
+def _check_truncation(truncation) -> str:
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation={truncation!r} must be one of {', '.join(map(repr, TRUNCATIONS))}")
+    return truncation
 
 
 def _to_long(a: np.ndarray) -> torch.Tensor:
@@ -231,6 +258,12 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
     ``max_context_duration``), context = the rest. Rows are then cut to the batch minimum, which
     keeps the earliest tokens; this truncation is what sets the effective masking ratio (see the
     reference, Appendix A), so it is kept even though it looks like a bug (jepa#50).
+
+    ``truncation="random"`` (opt-in) cuts each row to the same lengths by keeping a uniformly random
+    subset of the sample's indices instead (ascending order kept), drawn from its own stream keyed by
+    ``(seed, rank, step, generator)``: the lengths, block sizes and positions are those of the
+    default; only which indices survive the cut changes. The default draws nothing more and is
+    bit-identical to the collator without the option.
     """
 
     def __init__(
@@ -242,12 +275,14 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         tubelet_size: int = 2,
         seed: int = 0,
         rank: int = 0,
+        truncation: str = "earliest",
     ):
         if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
             raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
         self.grid = _grid(crop_size, num_frames, patch_size, tubelet_size)
         self.num_tokens = int(np.prod(self.grid))
         self.specs = [_BlockSpec(i, cfg, self.grid) for i, cfg in enumerate(cfgs_mask)]
+        self.truncation = _check_truncation(truncation)
         self.seed = _check_seed("seed", seed)
         self.rank = _check_seed("rank", rank)
         self._step = 0
@@ -325,14 +360,19 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         A pure function of ``(seed, rank, step, batch_size)``.
         """
         masks_enc, masks_pred = [], []
-        for spec, ctx in zip(self.specs, self.context_grids(batch_size, step)):
+        for g, (spec, ctx) in enumerate(zip(self.specs, self.context_grids(batch_size, step))):
             kc = int(ctx.sum(axis=1).min())
             if spec.max_keep is not None:
                 kc = min(kc, spec.max_keep)
             tgt = ~ctx
             kt = int(tgt.sum(axis=1).min())
-            masks_enc.append(_to_long(_first_k(ctx, kc)))
-            masks_pred.append(_to_long(_first_k(tgt, kt)))
+            if self.truncation == "earliest":
+                masks_enc.append(_to_long(_first_k(ctx, kc)))
+                masks_pred.append(_to_long(_first_k(tgt, kt)))
+            else:
+                rng = _rng(self.seed, _STREAM_TRUNCATE, int(step), g, self.rank)
+                masks_enc.append(_to_long(_random_k(ctx, kc, rng)))
+                masks_pred.append(_to_long(_random_k(tgt, kt, rng)))
         return masks_enc, masks_pred
 
 
@@ -340,8 +380,9 @@ class RandomTubeMaskCollator(_StepCounterMixin):
     """Official random-tube masking (V1 ``src/masks/random_tube.py``), vectorised.
 
     Each sample keeps a random ``int(H'W' * (1 - ratio))`` spatial positions as context across
-    every time step. All samples keep the same count, so no truncation happens. One generator,
-    so ``sample`` returns one-element lists, matching the multiblock interface.
+    every time step. All samples keep the same count, so no truncation happens (``truncation`` is
+    accepted for a uniform interface and changes nothing). One generator, so ``sample`` returns
+    one-element lists, matching the multiblock interface.
     """
 
     def __init__(
@@ -353,9 +394,11 @@ class RandomTubeMaskCollator(_StepCounterMixin):
         tubelet_size: int = 2,
         seed: int = 0,
         rank: int = 0,
+        truncation: str = "earliest",
     ):
         self.grid = _grid(crop_size, num_frames, patch_size, tubelet_size)
         self.num_tokens = int(np.prod(self.grid))
+        self.truncation = _check_truncation(truncation)
         T, H, W = self.grid
         is_number = isinstance(ratio, (int, float, np.floating)) and not isinstance(ratio, bool)
         if not is_number or not 0.0 < ratio < 1.0:
@@ -412,3 +455,24 @@ def build_mask_collator(mask_type: str = "multiblock3d", cfgs_mask: Sequence[Map
             raise ValueError("mask_type='multiblock3d' needs cfgs_mask (the YAML `mask` list)")
         return MultiBlock3DMaskCollator(cfgs_mask, **kw)
     return RandomTubeMaskCollator(**kw)
+
+
+def time_step_shares(masks: Sequence[torch.Tensor], grid: tuple[int, int, int]) -> np.ndarray:
+    """Share of each generator's kept indices that fall in each time step, averaged over samples.
+
+    ``masks``: per generator an int64 ``[B, K]`` tensor of flat token indices (a collator's context
+    or target masks); ``grid``: ``(T', H', W')``. Returns float64 ``[len(masks), T']``, rows summing
+    to 1 (rows of an empty mask are 0). Uniform spread over time gives ``1 / T'`` everywhere.
+    """
+    T, H, W = grid
+    out = np.zeros((len(masks), T))
+    for g, m in enumerate(masks):
+        idx = np.asarray(m, dtype=np.int64)
+        if idx.ndim != 2:
+            raise ValueError(f"mask {g}: expected [B, K] indices, got shape {idx.shape}")
+        if idx.shape[1] == 0:
+            continue
+        t = idx // (H * W)
+        counts = np.stack([(t == s).sum(axis=1) for s in range(T)], axis=1)  # [B, T]
+        out[g] = (counts / idx.shape[1]).mean(axis=0)
+    return out
