@@ -14,8 +14,10 @@ whatever worker loads it. Differences from the official loader, all about bad in
   copy); the replacement index is drawn from the same per-item generator;
 * the official loop retries forever; here more than ``max_retries`` failures in one ``__getitem__``
   raise :class:`RuntimeError` listing every file that failed and why;
-* the decord reader is created inside ``__getitem__`` and dropped before it returns, so the dataset
-  pickles to worker processes (``num_threads=1`` per reader: parallelism comes from the workers).
+* the reader (decord, PyAV or torchcodec: :mod:`vjepa_fast.decoders`, one interface and one
+  :class:`~vjepa_fast.decoders.DecodeError` for all) is opened inside ``__getitem__`` and closed before it
+  returns, so the dataset pickles to worker processes (one decoding thread per reader: parallelism comes
+  from the workers).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from .decoders import DecodeError, open_video, resolve_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +225,8 @@ def load_with_retries(dataset, kind: str, index: int, rng: np.random.Generator, 
 
 
 class VideoDataset(Dataset):
-    """Clips decoded with decord from official-format index files.
+    """Clips decoded from official-format index files, with ``decoder`` (``auto``, ``decord``, ``pyav``
+    or ``torchcodec``: :mod:`vjepa_fast.decoders`; ``auto`` resolves at construction).
 
     ``__getitem__(i)`` (or ``__getitem__((i, epoch))``) returns ``(clips, label, clip_indices)``: a list of
     ``num_clips`` clips, each uint8 ``[T, H, W, 3]`` at source resolution (or whatever ``transform``
@@ -244,6 +249,7 @@ class VideoDataset(Dataset):
         shared_transform: Callable | None = None,
         seed: int = 0,
         max_retries: int = 10,
+        decoder: str = "auto",
     ):
         if isinstance(data_paths, (str, os.PathLike)):
             data_paths = [data_paths]
@@ -260,6 +266,9 @@ class VideoDataset(Dataset):
         self.shared_transform = shared_transform
         self.seed = int(seed)
         self.max_retries = int(max_retries)
+        #: the decoder this dataset reads with, resolved here so an unusable choice fails at construction
+        #: (workers re-import the same library in the same environment)
+        self.decoder = resolve_decoder(decoder)
         self.epoch = 0
         if self.frames_per_clip < 1 or self.frame_step < 1 or self.num_clips < 1:
             raise ValueError("frames_per_clip, frame_step and num_clips must be >= 1")
@@ -316,20 +325,14 @@ class VideoDataset(Dataset):
         """Decode the clips of one file; raises ``_SkipSample`` when the file cannot be used."""
         self._check_file(path)
         try:
-            import decord  # noqa: PLC0415  (optional dependency, imported lazily)
-        except ImportError as e:  # pragma: no cover - environment problem, not a data problem
-            raise ImportError("VideoDataset needs decord: pip install decord") from e
-        try:
-            vr = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
-        except Exception as e:  # decord raises RuntimeError / DECORDError for broken files
-            raise _SkipSample(f"cannot open with decord ({type(e).__name__}: {_short(e)})") from None
-        try:
-            n = len(vr)
-            if n < 1:
-                raise _SkipSample("video has no frames")
+            reader = open_video(path, self.decoder, threads=1)
+        except DecodeError as e:
+            raise _SkipSample(f"cannot open ({e})") from None
+        with reader:
+            n = len(reader)
             fstp = self.frame_step
             if self.duration is not None:
-                fps = float(vr.get_avg_fps())
+                fps = reader.fps
                 fstp = int(self.duration * fps / self.frames_per_clip)
                 if fstp < 1:
                     raise _SkipSample(f"duration={self.duration}s at {fps:.3g} fps gives frame_step 0")
@@ -342,19 +345,10 @@ class VideoDataset(Dataset):
                 n, self.frames_per_clip, fstp, self.num_clips,
                 self.random_clip_sampling, self.allow_clip_overlap, rng,
             )
-            all_idx = np.concatenate(clip_indices).tolist()
             try:
-                buffer = vr.get_batch(all_idx).asnumpy()
-            except Exception as e:
-                raise _SkipSample(f"decoding frames failed ({type(e).__name__}: {_short(e)})") from None
-            n_idx = len(all_idx)
-            shape_ok = buffer.ndim == 4 and buffer.shape[0] == n_idx and buffer.shape[-1] == 3
-            if not shape_ok or buffer.dtype != np.uint8:
-                raise _SkipSample(
-                    f"decoder returned {buffer.dtype} {buffer.shape}, expected uint8 [{n_idx},H,W,3]"
-                )
-        finally:
-            del vr
+                buffer = reader.get_batch(np.concatenate(clip_indices).tolist())
+            except DecodeError as e:
+                raise _SkipSample(f"decoding frames failed ({e})") from None
         return buffer, clip_indices
 
     def __getitem__(self, index):
@@ -371,12 +365,6 @@ class VideoDataset(Dataset):
         if self.transform is not None:
             clips = [self.transform(c) for c in clips]
         return clips, label, clip_indices
-
-
-def _short(e: BaseException, n: int = 200) -> str:
-    s = str(e).strip().splitlines()
-    s = s[-1] if s else ""
-    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 # ----------------------------------------------------------------------------------------------------
