@@ -52,6 +52,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 import yaml
 
 from .attention import BACKENDS as ATTENTION_BACKENDS
+from .decoders import DECODERS
 from .masks import MASK_COLLATORS, TRUNCATIONS
 from .vision_transformer import VIT_PRESETS
 
@@ -503,6 +504,8 @@ class DataConfig:
     clip_duration: Optional[float] = None  # seconds; overrides sampling_rate when set
     #: ours: generate random clips on the device instead of decoding videos (demos, benchmarks).
     synthetic: bool = False
+    #: ours: video decoder (vjepa_fast.decoders): auto = decord, else torchcodec, else PyAV.
+    decoder: str = "auto"
 
     def validate(self, p: str = "data") -> None:
         positive = [_check(getattr(self, name) >= 1, f"{p}.{name}", getattr(self, name), "must be >= 1")
@@ -526,6 +529,7 @@ class DataConfig:
         _check(self.dataset_type.lower() == "videodataset", f"{p}.dataset_type", self.dataset_type,
                "only VideoDataset is supported")
         _check_choice(f"{p}.mask_type", self.mask_type, MASK_TYPES)
+        _check_choice(f"{p}.decoder", self.decoder, DECODERS)
         _check_choice(f"{p}.mask_truncation", self.mask_truncation, MASK_TRUNCATIONS)
 
 
@@ -900,9 +904,12 @@ class EvalDataConfig:
     cache_train_features: bool = False
     #: ours: refuse (at start-up, with the estimate) a feature cache larger than this.
     feature_cache_max_gb: float = 8.0
+    #: ours: video decoder (vjepa_fast.decoders): auto = decord, else torchcodec, else PyAV.
+    decoder: str = "auto"
 
     def validate(self, p: str = "data", video: bool = True) -> None:
         _check_choice(f"{p}.train_augmentation", self.train_augmentation, TRAIN_AUGMENTATIONS)
+        _check_choice(f"{p}.decoder", self.decoder, DECODERS)
         if self.cache_train_features:
             _check(self.train_augmentation == "none", f"{p}.cache_train_features", True,
                    f"needs {p}.train_augmentation: none (augmented clips differ every epoch), "

@@ -2,7 +2,7 @@
 
 Pipeline (one rank)::
 
-    index files --VideoDataset (decord, in DataLoader workers)--> uint8 [T,H,W,3] per clip
+    index files --VideoDataset (data.decoder, in DataLoader workers)--> uint8 [T,H,W,3] per clip
       [--RandAugment (data_aug.auto_augment; workers, full-resolution uint8 frames, PIL)]
       --collate_uint8--> lists of uint8 tensors (pinned on CUDA)
       --VideoClipSource (main process)--> crop/resize/flip/normalise, batched on the device
@@ -133,7 +133,7 @@ def build_video_dataset(cfg: PretrainConfig) -> VideoDataset:
         d.datasets, datasets_weights=d.datasets_weights, frames_per_clip=d.num_frames,
         frame_step=d.sampling_rate, num_clips=d.num_clips, duration=d.clip_duration,
         random_clip_sampling=True, allow_clip_overlap=False, filter_short_videos=d.filter_short_videos,
-        transform=None, seed=cfg.meta.seed,
+        transform=None, seed=cfg.meta.seed, decoder=d.decoder,
     )
 
 

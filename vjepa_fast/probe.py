@@ -575,7 +575,7 @@ class ProbeEvaluation:
             self.train_segments = S if o.attend_across_segments else 1
             common = dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step,
                           duration=cfg.pretrain.clip_duration, random_clip_sampling=True,
-                          allow_clip_overlap=True, seed=seed)
+                          allow_clip_overlap=True, seed=seed, decoder=d.decoder)
             train_tf = ProbeVideoTrainTransform(res, d.train_augmentation, seed=seed)
             val_tf = ProbeVideoEvalTransform(res, d.num_views_per_segment)
             train_ds = VideoDataset(d.dataset_train, num_clips=self.train_segments, transform=train_tf, **common)
@@ -904,9 +904,10 @@ def _build_from_spec(spec: dict) -> VisionTransformer:
 
 
 def _video_frames(path: str) -> int:
-    import decord
+    from .decoders import open_video
 
-    return len(decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0)))
+    with open_video(path) as reader:
+        return len(reader)
 
 
 def run_demo_probes(
