@@ -7,83 +7,145 @@ the official formula also rounds ``t*m`` and ``(1-m)*s`` to the storage dtype). 
 corrections, per-group lr / weight decay) that, while the new parameter is still in registers, also
 writes the EMA target ``t = m*t + (1-m)*p_new``: AdamW-then-EMA in one read of each tensor.
 
-How one launch covers many tensors: the host builds (once, cached by address) int64 tables of the
-tensors' raw addresses and sizes plus a program -> (tensor, first element) map; each program loads
-its tensor's address and casts it to a typed pointer. Tensors are grouped by dtype signature, one
-launch per group (a model in one dtype: one launch). ``FlatParams`` packs a module's parameters into
-one flat buffer (parameters become views), so the table has a single entry and the launch is a plain
-streaming kernel.
+How one launch covers many tensors: see ``kernels/multi_tensor.py`` (tables of addresses and
+chunks, 16-byte alignment promised to the compiler where the host has checked it, so the hot
+accesses are 128-bit). Tensors are grouped by dtype signature and alignment, one launch per group (a
+model in one dtype: one launch). ``FlatParams`` packs a module's parameters into one flat buffer
+(parameters become views), so the table has a single entry.
+
+Planning and launching are separate: :func:`plan_fused_ema` / :func:`plan_fused_adamw_ema` are pure
+functions of the tensors' metadata (real tensors or :class:`~.plan.TensorSpec`) and a
+:class:`~.plan.DeviceSpec`, returning :class:`~.plan.LaunchPlan` s whose tables are CPU tensors;
+:func:`aot_plans` plans the V-JEPA parameter sets for ``kernels/aot.py``. The launchers cache the
+planned launches with their tables on the device, keyed by the tensors' addresses and sizes, so a
+training step that keeps its tensors re-plans nothing and only swaps in this step's
+hyper-parameters.
 
 No host-device syncs: Python-number hyper-parameters are passed as kernel scalars (EMA) or uploaded
 through pinned memory without blocking (AdamW); tensor hyper-parameters (momentum, lr, step on the
-device) are turned into the coefficient table with device ops.
+device) are turned into the coefficient table with device ops. Nothing that changes from step to
+step (momentum, lr, step, gradient addresses) changes a compiled variant: it is all runtime data.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence
 
 import torch
 
 from . import reference
 from .dispatch import kernel_backend, tl, triton
-from .multi_tensor import MultiTensorTables, multi_tensor_blocks, upload_scalars
+from .multi_tensor import (
+    MultiTensorTables,
+    check_roles,
+    multi_tensor_blocks,
+    split_launches,
+    tables_to,
+    upload_scalars,
+    vector_elems,
+)
+from .plan import DeviceSpec, LaunchPlan, TensorSpec
 from .utils import check_launchable, compute_dtype, fma, round_to, tl_dtype
 
 _N_COEF = 9  # per-group AdamW+EMA coefficients, see adamw_ema_coefficients
 
 
 @triton.jit
+def _chunk_ptr(ADDR_ptr, tid, start, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Typed pointer to element ``start`` of tensor ``tid`` (16-byte aligned when ALIGNED)."""
+    ptr = tl.load(ADDR_ptr + tid).to(tl.pointer_type(DTYPE)) + start
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
+
+
+@triton.jit
+def _ema_block(t_ptr, s_ptr, offs, mask, mm, cc, T_DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
+    t = tl.load(t_ptr + offs, mask=mask).to(COMPUTE)
+    s = tl.load(s_ptr + offs, mask=mask).to(COMPUTE)
+    tl.store(t_ptr + offs, round_to(t * mm + cc * s, T_DTYPE), mask=mask)
+
+
+@triton.jit
 def _fused_ema_kernel(
-    T_ADDR_ptr,  # pointer to int64 addresses of the EMA targets, shape (n_tensors,)
-    S_ADDR_ptr,  # pointer to int64 addresses of the sources, shape (n_tensors,)
-    NUMEL_ptr,  # pointer to int64 sizes, shape (n_tensors,)
-    CHUNK_TENSOR_ptr,  # pointer to int64 tensor id of each program, shape (n_programs,)
-    CHUNK_START_ptr,  # pointer to int64 first element of each program, shape (n_programs,)
-    M_ptr,  # pointer to (m, 1 - m) when M_FROM_PTR
+    T_ADDR_ptr,  # int64 addresses of the EMA targets, one per tensor
+    S_ADDR_ptr,  # int64 addresses of the sources
+    CHUNK_TENSOR_ptr,  # int32 tensor of each program
+    CHUNK_START_ptr,  # int32 (int64 for tensors >= 2**31 elements) first element of each program
+    CHUNK_COUNT_ptr,  # int32 elements of each program (<= CHUNK)
+    M_ptr,  # (m, 1 - m) when M_FROM_PTR
     m,  # momentum as a kernel scalar when not M_FROM_PTR
     one_minus_m,
     T_DTYPE: tl.constexpr,
     S_DTYPE: tl.constexpr,
     COMPUTE: tl.constexpr,
     M_FROM_PTR: tl.constexpr,
+    ALIGNED: tl.constexpr,  # chunk bases 16-byte aligned and counts multiples of VEC (host-checked)
+    VEC: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """t = t*m + (1-m)*s over one CHUNK of one tensor (official EMA, vjepa2 train.py)."""
-    pid = tl.program_id(0).to(tl.int64)
+    """t = t*m + (1-m)*s over one chunk of one tensor (official EMA, vjepa2 train.py)."""
+    pid = tl.program_id(0)
     tid = tl.load(CHUNK_TENSOR_ptr + pid)
     start = tl.load(CHUNK_START_ptr + pid)
-    n = tl.load(NUMEL_ptr + tid)
-    t_ptr = tl.load(T_ADDR_ptr + tid).to(tl.pointer_type(T_DTYPE))
-    s_ptr = tl.load(S_ADDR_ptr + tid).to(tl.pointer_type(S_DTYPE))
+    count = tl.load(CHUNK_COUNT_ptr + pid)
+    t_ptr = _chunk_ptr(T_ADDR_ptr, tid, start, T_DTYPE, ALIGNED)
+    s_ptr = _chunk_ptr(S_ADDR_ptr, tid, start, S_DTYPE, ALIGNED)
     if M_FROM_PTR:
         mm = tl.load(M_ptr).to(COMPUTE)
         cc = tl.load(M_ptr + 1).to(COMPUTE)
     else:
         mm = tl.cast(m, COMPUTE)
         cc = tl.cast(one_minus_m, COMPUTE)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < n
+    if count == CHUNK:  # every chunk but a tensor's last: no mask
+        for i in range(0, CHUNK, BLOCK):
+            _ema_block(t_ptr, s_ptr, i + tl.arange(0, BLOCK), None, mm, cc, T_DTYPE, COMPUTE)
+    else:
+        if ALIGNED:
+            count = tl.multiple_of(count, VEC)  # whole 16-byte vectors: the mask keeps them whole
+        for i in range(0, CHUNK, BLOCK):
+            offs = i + tl.arange(0, BLOCK)
+            _ema_block(t_ptr, s_ptr, offs, offs < count, mm, cc, T_DTYPE, COMPUTE)
+
+
+@triton.jit
+def _adamw_ema_block(p_ptr, g_ptr, m_ptr, v_ptr, t_ptr, offs, mask, decay, w1, beta2, w2, neg_step_size,
+                     bc2_sqrt, eps, mom, one_minus_mom, P_DTYPE: tl.constexpr, M_DTYPE: tl.constexpr,
+                     V_DTYPE: tl.constexpr, T_DTYPE: tl.constexpr, COMPUTE: tl.constexpr,
+                     HAS_EMA: tl.constexpr):  # fmt: skip
+    p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
+    g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
+    m = tl.load(m_ptr + offs, mask=mask).to(COMPUTE)
+    v = tl.load(v_ptr + offs, mask=mask).to(COMPUTE)
+    p = p * decay
+    m = fma(w1, g - m, m)  # torch's lerp_ (weight < 0.5): fma(w, end - self, self) on CPU and CUDA
+    v = fma(w2 * g, g, v * beta2)  # mul_(b2) then addcmul_: fma(value*g, g, v) on CPU and CUDA
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+    p = p + tl.div_rn(neg_step_size * m, denom)
+    tl.store(p_ptr + offs, round_to(p, P_DTYPE), mask=mask)
+    tl.store(m_ptr + offs, round_to(m, M_DTYPE), mask=mask)
+    tl.store(v_ptr + offs, round_to(v, V_DTYPE), mask=mask)
+    if HAS_EMA:
+        p = round_to(p, P_DTYPE).to(COMPUTE)  # the EMA reads the stored parameter, as officially
         t = tl.load(t_ptr + offs, mask=mask).to(COMPUTE)
-        s = tl.load(s_ptr + offs, mask=mask).to(COMPUTE)
-        tl.store(t_ptr + offs, round_to(t * mm + cc * s, T_DTYPE), mask=mask)
+        tl.store(t_ptr + offs, round_to(t * mom + one_minus_mom * p, T_DTYPE), mask=mask)
 
 
 @triton.jit
 def _fused_adamw_ema_kernel(
-    P_ADDR_ptr,  # pointer to int64 addresses of the parameters
+    P_ADDR_ptr,  # int64 addresses of the parameters, one per tensor
     G_ADDR_ptr,  # ... of the gradients
     M_ADDR_ptr,  # ... of exp_avg
     V_ADDR_ptr,  # ... of exp_avg_sq
     T_ADDR_ptr,  # ... of the EMA targets (unused when not HAS_EMA)
-    NUMEL_ptr,  # pointer to int64 sizes, shape (n_tensors,)
-    GROUP_ptr,  # pointer to int64 param-group id of each tensor
-    CHUNK_TENSOR_ptr,  # pointer to int64 tensor id of each program
-    CHUNK_START_ptr,  # pointer to int64 first element of each program
-    COEF_ptr,  # pointer to per-group coefficients, shape (n_groups, 9), see adamw_ema_coefficients
+    GROUP_ptr,  # int32 param-group id of each tensor
+    CHUNK_TENSOR_ptr,  # int32 tensor of each program
+    CHUNK_START_ptr,  # int32 (int64 for tensors >= 2**31 elements) first element of each program
+    CHUNK_COUNT_ptr,  # int32 elements of each program (<= CHUNK)
+    COEF_ptr,  # per-group coefficients, shape (n_groups, 9), see adamw_ema_coefficients
     P_DTYPE: tl.constexpr,
     G_DTYPE: tl.constexpr,
     M_DTYPE: tl.constexpr,
@@ -91,6 +153,8 @@ def _fused_adamw_ema_kernel(
     T_DTYPE: tl.constexpr,
     COMPUTE: tl.constexpr,
     HAS_EMA: tl.constexpr,
+    ALIGNED: tl.constexpr,  # chunk bases 16-byte aligned and counts multiples of VEC (host-checked)
+    VEC: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -99,10 +163,10 @@ def _fused_adamw_ema_kernel(
     p *= 1 - lr*wd; m = fma(1-b1, g - m, m); v = v*b2 + ((1-b2)*g)*g;
     p += (-lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)    (IEEE sqrt and division, like PyTorch)
     """
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
     tid = tl.load(CHUNK_TENSOR_ptr + pid)
     start = tl.load(CHUNK_START_ptr + pid)
-    n = tl.load(NUMEL_ptr + tid)
+    count = tl.load(CHUNK_COUNT_ptr + pid)
     coef = COEF_ptr + tl.load(GROUP_ptr + tid) * 9
     decay = tl.load(coef + 0).to(COMPUTE)
     w1 = tl.load(coef + 1).to(COMPUTE)
@@ -111,71 +175,171 @@ def _fused_adamw_ema_kernel(
     neg_step_size = tl.load(coef + 4).to(COMPUTE)
     bc2_sqrt = tl.load(coef + 5).to(COMPUTE)
     eps = tl.load(coef + 6).to(COMPUTE)
-    p_ptr = tl.load(P_ADDR_ptr + tid).to(tl.pointer_type(P_DTYPE))
-    g_ptr = tl.load(G_ADDR_ptr + tid).to(tl.pointer_type(G_DTYPE))
-    m_ptr = tl.load(M_ADDR_ptr + tid).to(tl.pointer_type(M_DTYPE))
-    v_ptr = tl.load(V_ADDR_ptr + tid).to(tl.pointer_type(V_DTYPE))
+    p_ptr = _chunk_ptr(P_ADDR_ptr, tid, start, P_DTYPE, ALIGNED)
+    g_ptr = _chunk_ptr(G_ADDR_ptr, tid, start, G_DTYPE, ALIGNED)
+    m_ptr = _chunk_ptr(M_ADDR_ptr, tid, start, M_DTYPE, ALIGNED)
+    v_ptr = _chunk_ptr(V_ADDR_ptr, tid, start, V_DTYPE, ALIGNED)
     if HAS_EMA:
         mom = tl.load(coef + 7).to(COMPUTE)
         one_minus_mom = tl.load(coef + 8).to(COMPUTE)
-        t_ptr = tl.load(T_ADDR_ptr + tid).to(tl.pointer_type(T_DTYPE))
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < n
-        p = tl.load(p_ptr + offs, mask=mask).to(COMPUTE)
-        g = tl.load(g_ptr + offs, mask=mask).to(COMPUTE)
-        m = tl.load(m_ptr + offs, mask=mask).to(COMPUTE)
-        v = tl.load(v_ptr + offs, mask=mask).to(COMPUTE)
-        p = p * decay
-        m = fma(w1, g - m, m)  # torch's lerp_ (weight < 0.5): fma(w, end - self, self) on CPU and CUDA
-        v = fma(w2 * g, g, v * beta2)  # mul_(b2) then addcmul_: fma(value*g, g, v) on CPU and CUDA
-        denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
-        p = p + tl.div_rn(neg_step_size * m, denom)
-        tl.store(p_ptr + offs, round_to(p, P_DTYPE), mask=mask)
-        tl.store(m_ptr + offs, round_to(m, M_DTYPE), mask=mask)
-        tl.store(v_ptr + offs, round_to(v, V_DTYPE), mask=mask)
-        if HAS_EMA:
-            p = round_to(p, P_DTYPE).to(COMPUTE)  # the EMA reads the stored parameter, as officially
-            t = tl.load(t_ptr + offs, mask=mask).to(COMPUTE)
-            tl.store(t_ptr + offs, round_to(t * mom + one_minus_mom * p, T_DTYPE), mask=mask)
+        t_ptr = _chunk_ptr(T_ADDR_ptr, tid, start, T_DTYPE, ALIGNED)
+    else:
+        mom = decay
+        one_minus_mom = decay
+        t_ptr = p_ptr
+    if count == CHUNK:  # every chunk but a tensor's last: no mask
+        for i in range(0, CHUNK, BLOCK):
+            _adamw_ema_block(p_ptr, g_ptr, m_ptr, v_ptr, t_ptr, i + tl.arange(0, BLOCK), None, decay, w1, beta2,
+                             w2, neg_step_size, bc2_sqrt, eps, mom, one_minus_mom, P_DTYPE, M_DTYPE, V_DTYPE,
+                             T_DTYPE, COMPUTE, HAS_EMA)  # fmt: skip
+    else:
+        if ALIGNED:
+            count = tl.multiple_of(count, VEC)  # whole 16-byte vectors: the mask keeps them whole
+        for i in range(0, CHUNK, BLOCK):
+            offs = i + tl.arange(0, BLOCK)
+            _adamw_ema_block(p_ptr, g_ptr, m_ptr, v_ptr, t_ptr, offs, offs < count, decay, w1, beta2, w2,
+                             neg_step_size, bc2_sqrt, eps, mom, one_minus_mom, P_DTYPE, M_DTYPE, V_DTYPE,
+                             T_DTYPE, COMPUTE, HAS_EMA)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
-# Host launchers
+# Planners: pure functions of the tensors' metadata and the device
 
 
-def _check_lists(named: dict[str, Sequence[torch.Tensor]]) -> int:
-    lists = list(named.items())
-    n = len(lists[0][1])
-    ref_name, ref = lists[0]
-    for name, ts in lists[1:]:
-        if len(ts) != n:
-            raise ValueError(f"{name} has {len(ts)} tensors, {ref_name} has {n}")
-    device = ref[0].device if n else None
-    if n:
-        check_launchable(ref[0])
-    for name, ts in lists:
+def _sizes(ts: Sequence) -> list[int]:
+    return [t.element_size() for t in ts]
+
+
+def plan_fused_ema(
+    targets: Sequence, sources: Sequence, device: DeviceSpec, *, m_from_ptr: bool = False, label: str = ""
+) -> list[LaunchPlan]:
+    """The launches of ``t = t*m + (1-m)*s`` over every (target, source) pair: one per dtype pair
+    and alignment class (:func:`~.multi_tensor.split_launches`), empty tensors skipped.
+
+    Args:
+        targets, sources: equal-length lists of dense tensors or TensorSpecs (fp32 / bf16 / fp16 /
+            fp64) of matching sizes; only metadata and addresses are read.
+        device: where the launch runs (block sizes, interpreter or GPU).
+        m_from_ptr: the momentum comes as a device tensor (always so for fp64 storage).
+    Returns plans whose tables are CPU tensors and whose per-step arguments (``M_ptr``, ``m``,
+    ``one_minus_m``: the last three) are placeholders. Raises ValueError / TypeError as
+    :func:`~.multi_tensor.check_roles`.
+    """
+    check_roles({"targets": targets, "sources": sources})
+    plans = []
+    for (dtypes, aligned), ids in split_launches([targets, sources]).items():
+        sub = [[targets[i] for i in ids], [sources[i] for i in ids]]
+        sizes = _sizes([sub[0][0], sub[1][0]])
+        chunk, block, num_warps = multi_tensor_blocks(device, sizes, [t.numel() for t in sub[0]])
+        tables = MultiTensorTables.build(sub, [0] * len(ids), chunk)
+        compute = compute_dtype(*dtypes)
+        from_ptr = m_from_ptr or compute == tl.float64  # fp64 storage: fp32 kernel scalars would lose bits
+        m_arg = TensorSpec((2,), torch.float64 if compute == tl.float64 else torch.float32) if from_ptr else tables.chunk_count
+        plans.append(LaunchPlan(
+            _fused_ema_kernel, (tables.n_programs,),
+            (tables.addrs[0], tables.addrs[1], tables.chunk_tensor, tables.chunk_start, tables.chunk_count, m_arg,
+             0.0, 1.0),
+            dict(T_DTYPE=tl_dtype(dtypes[0]), S_DTYPE=tl_dtype(dtypes[1]), COMPUTE=compute, M_FROM_PTR=from_ptr,
+                 ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk, BLOCK=block,
+                 enable_fp_fusion=False),  # t*m and (1-m)*s rounded separately, like the official mul_/add_
+            num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
+        ))  # fmt: skip
+    return plans
+
+
+def plan_fused_adamw_ema(
+    params: Sequence,
+    grads: Sequence,
+    exp_avgs: Sequence,
+    exp_avg_sqs: Sequence,
+    ema_params: Sequence,
+    group_ids: Sequence[int],
+    device: DeviceSpec,
+    *,
+    label: str = "",
+) -> list[LaunchPlan]:
+    """The AdamW(+EMA) launches over all tensors: one per dtype signature and alignment class.
+
+    Args: equal-length lists of dense tensors or TensorSpecs (``ema_params`` may be empty: AdamW
+    only); ``group_ids[i]``: the coefficient-table row of tensor i; ``device``: where it runs.
+    Returns plans whose tables are CPU tensors and whose last argument (the [n_groups, 9]
+    coefficient table of this step) is a placeholder. Raises ValueError / TypeError on mismatched
+    lists, sizes, layouts or dtypes.
+    """
+    named = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+    has_ema = len(ema_params) > 0
+    if has_ema:
+        named["ema_params"] = ema_params
+    check_roles(named)
+    if len(group_ids) != len(params):
+        raise ValueError(f"group_ids has {len(group_ids)} entries for {len(params)} params")
+    roles = list(named.values())
+    plans = []
+    for (dtypes, aligned), ids in split_launches(roles).items():
+        sub = [[role[i] for i in ids] for role in roles]
+        sizes = _sizes([s[0] for s in sub])
+        chunk, block, num_warps = multi_tensor_blocks(device, sizes, [t.numel() for t in sub[0]])
+        tables = MultiTensorTables.build(sub, [int(group_ids[i]) for i in ids], chunk)
+        compute = compute_dtype(*dtypes)
+        coef = TensorSpec((max(group_ids) + 1, _N_COEF), torch.float64 if compute == tl.float64 else torch.float32)
+        t_addr = tables.addrs[4] if has_ema else tables.addrs[0]
+        plans.append(LaunchPlan(
+            _fused_adamw_ema_kernel, (tables.n_programs,),
+            (*tables.addrs[:4], t_addr, tables.group, tables.chunk_tensor, tables.chunk_start, tables.chunk_count,
+             coef),
+            dict(P_DTYPE=tl_dtype(dtypes[0]), G_DTYPE=tl_dtype(dtypes[1]), M_DTYPE=tl_dtype(dtypes[2]),
+                 V_DTYPE=tl_dtype(dtypes[3]), T_DTYPE=tl_dtype(dtypes[4] if has_ema else dtypes[0]),
+                 COMPUTE=compute, HAS_EMA=has_ema, ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk,
+                 BLOCK=block, enable_fp_fusion=False),  # PyTorch's op-by-op rounding; the lerp's fma is explicit
+            num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
+        ))  # fmt: skip
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launchers: plans cached with their device tables, keyed by the tensors' addresses and sizes
+
+
+class _PlanCache:
+    """LRU of planned launches (tables already on the device).
+
+    The key holds every tensor's address, the sizes of the first role and the launch's flags, so a
+    step whose tensors keep their storage (parameters, optimizer state, the allocator's reused
+    gradient blocks) finds its plans without re-checking or re-uploading anything. Tensors are
+    validated when first seen at a set of addresses; a tensor later replaced by one of another dtype
+    or layout at the same address and size is not detected.
+    """
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._d: OrderedDict[tuple, list[LaunchPlan]] = OrderedDict()
+
+    def get(self, key: tuple) -> Optional[list[LaunchPlan]]:
+        hit = self._d.get(key)
+        if hit is not None:
+            self._d.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple, plans: list[LaunchPlan]) -> None:
+        self._d[key] = plans
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+
+_EMA_PLANS = _PlanCache()
+_ADAMW_PLANS = _PlanCache()
+_ptr = torch.Tensor.data_ptr
+_numel = torch.Tensor.numel
+
+
+def _check_devices(named: dict[str, Sequence[torch.Tensor]]) -> torch.device:
+    device = next(iter(named.values()))[0].device
+    check_launchable(next(iter(named.values()))[0])
+    for name, ts in named.items():
         for i, t in enumerate(ts):
-            if t.numel() != ref[i].numel():
-                raise ValueError(
-                    f"{name}[{i}] has {t.numel()} elements, {ref_name}[{i}] has {ref[i].numel()}"
-                )
-            if not t.is_contiguous():
-                raise ValueError(f"{name}[{i}] is not contiguous (multi-tensor kernels need dense storage)")
             if t.device != device:
                 raise ValueError(f"{name}[{i}] is on {t.device}, expected {device}")
-            if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-                raise TypeError(f"{name}[{i}]: unsupported dtype {t.dtype}")
-    return n
-
-
-def _split_by_dtype(roles: list[Sequence[torch.Tensor]]) -> dict[tuple, list[int]]:
-    """Indices of non-empty tensors grouped by their dtype signature across roles."""
-    groups: dict[tuple, list[int]] = defaultdict(list)
-    for i in range(len(roles[0])):
-        if roles[0][i].numel() > 0:
-            groups[tuple(role[i].dtype for role in roles)].append(i)
-    return groups
+    return device
 
 
 def fused_ema_launch(
@@ -186,24 +350,28 @@ def fused_ema_launch(
     one_minus_m: float,
 ) -> None:
     """In place t = t*m + (1-m)*s; (m, 1-m) from the device tensor ``momentum`` ([2]) or the scalars."""
-    if _check_lists({"targets": targets, "sources": sources}) == 0:
+    if len(targets) != len(sources):
+        raise ValueError(f"sources has {len(sources)} tensors, targets has {len(targets)}")
+    if not targets:
         return
-    chunk, block, num_warps = multi_tensor_blocks()
-    for dtypes, ids in _split_by_dtype([targets, sources]).items():
-        ts = [targets[i] for i in ids]
-        ss = [sources[i] for i in ids]
-        tables = MultiTensorTables.get([ts, ss], [0] * len(ts), chunk)
-        compute = compute_dtype(*dtypes)
-        coef = momentum
-        if coef is None and compute == tl.float64:  # fp64 storage: fp32 kernel scalars would lose bits
-            coef = torch.tensor([m, one_minus_m], dtype=torch.float64, device=ts[0].device)
-        _fused_ema_kernel[(tables.n_programs,)](
-            tables.addrs[0], tables.addrs[1], tables.numel, tables.chunk_tensor, tables.chunk_start,
-            coef if coef is not None else tables.numel, m, one_minus_m,
-            T_DTYPE=tl_dtype(dtypes[0]), S_DTYPE=tl_dtype(dtypes[1]), COMPUTE=compute,
-            M_FROM_PTR=coef is not None, CHUNK=chunk, BLOCK=block, num_warps=num_warps,
-            enable_fp_fusion=False,  # t*m and (1-m)*s rounded separately, like the official mul_/add_
-        )  # fmt: skip
+    key = (momentum is not None, targets[0].device, tuple(map(_ptr, targets)), tuple(map(_ptr, sources)),
+           tuple(map(_numel, targets)))  # fmt: skip
+    plans = _EMA_PLANS.get(key)
+    if plans is None:
+        named = {"targets": targets, "sources": sources}
+        check_roles(named)
+        device = _check_devices(named)
+        plans = [p.with_args(*tables_to(p.args, device))
+                 for p in plan_fused_ema(targets, sources, DeviceSpec.of(device), m_from_ptr=momentum is not None)]
+        _EMA_PLANS.put(key, plans)
+    for plan in plans:
+        coef = plan.args[5]
+        if plan.constexprs["M_FROM_PTR"]:
+            if momentum is None:  # fp64 storage with a Python momentum: upload it without a sync
+                coef = upload_scalars([[m, one_minus_m]], targets[0].device, torch.float64)[0]
+            else:
+                coef = momentum.to(torch.float64 if plan.constexprs["COMPUTE"] == tl.float64 else momentum.dtype)
+        plan.with_args(*plan.args[:5], coef, m, one_minus_m).launch()
 
 
 def fused_adamw_ema_launch(
@@ -215,31 +383,25 @@ def fused_adamw_ema_launch(
     group_ids: Sequence[int],
     coeffs: torch.Tensor,
 ) -> None:
-    """One AdamW(+EMA) launch per dtype signature; ``coeffs`` is the [n_groups, 9] device table."""
-    named = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
-    has_ema = len(ema_params) > 0
-    if has_ema:
-        named["ema_params"] = ema_params
-    if _check_lists(named) == 0:
+    """One AdamW(+EMA) launch per dtype signature and alignment; ``coeffs``: the [n_groups, 9] device table."""
+    roles = (params, grads, exp_avgs, exp_avg_sqs, ema_params)
+    if not params:
         return
-    if len(group_ids) != len(params):
-        raise ValueError(f"group_ids has {len(group_ids)} entries for {len(params)} params")
-    roles = list(named.values())
-    chunk, block, num_warps = multi_tensor_blocks()
-    for dtypes, ids in _split_by_dtype(roles).items():
-        sub = [[role[i] for i in ids] for role in roles]
-        tables = MultiTensorTables.get(sub, [int(group_ids[i]) for i in ids], chunk)
-        compute = compute_dtype(*dtypes)
-        coef = coeffs.to(torch.float64 if compute == tl.float64 else coeffs.dtype)
-        t_addr = tables.addrs[4] if has_ema else tables.addrs[0]
-        _fused_adamw_ema_kernel[(tables.n_programs,)](
-            tables.addrs[0], tables.addrs[1], tables.addrs[2], tables.addrs[3], t_addr,
-            tables.numel, tables.group, tables.chunk_tensor, tables.chunk_start, coef,
-            P_DTYPE=tl_dtype(dtypes[0]), G_DTYPE=tl_dtype(dtypes[1]), M_DTYPE=tl_dtype(dtypes[2]),
-            V_DTYPE=tl_dtype(dtypes[3]), T_DTYPE=tl_dtype(dtypes[4] if has_ema else dtypes[0]),
-            COMPUTE=compute, HAS_EMA=has_ema, CHUNK=chunk, BLOCK=block, num_warps=num_warps,
-            enable_fp_fusion=False,  # PyTorch's op-by-op rounding; the lerp's fma is explicit
-        )  # fmt: skip
+    key = (params[0].device, tuple(map(int, group_ids)), tuple(map(_numel, params)),
+           *(tuple(map(_ptr, r)) for r in roles))  # fmt: skip
+    plans = _ADAMW_PLANS.get(key)
+    if plans is None:
+        named = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
+        if ema_params:
+            named["ema_params"] = ema_params
+        check_roles(named)
+        device = _check_devices(named)
+        plans = [p.with_args(*tables_to(p.args, device))
+                 for p in plan_fused_adamw_ema(*roles, group_ids, DeviceSpec.of(device))]
+        _ADAMW_PLANS.put(key, plans)
+    for plan in plans:
+        coef = coeffs.to(torch.float64) if plan.constexprs["COMPUTE"] == tl.float64 else coeffs
+        plan.with_args(*plan.args[:-1], coef).launch()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,9 +437,13 @@ def fused_adamw_ema_op(
     if coeffs is None:
         if host_coeffs is None:
             raise ValueError("fused_adamw_ema_: need coeffs or host_coeffs")
-        rows = [host_coeffs[i : i + _N_COEF] for i in range(0, len(host_coeffs), _N_COEF)]
-        coeffs = upload_scalars(rows, params[0].device)
+        coeffs = _upload_coeffs(host_coeffs, params[0].device)
     fused_adamw_ema_launch(params, grads, exp_avgs, exp_avg_sqs, ema_params, group_ids, coeffs)
+
+
+def _upload_coeffs(host_coeffs: List[float], device: torch.device) -> torch.Tensor:
+    rows = [host_coeffs[i : i + _N_COEF] for i in range(0, len(host_coeffs), _N_COEF)]
+    return upload_scalars(rows, device)
 
 
 @fused_adamw_ema_op.register_fake
@@ -390,6 +556,14 @@ def _as_list(ts: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach() if isinstance(t, torch.Tensor) and t.requires_grad else t for t in ts]
 
 
+# Eager calls launch directly: the custom op's dispatch (per-tensor version bumps, alias checks, list
+# conversion) costs several times the launch itself for ViT-L's ~300-tensor lists, and only
+# torch.compile needs the op (to trace through it). The direct path bumps the mutated tensors'
+# version counters as the op would, in one call per list.
+def _eager() -> bool:
+    return not torch.compiler.is_compiling()
+
+
 def fused_ema_(
     target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor], momentum
 ) -> None:
@@ -401,19 +575,22 @@ def fused_ema_(
         momentum: a Python float or a 0-d tensor on the parameters' device (no host sync).
     Within 1 ulp of the official ``t.mul_(m).add_((1 - m) * s)``: computed in fp32, rounded once.
     """
-    targets = _as_list(target_params)
-    sources = _as_list(source_params)
+    targets, sources = list(target_params), list(source_params)
     if not targets:
         return
     if kernel_backend(targets[0]) != "triton":
-        reference.ema_(targets, sources, momentum)
+        reference.ema_(_as_list(targets), _as_list(sources), momentum)
         return
     if _is_tensor(momentum):
         coef = torch.stack([momentum.reshape(()), (1 - momentum).reshape(())])
-        coef = coef.to(device=targets[0].device, dtype=torch.float32)
-        fused_ema_op(targets, sources, coef, 0.0, 0.0)
+        args = (coef.to(device=targets[0].device, dtype=torch.float32), 0.0, 0.0)
     else:
-        fused_ema_op(targets, sources, None, float(momentum), 1 - float(momentum))
+        args = (None, float(momentum), 1 - float(momentum))
+    if _eager():
+        fused_ema_launch(targets, sources, *args)
+        torch.autograd.graph.increment_version(targets)
+    else:
+        fused_ema_op(_as_list(targets), _as_list(sources), *args)
 
 
 def fused_adamw_ema_(
@@ -449,29 +626,37 @@ def fused_adamw_ema_(
     Keep hyper-parameters as device tensors for torch.compile / CUDA graphs (Python floats are
     constants to the compiler). Not supported: amsgrad, maximize, complex params.
     """
-    params, grads = _as_list(params), _as_list(grads)
-    exp_avgs, exp_avg_sqs = _as_list(exp_avgs), _as_list(exp_avg_sqs)
-    ema = _as_list(ema_params) if ema_params is not None else []
-    if ema and momentum is None:
+    roles = [list(params), list(grads), list(exp_avgs), list(exp_avg_sqs),
+             list(ema_params) if ema_params is not None else []]  # fmt: skip
+    if roles[4] and momentum is None:
         raise ValueError("fused_adamw_ema_: momentum is required with ema_params")
-    if not params:
+    if not roles[0]:
         return
-    ids = [int(g) for g in group_ids] if group_ids is not None else [0] * len(params)
+    ids = [int(g) for g in group_ids] if group_ids is not None else [0] * len(roles[0])
     n_groups = max(ids) + 1
-    if kernel_backend(params[0]) != "triton":
+    if kernel_backend(roles[0][0]) != "triton":
+        roles = [_as_list(r) for r in roles]
         reference.adamw_ema_(
-            params, grads, exp_avgs, exp_avg_sqs, ema or None, lr=lr, weight_decay=weight_decay, step=step,
+            *roles[:4], roles[4] or None, lr=lr, weight_decay=weight_decay, step=step,
             betas=betas, eps=eps, momentum=momentum, group_ids=ids,
         )  # fmt: skip
         return
+    coeffs, host = None, None
     if _any_tensor(lr, weight_decay, step, momentum):
         coeffs = adamw_ema_coefficients_device(
-            lr, weight_decay, step, betas, eps, momentum, n_groups, params[0].device
+            lr, weight_decay, step, betas, eps, momentum, n_groups, roles[0][0].device
         )
-        fused_adamw_ema_op(params, grads, exp_avgs, exp_avg_sqs, ema, ids, coeffs, None)
     else:
         rows = adamw_ema_coefficients(lr, weight_decay, step, betas, eps, momentum, n_groups)
-        fused_adamw_ema_op(params, grads, exp_avgs, exp_avg_sqs, ema, ids, None, [v for r in rows for v in r])
+        host = [v for r in rows for v in r]
+    if _eager():
+        if coeffs is None:
+            coeffs = _upload_coeffs(host, roles[0][0].device)
+        fused_adamw_ema_launch(*roles, ids, coeffs)
+        for k in (0, 2, 3, 4):  # the mutated roles, as the op's mutates_args
+            torch.autograd.graph.increment_version(roles[k])
+    else:
+        fused_adamw_ema_op(*[_as_list(r) for r in roles], ids, coeffs, host)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -525,3 +710,83 @@ class FlatParams:
 
     def __len__(self) -> int:
         return len(self.buffers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ahead-of-time plans: the launches of a V-JEPA training step (kernels/aot.py)
+
+#: Models whose parameter sets :func:`aot_plans` plans (``vjepa_fast.jepa.build_vjepa`` presets).
+AOT_MODELS = (("vit_large", "ViT-L"), ("vit_huge", "ViT-H"))
+
+
+def _spec(p: torch.Tensor, dtype: torch.dtype = torch.float32, address: int = 0) -> TensorSpec:
+    return TensorSpec(tuple(p.shape), dtype, address=address)
+
+
+def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[LaunchPlan]:
+    """The multi-tensor launches of one training step of ``model_name`` (16x224x224 clips, patch 16,
+    tubelet 2, predictor depth 12 / width 384), planned from the real parameter list (built on the
+    meta device) as :class:`~vjepa_fast.optim.FusedAdamWEMA` and ``TrainStep.ema`` issue them."""
+    from vjepa_fast.jepa import build_vjepa  # the kernels package itself does not depend on the model
+    from vjepa_fast.optim import param_groups
+
+    with torch.device("meta"):
+        model = build_vjepa(model_name)
+    enc = list(model.encoder.parameters())
+    tgt = list(model.target_encoder.parameters())
+    target_of = {id(s): t for s, t in zip(enc, tgt)}
+    groups = param_groups(model.encoder, model.predictor)
+    # FusedAdamWEMA.step: tensors with a gradient, bucketed by (has an EMA target); the coefficient
+    # table has one row per param group used, in group order.
+    buckets: dict[bool, list[tuple[int, torch.Tensor]]] = {True: [], False: []}
+    for gi, g in enumerate(groups):
+        for p in g["params"]:
+            if p.requires_grad:
+                buckets[id(p) in target_of].append((gi, p))
+    frozen = [(target_of[id(p)], p) for p in enc if not p.requires_grad]
+    n_enc = sum(p.numel() for _, p in buckets[True])
+    n_pred = sum(p.numel() for _, p in buckets[False])
+    plans: list[LaunchPlan] = []
+
+    def adamw(bucket, ema_dtype: Optional[torch.dtype], label: str) -> None:
+        used = sorted({gi for gi, _ in bucket})
+        ps = [_spec(p) for _, p in bucket]
+        ema = [_spec(p, ema_dtype) for _, p in bucket] if ema_dtype is not None else []
+        plans.extend(plan_fused_adamw_ema(ps, ps, ps, ps, ema, [used.index(gi) for gi, _ in bucket], device,
+                                          label=label))  # fmt: skip
+
+    adamw(buckets[True], torch.float32, f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)")
+    adamw(buckets[False], None, f"{short} predictor AdamW fp32, {n_pred / 1e6:.1f}M (fused step)")
+    adamw(buckets[True], torch.bfloat16, f"{short} encoder AdamW fp32 + EMA into bf16 targets")
+    src = [_spec(s) for _, s in frozen]
+    plans.extend(plan_fused_ema([_spec(t) for t, _ in frozen], src, device,
+                                label=f"{short} frozen pos_embed EMA fp32 (fused step)"))  # fmt: skip
+    all_t, all_s = [_spec(t) for t in tgt], [_spec(s) for s in enc]
+    for m in (0.998, 1.0):  # the momentum schedule's ends: runtime data, one compiled variant
+        for plan in plan_fused_ema(all_t, all_s, device, label=f"{short} encoder EMA fp32, m={m} (unfused step)"):
+            plans.append(dataclasses.replace(plan, args=(*plan.args[:6], m, 1 - m), group=f"{short} EMA momentum"))
+    n_all = sum(p.numel() for p in enc)
+    flat = [TensorSpec((-(-n_all // 16) * 16,), torch.float32)]
+    plans.extend(plan_fused_ema(flat, flat, device, label=f"{short} encoder EMA fp32, FlatParams buffer"))
+    plans.extend(plan_fused_ema([_spec(t, torch.bfloat16) for t in tgt], [_spec(s, torch.bfloat16) for s in enc],
+                                device, m_from_ptr=True, label=f"{short} encoder EMA bf16 storage, device m"))  # fmt: skip
+    return plans
+
+
+def aot_plans() -> list[LaunchPlan]:
+    """The EMA and fused AdamW+EMA launches of a ViT-L and a ViT-H training step on an H100 / H200
+    (132 SMs): fp32 master weights, gradients and optimizer state, fp32 EMA targets (and bf16
+    storage variants), plus the scalar fallback for unaligned tensors. For ``kernels/aot.py``."""
+    device = DeviceSpec(interpret=False)
+    plans: list[LaunchPlan] = []
+    for name, short in AOT_MODELS:
+        plans.extend(_vjepa_step_plans(name, short, device))
+    # The fallback (tensors the host could not prove 16-byte aligned, e.g. views 4 bytes in): scalar
+    # accesses by design. ViT-L's encoder list with every source shifted by one fp32 element.
+    from vjepa_fast.jepa import build_vjepa
+
+    with torch.device("meta"):
+        enc = list(build_vjepa("vit_large").encoder.parameters())
+    plans.extend(plan_fused_ema([_spec(p) for p in enc], [_spec(p, address=4) for p in enc], device,
+                                label="ViT-L encoder EMA fp32, unaligned sources (scalar fallback)"))  # fmt: skip
+    return plans

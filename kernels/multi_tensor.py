@@ -1,76 +1,205 @@
-"""Multi-tensor launches: one kernel launch covers a list of tensors through device tables.
+"""Multi-tensor launches: one kernel launch covers a list of tensors through small index tables.
 
-Moved from ``kernels/utils.py``; used by ``kernels/ema.py``.
+A multi-tensor kernel (``kernels/ema.py``) runs one program per *chunk*: a run of at most ``CHUNK``
+consecutive elements of one tensor. Its tables, built on the host from the tensors' metadata only:
+
+* ``addrs[r][i]``: base address of tensor ``i`` in role ``r`` (int64; the kernel casts it to a typed
+  pointer);
+* ``group[i]``: a per-tensor id (AdamW's param group), int32;
+* ``chunk_tensor[p]`` / ``chunk_start[p]`` / ``chunk_count[p]``: program ``p``'s tensor, first element
+  and element count (int32; ``chunk_start`` is int64 only when a tensor has >= 2**31 - CHUNK elements).
+
+Vector accesses. A table address tells the compiler nothing about alignment, so the kernels take an
+``ALIGNED`` constexpr and, when set, promise the compiler 16-byte aligned chunk bases and element
+counts that are multiples of ``16 / element size`` for the narrowest role: the loads and stores then
+compile to 128-bit ``ld/st.global.v4.b32``. :func:`vector_ok` is the host's check of that promise
+(PyTorch's allocator aligns every allocation to at least 512 bytes, ``FlatParams`` aligns each
+parameter, chunk starts are multiples of ``CHUNK``); tensors that fail it (odd sizes, views at odd
+offsets) go to a separate ``ALIGNED=False`` launch with scalar accesses.
+
+Index math is int32 (program ids, tensor ids, offsets within a chunk < CHUNK); the one 64-bit
+operation per role and program is adding the chunk start to the base pointer.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
-from .dispatch import INTERPRET
+from .plan import DeviceSpec
+
+#: Width of the vector accesses the kernels aim for (``ld.global.v4.b32``), in bytes.
+ALIGN_BYTES = 16
+# Interpreter: every program costs milliseconds of Python, so few, large programs.
+_INTERP_CHUNK = 1 << 16
+# GPU: the largest chunk, and the number of waves of resident programs a launch should give at
+# least (the last, partial wave then costs little), assuming the most programs an SM can hold.
+_GPU_MAX_CHUNK = 1 << 14
+_GPU_MIN_WAVES = 8
+_SM_MAX_WARPS = 64
+_INT32_MAX = 2**31 - 1
 
 
-
-def multi_tensor_blocks() -> tuple[int, int, int]:
-    """(CHUNK, BLOCK, num_warps): each program handles one CHUNK of one tensor, BLOCK at a time."""
-    if INTERPRET:
-        return 1 << 16, 1 << 16, 4
-    return 1 << 14, 1024, 4
+def vector_elems(elem_sizes: Sequence[int]) -> int:
+    """Elements per 16-byte access of the narrowest role (fp32: 4, bf16 / fp16: 8, fp64: 2)."""
+    return ALIGN_BYTES // min(elem_sizes)
 
 
-class MultiTensorTables:
-    """Device tables describing a list of tensor tuples for one multi-tensor launch.
+def n_chunks(numels: Sequence[int], chunk: int) -> int:
+    """Programs of a launch over tensors of these sizes, one per chunk of at most ``chunk`` elements."""
+    return sum(-(-n // chunk) for n in numels)
 
-    ``addrs[r]`` holds the raw addresses of role r (int64, one per tensor), ``numel`` the sizes,
-    ``group`` a per-tensor group id, and ``chunk_tensor`` / ``chunk_start`` map every program to its
-    (tensor, first element). Tables are cached by (addresses, sizes, groups), so a training loop whose
-    tensors keep their storage builds them once; they are uploaded through pinned memory with
-    ``non_blocking=True``, so even a cache miss does not block the host on the GPU.
-    Note for CUDA graphs: run one step before capture so the tables exist.
+
+def multi_tensor_blocks(device: DeviceSpec, elem_sizes: Sequence[int], numels: Sequence[int]) -> tuple[int, int, int]:
+    """(CHUNK, BLOCK, num_warps) for one multi-tensor launch over tensors of sizes ``numels`` whose
+    roles have element sizes ``elem_sizes`` (bytes).
+
+    GPU: 4 warps; BLOCK gives every thread one 16-byte access of the narrowest role per iteration
+    (fp32: 512, a bf16 / fp16 role present: 1024); CHUNK is the largest power of two in
+    [BLOCK, 16384] that still gives ``_GPU_MIN_WAVES`` waves of programs at full residency (16
+    programs of 4 warps per SM), so a small launch (the predictor's 22M parameters) still spreads
+    over every SM and a large one (ViT-L's 304M) keeps per-program overhead low. A function of the
+    sizes only: the same every step. Interpreter: one 64k-element block per program.
     """
+    if device.interpret:
+        return _INTERP_CHUNK, _INTERP_CHUNK, 4
+    num_warps = 4
+    block = num_warps * 32 * vector_elems(elem_sizes)
+    want = _GPU_MIN_WAVES * device.sm_count * (_SM_MAX_WARPS // num_warps)
+    chunk = _GPU_MAX_CHUNK
+    while chunk > block and n_chunks(numels, chunk) < want:
+        chunk //= 2
+    return max(chunk, block), block, num_warps
 
-    _cache: "OrderedDict[tuple, MultiTensorTables]" = OrderedDict()
-    _CACHE_SIZE = 16
 
-    def __init__(self, roles: list[list[torch.Tensor]], group_ids: list[int], chunk: int):
-        device = roles[0][0].device
-        numels = [t.numel() for t in roles[0]]
-        chunk_tensor, chunk_start = [], []
-        for i, n in enumerate(numels):
-            for start in range(0, n, chunk):
-                chunk_tensor.append(i)
-                chunk_start.append(start)
-        self.n_programs = len(chunk_tensor)
-        rows = [[t.data_ptr() for t in role] for role in roles]
-        host = torch.tensor(rows + [numels, list(group_ids)], dtype=torch.int64)
-        host_chunks = torch.tensor([chunk_tensor, chunk_start], dtype=torch.int64)
-        self._tables = _upload(host, device)
-        self._chunks = _upload(host_chunks, device)
-        self.addrs = [self._tables[r] for r in range(len(roles))]
-        self.numel = self._tables[len(roles)]
-        self.group = self._tables[len(roles) + 1]
-        self.chunk_tensor = self._chunks[0]
-        self.chunk_start = self._chunks[1]
+def _contiguous(t) -> bool:
+    if isinstance(t, torch.Tensor):
+        return t.is_contiguous()
+    expected, acc = [], 1  # a TensorSpec: compare with the contiguous strides
+    for s in reversed(t.shape):
+        expected.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(expected)) == tuple(t.stride()) or t.numel() <= 1
 
-    @classmethod
-    def get(cls, roles: list[list[torch.Tensor]], group_ids: list[int], chunk: int) -> "MultiTensorTables":
-        key = (
-            roles[0][0].device,
-            chunk,
-            tuple(tuple(t.data_ptr() for t in role) for role in roles),
-            tuple(t.numel() for t in roles[0]),
-            tuple(group_ids),
-        )
-        hit = cls._cache.get(key)
-        if hit is not None:
-            cls._cache.move_to_end(key)
-            return hit
-        tables = cls(roles, group_ids, chunk)
-        cls._cache[key] = tables
-        while len(cls._cache) > cls._CACHE_SIZE:
-            cls._cache.popitem(last=False)
-        return tables
+
+def check_roles(named: dict[str, Sequence]) -> int:
+    """Validate equal-length lists of dense floating tensors (or TensorSpecs) of matching sizes.
+
+    Returns the list length. Raises ValueError (length, size or layout mismatch, naming the role
+    and index) or TypeError (unsupported dtype).
+    """
+    items = list(named.items())
+    ref_name, ref = items[0]
+    n = len(ref)
+    for name, ts in items[1:]:
+        if len(ts) != n:
+            raise ValueError(f"{name} has {len(ts)} tensors, {ref_name} has {n}")
+    for name, ts in items:
+        for i, t in enumerate(ts):
+            if t.numel() != ref[i].numel():
+                raise ValueError(f"{name}[{i}] has {t.numel()} elements, {ref_name}[{i}] has {ref[i].numel()}")
+            if not _contiguous(t):
+                raise ValueError(f"{name}[{i}] is not contiguous (multi-tensor kernels need dense storage)")
+            if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                raise TypeError(f"{name}[{i}]: unsupported dtype {t.dtype}")
+    return n
+
+
+def vector_ok(tensors: Sequence, vec: int) -> bool:
+    """True when every tensor starts 16-byte aligned and has a multiple of ``vec`` elements: the
+    promise an ``ALIGNED=True`` launch makes to the compiler (see the module docstring)."""
+    return all(t.data_ptr() % ALIGN_BYTES == 0 for t in tensors) and tensors[0].numel() % vec == 0
+
+
+def split_launches(roles: Sequence[Sequence]) -> dict[tuple, list[int]]:
+    """Indices of the non-empty tensors, grouped by (dtype of each role, ALIGNED): one launch each."""
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(roles[0])):
+        ts = [role[i] for role in roles]
+        if ts[0].numel() == 0:
+            continue
+        dtypes = tuple(t.dtype for t in ts)
+        vec = vector_elems([t.element_size() for t in ts])
+        groups.setdefault((dtypes, vector_ok(ts, vec)), []).append(i)
+    return groups
+
+
+def _pack(rows: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Rows in one buffer, each starting 16-byte aligned (so the kernels' table pointers specialise
+    alike whatever the row lengths), as views of it."""
+    per = ALIGN_BYTES // torch.empty((), dtype=dtype).element_size()
+    lengths = [r.numel() for r in rows]
+    starts, total = [], 0
+    for n in lengths:
+        starts.append(total)
+        total += max(per, -(-n // per) * per)
+    buf = torch.zeros(total, dtype=dtype)
+    views = []
+    for r, s, n in zip(rows, starts, lengths):
+        buf[s : s + n] = r
+        views.append(buf[s : s + n])
+    return views
+
+
+@dataclass(frozen=True)
+class MultiTensorTables:
+    """The index tables of one multi-tensor launch (see the module docstring), as tensors on one
+    device: built on the CPU by :meth:`build`, moved with :func:`tables_to`."""
+
+    addrs: tuple[torch.Tensor, ...]
+    group: torch.Tensor
+    chunk_tensor: torch.Tensor
+    chunk_start: torch.Tensor
+    chunk_count: torch.Tensor
+
+    @property
+    def n_programs(self) -> int:
+        return self.chunk_tensor.numel()
+
+    @staticmethod
+    def build(roles: Sequence[Sequence], group_ids: Sequence[int], chunk: int) -> "MultiTensorTables":
+        """Host (CPU) tables for ``roles`` (lists of tensors or TensorSpecs of equal sizes; reads only
+        ``data_ptr()`` and ``numel()``), programs of at most ``chunk`` elements."""
+        numel = torch.tensor([t.numel() for t in roles[0]], dtype=torch.int64)
+        per_tensor = (numel + chunk - 1) // chunk
+        tensor_id = torch.repeat_interleave(torch.arange(len(numel)), per_tensor)
+        first = torch.cumsum(per_tensor, 0) - per_tensor
+        start = (torch.arange(len(tensor_id)) - first[tensor_id]) * chunk
+        count = torch.clamp(numel[tensor_id] - start, max=chunk)
+        wide = bool(len(numel)) and int(numel.max()) > _INT32_MAX - chunk
+        addrs = torch.tensor([[t.data_ptr() for t in role] for role in roles], dtype=torch.int64)
+        i64 = _pack([*addrs.unbind(0)] + ([start] if wide else []), torch.int64)
+        i32 = [torch.tensor(list(group_ids), dtype=torch.int32), tensor_id, count] + ([] if wide else [start])
+        i32 = _pack([r.to(torch.int32) for r in i32], torch.int32)
+        return MultiTensorTables(
+            addrs=tuple(i64[: len(roles)]), group=i32[0], chunk_tensor=i32[1], chunk_count=i32[2],
+            chunk_start=i64[-1] if wide else i32[3],
+        )  # fmt: skip
+
+    def rows(self) -> tuple[torch.Tensor, ...]:
+        return (*self.addrs, self.group, self.chunk_tensor, self.chunk_start, self.chunk_count)
+
+
+def tables_to(args: Sequence, device: torch.device) -> tuple:
+    """``args`` with every CPU tensor replaced by the same view of its buffer copied to ``device``
+    (each buffer copied once, through pinned memory, ``non_blocking``: no host-device sync).
+
+    For a plan built on the host: its table arguments are views of a few packed CPU buffers.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return tuple(args)
+    moved: dict[int, torch.Tensor] = {}
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.device.type == "cpu":
+            base = a._base if a._base is not None else a
+            if id(base) not in moved:
+                moved[id(base)] = _upload(base, device)
+            a = moved[id(base)].as_strided(a.shape, a.stride(), a.storage_offset())
+        out.append(a)
+    return tuple(out)
 
 
 def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
