@@ -1,5 +1,5 @@
-"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``context-use``, ``plot``, ``profile``,
-``make-demo-data``."""
+"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``context-use``, ``embed``, ``plot``,
+``profile``, ``make-demo-data``."""
 from __future__ import annotations
 
 import argparse
@@ -112,6 +112,12 @@ def _demo(args) -> int:
     return 0
 
 
+def _embed(args) -> int:
+    from .embed import run
+
+    return run(args)
+
+
 def _make_demo_data(args) -> int:
     from . import demo_data
 
@@ -151,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="mask draw")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.set_defaults(func=_context_use)
+
+    p = sub.add_parser("embed", help="frozen-encoder features of every sliding window of a list of videos "
+                       "(safetensors / .npz, resumable)")
+    from .embed import add_arguments as add_embed_arguments
+
+    add_embed_arguments(p)
+    p.set_defaults(func=_embed)
 
     p = sub.add_parser("plot", help="PNG of loss, lr/wd and throughput of a run folder")
     p.add_argument("run_dir")
