@@ -78,20 +78,45 @@ def _profile(args) -> int:
     return module.main(args.rest)
 
 
+def demo_device(requested: str = "auto") -> tuple[str, list[str], str]:
+    """(device, config overrides, why) for the demo. ``auto``: the first CUDA device when torch sees
+    one, with bf16 autocast (what the GPU path is built for), else the CPU in fp32 (the measured path of
+    configs/pretrain/demo_digits.yaml, unchanged). Raises ValueError for a device that is not there."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {requested!r}")
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    if requested == "cpu" or not has_cuda:
+        why = "asked for with --device cpu" if requested == "cpu" else "torch sees no CUDA device"
+        return "cpu", [], f"cpu, float32 ({why})"
+    name = torch.cuda.get_device_name(0)
+    why = "asked for with --device cuda" if requested == "cuda" else "CUDA is available; --device cpu for the CPU path"
+    return "cuda", ["meta.device=cuda", "meta.dtype=bfloat16"], f"cuda:0 ({name}), bfloat16 ({why})"
+
+
 def _demo(args) -> int:
     from .diagnostics import checkpoint_context_use
     from .probe import run_demo_probes
     from .train import run_demo_pretrain
 
+    if any(o.startswith(("meta.device=", "meta.dtype=")) for o in args.overrides):
+        raise ValueError("the demo picks meta.device and meta.dtype from --device (auto, cpu or cuda); "
+                         "drop the meta.device= / meta.dtype= override")
+    device, device_overrides, why = demo_device(args.device)
+    print(f"vjepa-fast demo on {why}", flush=True)
+    where = "on the CPU (about 35 minutes on 2 cores)" if device == "cpu" else "on the GPU"
     print(
-        "vjepa-fast demo: (1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
-        "digits moving in known directions), (2) pretrain a tiny V-JEPA on them on the CPU with the "
-        "official masks, loss, lr/wd schedules, AdamW and EMA update (constant momentum 0.999; about "
-        "35 minutes on 2 cores), (3) probe the frozen encoder for digit class (appearance) and motion "
-        "direction (motion) on held-out clips, next to a random-init encoder.",
+        "(1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
+        f"digits moving in known directions), (2) pretrain a tiny V-JEPA on them {where} with the "
+        "official masks, loss, lr/wd schedules, AdamW and EMA update (constant momentum 0.999), (3) probe "
+        "the frozen encoder for digit class (appearance) and motion direction (motion) on held-out clips, "
+        "next to a random-init encoder.",
         flush=True,
     )
-    result = run_demo_pretrain(args.data, args.out, overrides=args.overrides)
+    result = run_demo_pretrain(args.data, args.out, overrides=[*device_overrides, *args.overrides])
     print(
         f"\npretraining: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}\ncheckpoint (official format): {result.checkpoint}\nlog: {result.log}\n"
@@ -101,7 +126,7 @@ def _demo(args) -> int:
     # Cheap (one forward pass over some held-out clips) and says whether the run learnt more than position.
     context = checkpoint_context_use(result.checkpoint, Path(args.data) / "val_digit.csv", out=print)
     print(flush=True)
-    probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes")
+    probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes", device=device)
     print(f"\nprobe results: {Path(args.out) / 'probes'}")
     top1 = probes["top1"]
     beaten = [task for task in ("digit", "motion") if top1["pretrained"][task] <= top1["random"][task]]
@@ -135,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (~35 min on 2 CPU cores)")
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
     p.add_argument("--out", default=str(DEMO_RUN), help="run folder")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: the GPU (bf16) when torch sees one, else the CPU (fp32)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml")
     p.set_defaults(func=_demo)
 
