@@ -7,7 +7,14 @@ BIN    := $(VENV)/bin
 # TORCH_SPEC to reuse another build (e.g. TORCH_SPEC=torch on a machine with CUDA wheels).
 TORCH_SPEC  ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
-EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark decord==0.6.0 av scikit-learn scikit-video pillow matplotlib tensorboard
+# Video decoders (data.decoder): PyAV everywhere (it bundles FFmpeg); decord only where it has wheels and
+# is fastest (x86-64 Linux); torchcodec where it loads (it needs FFmpeg's shared libraries and, from PyPI
+# on Linux, a CUDA build of torch; elsewhere data.decoder=auto skips it).
+DECODERS    := av torchcodec
+ifeq ($(shell uname -s)-$(shell uname -m),Linux-x86_64)
+DECODERS    += decord==0.6.0
+endif
+EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark safetensors $(DECODERS) scikit-learn scikit-video pillow matplotlib tensorboard
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv
