@@ -5,29 +5,57 @@ Replaces the official ``x += pos_embed; apply_masks(x, masks)`` (a ``[B,K,D]`` i
 table through the int32/int64 ``[B,K]`` index.
 
 Gradients: ``x`` gets the scatter of the output gradient (indices are unique within a row, so plain
-stores, no atomics; rows that were not gathered get zeros). ``pos`` is a constant: the official
-pos_embed is a frozen ``requires_grad=False`` table, and no gradient is produced for it.
+stores, no atomics; rows that were not gathered get zeros), in ``x``'s layout. ``pos`` is a
+constant: the official pos_embed is a frozen ``requires_grad=False`` table, and no gradient is
+produced for it.
+
+Two layouts of ``x``. Token rows contiguous (stride along D = 1): tiles of rows x D-columns, 128-bit
+loads and stores. The patch embedding's own output, the transposed Conv3d result
+(``flatten(2).transpose(1, 2)``: strides ``(N*D, 1, N)``), has no contiguous run along D; there the
+kernel tiles *token-major*: 32 or more tokens per tile, and the lanes of a warp run over 32 gathered tokens of one
+feature, which for sorted, clustered mask indices touch a few 32-byte sectors per instruction
+instead of 32, and the tile is transposed on chip for the contiguous 128-bit output stores (the
+backward does the mirror image: contiguous loads, token-major scattered stores).
+
+Launches are planned (:func:`plan_masked_gather`, :func:`plan_masked_scatter`: pure functions of
+metadata and a :class:`~.plan.DeviceSpec`) and then run (``plan.launch()``); :func:`aot_plans` lists
+the V-JEPA launches for ``kernels/aot.py``. Compiled variants do not depend on ``B`` or ``K``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 
 from . import reference
 from .dispatch import kernel_backend, tl, triton
-from .utils import cdiv, check_float, check_index, check_launchable, compute_dtype, round_to, row_blocks
+from .plan import DeviceSpec, LaunchPlan, TensorSpec
+from .utils import (
+    cdiv,
+    check_float,
+    check_index,
+    check_launchable,
+    compute_dtype,
+    needs_int64,
+    persistent_programs,
+    round_to,
+    row_tiling,
+)
+
+# Runtime lengths and strides that change with the mask length: not specialised (no recompiles).
+_LENGTH_ARGS = ["IDX_ptr", "n_rows", "K", "n_tiles", "IDX_stride_b", "IDX_stride_k"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _masked_gather_kernel(
-    X_ptr,  # pointer to input, shape (B, N, D), any strides
-    IDX_ptr,  # pointer to indices, shape (B, K), int32 or int64
-    POS_ptr,  # pointer to position table, shape (N, D), any strides (unused when not HAS_POS)
-    OUT_ptr,  # pointer to output, shape (B, K, D), contiguous
+    X_ptr,  # input, shape (B, N, D), any strides
+    IDX_ptr,  # indices, shape (B, K), int32 or int64
+    POS_ptr,  # position table, shape (N, D), any strides (unused when not HAS_POS)
+    OUT_ptr,  # output, shape (B, K, D), contiguous
     n_rows,  # B * K
     K,
-    D,
+    n_tiles,  # cdiv(n_rows, BLOCK_R) * cdiv(D, BLOCK_D)
     X_stride_b,
     X_stride_n,
     X_stride_d,
@@ -35,64 +63,160 @@ def _masked_gather_kernel(
     IDX_stride_k,
     POS_stride_n,
     POS_stride_d,
+    D: tl.constexpr,
     HAS_POS: tl.constexpr,
     COMPUTE: tl.constexpr,
+    INDEX_64: tl.constexpr,  # an element offset may exceed int32
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """out[b, k, :] = x[b, idx[b,k], :] (+ pos[idx[b,k], :], summed in COMPUTE, rounded to out dtype).
 
-    References: MAE / V-JEPA ``apply_masks``; Liger-Kernel layout (one row tile per program).
+    Persistent: program p handles tiles p, p + num_programs, ... (a runtime bound). References: MAE /
+    V-JEPA ``apply_masks``.
     """
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < n_rows
-    b = rows // K
-    k = rows - b * K
-    src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0).to(tl.int64)
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    tile = tl.program_id(0)
+    while tile < n_tiles:
+        rt = tile // N_D
+        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_mask = rows < n_rows
+        b = rows // K
+        k = rows - b * K
+        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        if INDEX_64:
+            src = src.to(tl.int64)
+            b = b.to(tl.int64)
+            rows = rows.to(tl.int64)
+            cols = cols.to(tl.int64)
+        else:
+            src = src.to(tl.int32)
+        if D % BLOCK_D == 0:  # no column tail: the mask is per row, constant along D
+            mask = row_mask[:, None]
+        else:
+            mask = row_mask[:, None] & (cols < D)[None, :]
+        # Contiguous tokens: X_stride_d == 1 is specialised to a constant, so the load is 128-bit
+        # along D. Token-major x (X_stride_n == 1): no axis is contiguous and Triton's coalescing
+        # puts the lanes on the first axis, the BLOCK_R >= 32 tokens (checked in the tests).
+        x = tl.load(X_ptr + (b * X_stride_b + src * X_stride_n)[:, None] + cols[None, :] * X_stride_d, mask=mask)
+        if HAS_POS:
+            p = tl.load(POS_ptr + (src * POS_stride_n)[:, None] + cols[None, :] * POS_stride_d, mask=mask)
+            x = x.to(COMPUTE) + p.to(COMPUTE)
+        tl.store(OUT_ptr + rows[:, None] * D + cols[None, :], round_to(x, OUT_ptr.dtype.element_ty), mask=mask)
+        tile += tl.num_programs(0)
 
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    mask = row_mask[:, None] & (cols < D)[None, :]
-    x = tl.load(X_ptr + (b * X_stride_b + src * X_stride_n)[:, None] + cols[None, :] * X_stride_d, mask=mask)
-    if HAS_POS:
-        p = tl.load(POS_ptr + (src * POS_stride_n)[:, None] + cols[None, :] * POS_stride_d, mask=mask)
-        x = x.to(COMPUTE) + p.to(COMPUTE)
-    tl.store(OUT_ptr + rows[:, None] * D + cols[None, :], round_to(x, OUT_ptr.dtype.element_ty), mask=mask)
 
-
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _masked_scatter_kernel(
-    GRAD_ptr,  # pointer to output gradient, shape (B, K, D), any strides
-    IDX_ptr,  # pointer to indices, shape (B, K)
-    DX_ptr,  # pointer to input gradient, shape (B, N, D), contiguous, zero-filled
+    GRAD_ptr,  # output gradient, shape (B, K, D), any strides
+    IDX_ptr,  # indices, shape (B, K)
+    DX_ptr,  # input gradient, shape (B, N, D), zero-filled, strides DX_stride_*
     n_rows,  # B * K
     K,
-    N,
-    D,
+    n_tiles,
     GRAD_stride_b,
     GRAD_stride_k,
     GRAD_stride_d,
     IDX_stride_b,
     IDX_stride_k,
+    DX_stride_b,
+    DX_stride_n,
+    DX_stride_d,
+    D: tl.constexpr,
+    INDEX_64: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """dx[b, idx[b,k], :] = grad[b, k, :]; indices unique per row, so plain stores."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < n_rows
-    b = rows // K
-    k = rows - b * K
-    dst = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0).to(tl.int64)
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    tile = tl.program_id(0)
+    while tile < n_tiles:
+        rt = tile // N_D
+        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_mask = rows < n_rows
+        b = rows // K
+        k = rows - b * K
+        dst = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        if INDEX_64:
+            dst = dst.to(tl.int64)
+            b = b.to(tl.int64)
+            k = k.to(tl.int64)
+            cols = cols.to(tl.int64)
+        else:
+            dst = dst.to(tl.int32)
+        if D % BLOCK_D == 0:  # no column tail: the mask is per row, constant along D
+            mask = row_mask[:, None]
+        else:
+            mask = row_mask[:, None] & (cols < D)[None, :]
+        g = tl.load(GRAD_ptr + (b * GRAD_stride_b + k * GRAD_stride_k)[:, None] + cols[None, :] * GRAD_stride_d,
+                    mask=mask)  # fmt: skip
+        g = round_to(g, DX_ptr.dtype.element_ty)
+        dx_offs = (b * DX_stride_b + dst * DX_stride_n)[:, None] + cols[None, :] * DX_stride_d
+        tl.store(DX_ptr + dx_offs, g, mask=mask)
+        tile += tl.num_programs(0)
 
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    mask = row_mask[:, None] & (cols < D)[None, :]
-    g_offs = (b * GRAD_stride_b + k * GRAD_stride_k)[:, None] + cols[None, :] * GRAD_stride_d
-    g = tl.load(GRAD_ptr + g_offs, mask=mask)
-    dx_offs = ((b * N + dst) * D)[:, None] + cols[None, :]
-    tl.store(DX_ptr + dx_offs, round_to(g, DX_ptr.dtype.element_ty), mask=mask)
+
+# ---------------------------------------------------------------------------------------------------
+# Planners: pure functions of metadata (tensors or TensorSpecs) and the device
+
+
+def _token_major(t) -> bool:
+    """[B, N, D] whose tokens, not features, are contiguous: the transposed Conv3d output."""
+    return t.shape[2] > 1 and t.stride(2) != 1 and t.stride(1) == 1
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(d: int, elem_bytes: int, token_major: bool, device: DeviceSpec):
+    if token_major:  # 32 tokens across a warp's lanes, a narrow column block
+        return row_tiling(d, elem_bytes, device, block_d_cap=32, min_block_r=32)
+    return row_tiling(d, elem_bytes, device)
+
+
+def _elem_bytes(*tensors) -> int:
+    return min(t.element_size() for t in tensors if t is not None)
+
+
+def plan_masked_gather(x, idx, pos, out, device: DeviceSpec, label: str = "", group: str = "") -> LaunchPlan:
+    """The launch computing ``out = x[b, idx[b]] (+ pos[idx[b]])``.
+
+    ``x`` [B,N,D], ``idx`` [B,K], ``pos`` [N,D] or None, ``out`` [B,K,D] contiguous: tensors or
+    :class:`~.plan.TensorSpec`. Reads shapes, strides and dtypes only.
+    """
+    B, N, D = x.shape
+    n_rows = B * idx.shape[1]
+    token_major = _token_major(x)
+    t = _tiling(D, _elem_bytes(x, pos, out), token_major, device)
+    n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
+    pos_strides = (pos.stride(0), pos.stride(1)) if pos is not None else (0, 0)
+    args = (x, idx, pos if pos is not None else x, out, n_rows, idx.shape[1], n_tiles,
+            *x.stride(), *idx.stride(), *pos_strides)  # fmt: skip
+    constexprs = dict(
+        D=D, HAS_POS=pos is not None,
+        COMPUTE=compute_dtype(x.dtype, pos.dtype if pos is not None else x.dtype),
+        INDEX_64=needs_int64(x, idx, pos, out),
+        BLOCK_R=t.block_r, BLOCK_D=t.block_d,
+    )  # fmt: skip
+    grid = (persistent_programs(n_tiles, t, device),)
+    return LaunchPlan(_masked_gather_kernel, grid, args, constexprs, t.num_warps, label=label, group=group)
+
+
+def plan_masked_scatter(grad_out, idx, grad_x, device: DeviceSpec, label: str = "", group: str = "") -> LaunchPlan:
+    """The launch writing ``grad_x[b, idx[b]] = grad_out[b]`` into a zero-filled ``grad_x`` [B,N,D]
+    (any strides; token-major when its tokens are contiguous)."""
+    B, K, D = grad_out.shape
+    n_rows = B * K
+    token_major = _token_major(grad_x)
+    t = _tiling(D, _elem_bytes(grad_out, grad_x), token_major, device)
+    n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
+    args = (grad_out, idx, grad_x, n_rows, K, n_tiles, *grad_out.stride(), *idx.stride(), *grad_x.stride())
+    constexprs = dict(D=D, INDEX_64=needs_int64(grad_out, idx, grad_x),
+                      BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
+    grid = (persistent_programs(n_tiles, t, device),)
+    # Token-major grad_x: the stores go to gathered tokens of one feature (not contiguous by nature).
+    return LaunchPlan(_masked_scatter_kernel, grid, args, constexprs, t.num_warps, label=label, group=group,
+                      vector_stores=not token_major)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,46 +246,35 @@ def _check(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor]) -> N
 def masked_gather_fwd(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor] = None) -> torch.Tensor:
     _check(x, idx, pos)
     B, N, D = x.shape
-    K = idx.shape[1]
-    out = torch.empty((B, K, D), dtype=x.dtype, device=x.device)
+    out = torch.empty((B, idx.shape[1], D), dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
     if pos is not None:
         pos = _pos_2d(pos, N, D)
-    block_r, block_d, num_warps = row_blocks(B * K, D)
-    grid = (cdiv(B * K, block_r), cdiv(D, block_d))
-    _masked_gather_kernel[grid](
-        x, idx, pos if pos is not None else x, out,
-        B * K, K, D,
-        x.stride(0), x.stride(1), x.stride(2),
-        idx.stride(0), idx.stride(1),
-        pos.stride(0) if pos is not None else 0, pos.stride(1) if pos is not None else 0,
-        HAS_POS=pos is not None,
-        COMPUTE=compute_dtype(x.dtype, pos.dtype if pos is not None else x.dtype),
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    plan_masked_gather(x, idx, pos, out, DeviceSpec.of(x.device)).launch()
     return out
 
 
-def masked_gather_bwd(grad_out: torch.Tensor, idx: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+def _grad_x_like(b: int, n: int, d: int, dtype: torch.dtype, device, token_major: bool) -> torch.Tensor:
+    """Zeros [B,N,D] in x's layout: token-major x (the transposed Conv3d output) gets its gradient in
+    the same strides, so the convolution's backward reads it without a copy."""
+    if token_major:
+        return torch.zeros((b, d, n), dtype=dtype, device=device).transpose(1, 2)
+    return torch.zeros((b, n, d), dtype=dtype, device=device)
+
+
+def masked_gather_bwd(grad_out: torch.Tensor, idx: torch.Tensor, n: int, dtype: torch.dtype,
+                      token_major: bool = False) -> torch.Tensor:  # fmt: skip
     B, K, D = grad_out.shape
-    grad_x = torch.zeros((B, n, D), dtype=dtype, device=grad_out.device)
+    grad_x = _grad_x_like(B, n, D, dtype, grad_out.device, token_major and D > 1)
     if grad_out.numel() == 0:
         return grad_x
-    block_r, block_d, num_warps = row_blocks(B * K, D)
-    grid = (cdiv(B * K, block_r), cdiv(D, block_d))
-    _masked_scatter_kernel[grid](
-        grad_out, idx, grad_x,
-        B * K, K, n, D,
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        idx.stride(0), idx.stride(1),
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    plan_masked_scatter(grad_out, idx, grad_x, DeviceSpec.of(grad_out.device)).launch()
     return grad_x
 
 
 # ---------------------------------------------------------------------------------------------------
-# Custom ops (torch.compile traces through them) with autograd
+# Custom ops (what torch.compile traces) with autograd
 
 
 @torch.library.custom_op("vjepa_fast::masked_gather", mutates_args=())
@@ -176,14 +289,17 @@ def _(x, idx, pos):
 
 @torch.library.custom_op("vjepa_fast::masked_gather_backward", mutates_args=())
 def masked_gather_backward_op(
-    grad_out: torch.Tensor, idx: torch.Tensor, n: int, dtype: torch.dtype
+    grad_out: torch.Tensor, idx: torch.Tensor, n: int, dtype: torch.dtype, token_major: bool = False
 ) -> torch.Tensor:
-    return masked_gather_bwd(grad_out, idx, n, dtype)
+    return masked_gather_bwd(grad_out, idx, n, dtype, token_major)
 
 
 @masked_gather_backward_op.register_fake
-def _(grad_out, idx, n, dtype):
-    return grad_out.new_empty((grad_out.shape[0], n, grad_out.shape[2]), dtype=dtype)
+def _(grad_out, idx, n, dtype, token_major=False):
+    B, _, D = grad_out.shape
+    if token_major and D > 1:
+        return grad_out.new_empty((B, D, n), dtype=dtype).transpose(1, 2)
+    return grad_out.new_empty((B, n, D), dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -191,17 +307,37 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(idx)
     ctx.n = x.shape[1]
     ctx.x_dtype = x.dtype
+    ctx.token_major = _token_major(x)
 
 
 def _backward(ctx, grad_out):
     (idx,) = ctx.saved_tensors
     grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_x = masked_gather_backward_op(grad_out, idx, ctx.n, ctx.x_dtype)
+        grad_x = masked_gather_backward_op(grad_out, idx, ctx.n, ctx.x_dtype, ctx.token_major)
     return grad_x, None, None  # idx: integer; pos: constant (frozen table)
 
 
 masked_gather_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _MaskedGather(torch.autograd.Function):
+    """The eager path: the same launchers as the custom ops, without the custom-op dispatch (which
+    costs more host time per call than the kernels take at V-JEPA sizes)."""
+
+    @staticmethod
+    def forward(ctx, x, idx, pos):
+        out = masked_gather_fwd(x, idx, pos)
+        _setup_context(ctx, (x, idx, pos), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (idx,) = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = masked_gather_bwd(grad_out, idx, ctx.n, ctx.x_dtype, ctx.token_major)
+        return grad_x, None, None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -212,14 +348,51 @@ def masked_gather(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Tensor
     """Gather rows ``x[b, idx[b,k]]`` -> ``[B,K,D]``, adding ``pos[idx[b,k]]`` when ``pos`` is given.
 
     Args:
-        x: ``[B,N,D]`` float tensor (any strides).
+        x: ``[B,N,D]`` float tensor (any strides; the transposed Conv3d layout is read token-major).
         idx: ``[B,K]`` int32/int64 token indices, unique within each row, each in ``[0, N)``.
         pos: optional ``[N,D]`` or ``[1,N,D]`` position table (not repeated over the batch). Treated
             as a constant: it receives no gradient (the official pos_embed is frozen).
     Returns:
         ``[B,K,D]`` in ``x``'s dtype (the pos add happens in fp32 and is rounded once, like the
-        official in-place ``x += pos_embed``).
+        official in-place ``x += pos_embed``). ``x``'s gradient has ``x``'s layout.
+    Raises:
+        ValueError / TypeError: shapes, devices or dtypes as named in the message.
     """
     if kernel_backend(x) == "triton":
-        return masked_gather_op(x, idx, pos)
+        if torch.compiler.is_compiling():
+            return masked_gather_op(x, idx, pos)
+        return _MaskedGather.apply(x, idx, pos)
     return reference.masked_gather(x, idx, pos)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ahead-of-time plans at the V-JEPA shapes (kernels/aot.py)
+
+_B, _N = 24, 1568
+_ENCODER_DIMS = {"vit_l": 1024, "vit_h": 1280, "vit_g": 1408}
+_CONTEXT_K = (364, 103)
+
+
+def aot_plans() -> list[LaunchPlan]:
+    """Every launch of the encoder's context gather at V-JEPA shapes on a 132-SM Hopper: batch 24,
+    N = 1568, context K 364 and 103, bf16 tokens (autocast) or fp32, the fp32 position table; the
+    patch embedding's transposed layout (token-major) and contiguous tokens; forward and backward.
+    Plans that differ only in K share a ``group``."""
+    device = DeviceSpec()
+    plans = []
+    for model, D in _ENCODER_DIMS.items():
+        for dtype in (torch.bfloat16, torch.float32):
+            dt = str(dtype).replace("torch.", "")
+            for layout, strides in (("strided", (_N * D, 1, _N)), ("contiguous", None)):
+                x = TensorSpec((_B, _N, D), dtype, strides)
+                for K in _CONTEXT_K:
+                    idx = TensorSpec((_B, K), torch.int64)
+                    grad = TensorSpec((_B, K, D), dtype)
+                    common = f"{model} D{D} {dt} {layout}"
+                    plans.append(plan_masked_gather(
+                        x, idx, TensorSpec((_N, D), torch.float32), TensorSpec((_B, K, D), dtype), device,
+                        label=f"masked_gather fwd {common} K{K}", group=f"masked_gather fwd {common}"))  # fmt: skip
+                    plans.append(plan_masked_scatter(
+                        grad, idx, x, device,
+                        label=f"masked_gather bwd {common} K{K}", group=f"masked_gather bwd {common}"))  # fmt: skip
+    return plans

@@ -1,24 +1,23 @@
 """Launch helpers shared by the kernels: block sizes, dtype mapping (multi-tensor tables: multi_tensor.py).
 
 What the Triton interpreter (TRITON_INTERPRET=1) cannot do, and how the kernels stay inside it:
-* autotune: not used; block sizes come from the host heuristics below (large blocks and few programs
-  when interpreting, ~4k-element tiles on a GPU), which also keeps launches deterministic and
-  CUDA-graph safe;
+* autotune: not used; block sizes come from the host heuristics below (large tiles and few programs
+  when interpreting, one 128-bit vector per thread on a GPU), which also keeps launches
+  deterministic and CUDA-graph safe;
 * bf16 ``tl.dot`` / bf16 atomics: not used (no matmuls; reductions write per-program partials);
-* loops with runtime bounds (NumPy >= 2 rejects the interpreter's scalar conversion): loop counts are
-  constexprs (``ITERS``, ``CHUNK // BLOCK``);
+* ``for`` loops with runtime bounds (NumPy >= 2 rejects the interpreter's scalar conversion):
+  persistent loops over tiles are ``while`` loops (a runtime bound, so the compiled kernel does not
+  depend on the number of rows), other loop counts are constexprs;
 * fp32 -> bf16 conversion truncates and ``tl.fma`` rounds twice: ``round_to`` / ``fma`` correct both.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .dispatch import HAS_TRITON, INTERPRET, tl, triton
-
-# In the interpreter every program costs milliseconds of Python, so launch few, large programs.
-_INTERP_BLOCK_ELEMS = 1 << 16
-_GPU_BLOCK_ELEMS = 4096
-
+from .plan import DeviceSpec
 
 # The interpreter converts fp32 -> bf16 by truncation (GPUs round to nearest even) and computes
 # tl.fma with two roundings. round_to / fma below fix both when interpreting, so CPU tests see the
@@ -90,6 +89,94 @@ def check_float(name: str, t: torch.Tensor) -> None:
 def check_index(name: str, t: torch.Tensor) -> None:
     if t.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{name}: indices must be int32 or int64, got {t.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row tiling for the row kernels (masked gather, predictor input, masked L1 loss).
+#
+# A tile is BLOCK_R rows x BLOCK_D columns of a [rows, D] problem. On a GPU the tile holds one
+# 128-bit vector per thread of the narrowest streamed dtype (small tiles: many of them, so a grid
+# of resident programs balances to within one tile), and BLOCK_D is a power of two that divides D
+# where one >= 32 exists (D = 384, 1024, 1280, 1408: no idle lanes). Programs are persistent: a
+# grid sized to what the GPU holds resident loops over tiles with a runtime bound, so the compiled
+# kernel does not depend on the number of rows (mask lengths change every step). In the
+# interpreter every tile iteration costs milliseconds of Python, so tiles are large instead.
+
+_INTERP_TILE_ELEMS = 1 << 16
+_VECTOR_BYTES = 16  # one ld/st.global.v4.b32
+_MIN_EVEN_BLOCK_D = 32
+
+
+@dataclass(frozen=True)
+class RowTiling:
+    """(BLOCK_R, BLOCK_D, num_warps) of a row kernel and the resident programs per SM it is sized
+    for (the planner's persistent grid is ``sm_count * programs_per_sm``)."""
+
+    block_r: int
+    block_d: int
+    num_warps: int
+    programs_per_sm: int
+
+
+def column_block(n_cols: int, cap: int) -> int:
+    """The largest power of two <= ``cap`` dividing ``n_cols`` when it is >= 32 (no masked lanes);
+    otherwise ``min(next_power_of_2(n_cols), cap)`` with the last block masked."""
+    if n_cols <= 0:
+        return 1
+    even = n_cols & -n_cols  # largest power of two dividing n_cols
+    if even >= _MIN_EVEN_BLOCK_D or even >= n_cols:
+        return min(even, cap)
+    return min(next_power_of_2(n_cols), cap)
+
+
+def row_tiling(n_cols: int, elem_bytes: int, device: DeviceSpec, *, block_d_cap: int = 256,
+               min_block_r: int = 1, num_warps: int = 4, programs_per_sm: int = 16) -> RowTiling:  # fmt: skip
+    """Tile shape for a row kernel streaming rows of ``n_cols`` elements whose narrowest dtype has
+    ``elem_bytes`` bytes.
+
+    GPU: ``BLOCK_D = column_block(n_cols, block_d_cap)``, ``BLOCK_R`` rows so that the tile is one
+    128-bit vector per thread (at least ``min_block_r``, e.g. 32 tokens across a warp's lanes).
+    ``programs_per_sm`` is the residency the kernel is compiled for (16 programs of 4 warps = the
+    64-warp maximum; ``kernels/aot.py`` checks the compiled registers allow it).
+    Interpreter: whole rows (up to 1024 columns) and ~64k elements per tile.
+    """
+    if device.interpret:
+        block_d = column_block(n_cols, 1024) if n_cols > 1024 else next_power_of_2(n_cols)
+        return RowTiling(max(min_block_r, _INTERP_TILE_ELEMS // block_d), block_d, num_warps, 1)
+    block_d = column_block(n_cols, block_d_cap)
+    per_tile = 32 * num_warps * max(1, _VECTOR_BYTES // elem_bytes)
+    return RowTiling(max(min_block_r, per_tile // block_d, 1), block_d, num_warps, programs_per_sm)
+
+
+def persistent_programs(n_tiles: int, tiling: RowTiling, device: DeviceSpec, n_rows: int = 0) -> int:
+    """Programs of a persistent grid over ``n_tiles`` tiles: the resident capacity of the device
+    (``sm_count * programs_per_sm``), fewer when there are fewer tiles. In the interpreter:
+    ``sm_count`` programs (a few, so the loop over tiles is exercised)."""
+    if n_tiles <= 0:
+        return 0
+    if device.interpret:
+        return min(n_tiles, device.sm_count)
+    return min(n_tiles, device.sm_count * tiling.programs_per_sm)
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def needs_int64(*tensors) -> bool:
+    """Whether an element offset into any of ``tensors`` (real or :class:`~.plan.TensorSpec`; None
+    skipped) can exceed int32: the kernels then do their offset arithmetic in int64."""
+    for t in tensors:
+        if t is None:
+            continue
+        extent = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+        if extent + 1 > _INT32_MAX or t.numel() > _INT32_MAX:
+            return True
+    return False
+
+
+# TEMPORARY (issue 11 conversion in progress): the landed helpers, until the three row kernels use row_tiling.
+_INTERP_BLOCK_ELEMS = 1 << 16
+_GPU_BLOCK_ELEMS = 4096
 
 
 def row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:

@@ -1,8 +1,12 @@
 """masked_gather: Triton kernel vs the PyTorch reference, forward and backward, bit-exact."""
+import dataclasses
+
 import pytest
 import torch
 
 from vjepa_fast.kernels import masked_gather, reference
+from vjepa_fast.kernels.masked_gather import plan_masked_gather, plan_masked_scatter
+from vjepa_fast.kernels.plan import DeviceSpec
 from vjepa_fast.kernels.testing import kernel_test_device, unique_indices
 
 DEVICE = kernel_test_device()
@@ -88,3 +92,54 @@ def test_masked_gather_vjepa_shapes(D, K, dtype):
     x = torch.randn(B, N, D, device=DEVICE, dtype=dtype)
     pos = torch.randn(1, N, D, device=DEVICE, dtype=torch.float32)
     _check(x, unique_indices(B, N, K, DEVICE), pos)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K", [364, 103])
+def test_masked_gather_patch_embed_layout_at_vjepa_shapes(K, dtype):
+    """The patch embedding's own output, ``conv(x).flatten(2).transpose(1, 2)``: strides (N*D, 1, N)
+    (read token-major); its gradient comes back in the same layout."""
+    B, N, D = 2, 1568, 1024
+    x = torch.randn(B, D, N, device=DEVICE, dtype=dtype).transpose(1, 2)
+    assert x.stride() == (N * D, 1, N)
+    pos = torch.randn(1, N, D, device=DEVICE, dtype=torch.float32)
+    _check(x, unique_indices(B, N, K, DEVICE), pos)
+    x.requires_grad_(True)
+    (gx,) = torch.autograd.grad(masked_gather(x, unique_indices(B, N, K, DEVICE), pos).sum(), x)
+    assert gx.stride() == x.stride()
+
+
+def _gpu_plan_check(x, idx, pos, programs):
+    """The tiling a GPU gets (small tiles, column blocks, token-major for strided x), launched on
+    ``x``'s device with ``programs`` persistent programs that each loop over several tiles."""
+    B, N, D = x.shape
+    device = DeviceSpec(sm_count=132, interpret=False)
+    out = torch.empty(B, idx.shape[1], D, device=DEVICE, dtype=x.dtype)
+    plan = plan_masked_gather(x, idx, pos, out, device)
+    assert plan.args[6] > programs  # more tiles than programs: the persistent loop runs
+    dataclasses.replace(plan, grid=(programs,)).launch()
+    assert torch.equal(out, reference.masked_gather(x, idx, pos))
+    grad = torch.randn_like(out)
+    grad_x = torch.zeros_like(x)
+    assert grad_x.stride() == x.stride()
+    dataclasses.replace(plan_masked_scatter(grad, idx, grad_x, device), grid=(programs,)).launch()
+    expected = torch.zeros_like(x)
+    expected[torch.arange(B, device=DEVICE)[:, None], idx.long()] = grad
+    assert torch.equal(grad_x, expected)
+
+
+@pytest.mark.parametrize(
+    "layout, D, dtype",
+    [("contiguous", 1280, torch.bfloat16), ("contiguous", 1408, torch.float32), ("contiguous", 190, torch.bfloat16),
+     ("strided", 96, torch.bfloat16), ("strided", 190, torch.float32)],
+)  # fmt: skip
+def test_masked_gather_gpu_tiling(layout, D, dtype):
+    """GPU tile shapes (column blocks dividing D = 1280 / 1408, a masked column tail for D = 190,
+    32-token tiles for the strided layout) and persistent programs, checked in the interpreter."""
+    B, N, K = 2, 40, 9
+    if layout == "strided":
+        x = torch.randn(B, D, N, device=DEVICE, dtype=dtype).transpose(1, 2)
+    else:
+        x = torch.randn(B, N, D, device=DEVICE, dtype=dtype)
+    pos = torch.randn(N, D, device=DEVICE, dtype=torch.float32)
+    _gpu_plan_check(x, unique_indices(B, N, K, DEVICE, sort=False), pos, programs=2)
