@@ -12,40 +12,54 @@ written in one pass from the un-repeated ``[N,D]`` table. Each half is rounded t
 
 Backward: ``grad_ctx`` is a copy of the first Kc rows of the output gradient; ``grad_mask_token`` is the
 sum of the last Kt rows over batch and tokens. That reduction is deterministic: each program
-accumulates a fixed row range in fp32 and writes one partial row, and ``torch.sum`` adds the partials
-(no atomics). ``pos`` is a constant and gets no gradient.
+accumulates a fixed set of row tiles in fp32 and writes one partial row, and ``torch.sum`` adds the
+partials (no atomics). ``pos`` is a constant and gets no gradient.
+
+Launches are planned (:func:`plan_assemble_predictor_input`, :func:`plan_assemble_predictor_input_bwd`:
+pure functions of metadata and a :class:`~.plan.DeviceSpec`) and then run (``plan.launch()``); grids
+are persistent, sized to the resident programs of the GPU, and the compiled variants do not depend on
+``B``, ``Kc`` or ``Kt``. :func:`aot_plans` lists the V-JEPA launches for ``kernels/aot.py``.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from . import reference
 from .dispatch import kernel_backend, tl, triton
+from .plan import DeviceSpec, LaunchPlan, TensorSpec
 from .utils import (
     cdiv,
     check_float,
     check_index,
     check_launchable,
     compute_dtype,
-    persistent_rows,
+    needs_int64,
+    persistent_programs,
     round_to,
-    row_blocks,
+    row_tiling,
     tl_dtype,
 )
 
 
-@triton.jit
+# Runtime lengths and strides that change with the mask lengths: not specialised (no recompiles).
+_LENGTH_ARGS = ["CTX_IDX_ptr", "TGT_IDX_ptr", "n_rows", "L", "Kc", "n_tiles", "CI_stride_b", "CI_stride_k",
+                "TI_stride_b", "TI_stride_k"]  # fmt: skip
+
+
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _assemble_predictor_input_kernel(
-    CTX_ptr,  # pointer to context tokens, shape (B, Kc, D), any strides
-    CTX_IDX_ptr,  # pointer to context indices, shape (B, Kc)
-    TGT_IDX_ptr,  # pointer to target indices, shape (B, Kt)
-    POS_ptr,  # pointer to position table, shape (N, D), any strides
-    MASK_ptr,  # pointer to the mask token, shape (D,), any stride
-    OUT_ptr,  # pointer to output, shape (B, Kc + Kt, D), contiguous
+    CTX_ptr,  # context tokens, shape (B, Kc, D), any strides
+    CTX_IDX_ptr,  # context indices, shape (B, Kc)
+    TGT_IDX_ptr,  # target indices, shape (B, Kt)
+    POS_ptr,  # position table, shape (N, D), any strides
+    MASK_ptr,  # the mask token, shape (D,), any stride
+    OUT_ptr,  # output, shape (B, Kc + Kt, D), contiguous
     n_rows,  # B * (Kc + Kt)
     L,  # Kc + Kt
     Kc,
-    D,
+    n_tiles,  # cdiv(n_rows, BLOCK_R) * cdiv(D, BLOCK_D)
     CTX_stride_b,
     CTX_stride_k,
     CTX_stride_d,
@@ -56,68 +70,96 @@ def _assemble_predictor_input_kernel(
     POS_stride_n,
     POS_stride_d,
     MASK_stride_d,
+    D: tl.constexpr,
     CTX_DTYPE: tl.constexpr,  # dtype the context half is rounded to (ctx's)
     MASK_DTYPE: tl.constexpr,  # dtype the target half is rounded to (mask_token's)
     COMPUTE: tl.constexpr,
+    INDEX_64: tl.constexpr,  # an element offset may exceed int32
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Rows j < Kc: ctx[b,j] + pos[ctx_idx[b,j]]; rows j >= Kc: mask_token + pos[tgt_idx[b,j-Kc]]."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < n_rows
-    b = rows // L
-    j = rows - b * L
-    is_ctx = j < Kc
-    ci = tl.load(CTX_IDX_ptr + b * CI_stride_b + j * CI_stride_k, mask=row_mask & is_ctx, other=0)
-    ti = tl.load(TGT_IDX_ptr + b * TI_stride_b + (j - Kc) * TI_stride_k, mask=row_mask & (~is_ctx), other=0)
-    src = tl.where(is_ctx, ci.to(tl.int64), ti.to(tl.int64))
+    """Rows j < Kc: ctx[b,j] + pos[ctx_idx[b,j]]; rows j >= Kc: mask_token + pos[tgt_idx[b,j-Kc]].
 
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    col_mask = cols < D
-    mask = row_mask[:, None] & col_mask[None, :]
-    ctx_mask = mask & is_ctx[:, None]
-    c_offs = (b * CTX_stride_b + j * CTX_stride_k)[:, None] + cols[None, :] * CTX_stride_d
-    c = tl.load(CTX_ptr + c_offs, mask=ctx_mask, other=0.0)
-    t = tl.load(MASK_ptr + cols * MASK_stride_d, mask=col_mask, other=0.0)
-    p = tl.load(POS_ptr + (src * POS_stride_n)[:, None] + cols[None, :] * POS_stride_d, mask=mask, other=0.0)
-    p = p.to(COMPUTE)
-    head = round_to(c.to(COMPUTE) + p, CTX_DTYPE).to(COMPUTE)
-    tail = round_to(t.to(COMPUTE)[None, :] + p, MASK_DTYPE).to(COMPUTE)
-    out = tl.where(is_ctx[:, None], head, tail)
-    tl.store(OUT_ptr + rows[:, None] * D + cols[None, :], round_to(out, OUT_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _assemble_predictor_input_bwd_kernel(
-    GRAD_ptr,  # pointer to output gradient, shape (B, Kc + Kt, D), any strides
-    DCTX_ptr,  # pointer to context gradient, shape (B, Kc, D), contiguous
-    PARTIAL_ptr,  # pointer to mask-token partial sums, shape (n_row_programs, D), fp32/fp64
-    n_rows,  # B * (Kc + Kt)
-    L,
-    Kc,
-    D,
-    GRAD_stride_b,
-    GRAD_stride_l,
-    GRAD_stride_d,
-    COMPUTE: tl.constexpr,
-    ITERS: tl.constexpr,  # row tiles per program
-    BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """Copy context rows of the gradient; sum target rows into one partial row per program."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    col_mask = cols < D
-    acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=COMPUTE)
-    row0 = pid_r * (ITERS * BLOCK_R)
-    for it in range(ITERS):
-        rows = row0 + it * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    Persistent: program p handles tiles p, p + num_programs, ... (a runtime bound).
+    """
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    tile = tl.program_id(0)
+    while tile < n_tiles:
+        rt = tile // N_D
+        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
         row_mask = rows < n_rows
         b = rows // L
         j = rows - b * L
+        is_ctx = j < Kc
+        ci = tl.load(CTX_IDX_ptr + b * CI_stride_b + j * CI_stride_k, mask=row_mask & is_ctx, other=0)
+        ti = tl.load(TGT_IDX_ptr + b * TI_stride_b + (j - Kc) * TI_stride_k, mask=row_mask & (~is_ctx), other=0)
+        if INDEX_64:
+            src = tl.where(is_ctx, ci.to(tl.int64), ti.to(tl.int64))
+            b = b.to(tl.int64)
+            j = j.to(tl.int64)
+            rows = rows.to(tl.int64)
+            cols = cols.to(tl.int64)
+        else:
+            src = tl.where(is_ctx, ci.to(tl.int32), ti.to(tl.int32))
+        if D % BLOCK_D == 0:  # no column tail: masks are per row, constant along D
+            col_mask = tl.full((BLOCK_D,), 1, tl.int1)
+        else:
+            col_mask = cols < D
+        mask = row_mask[:, None] & col_mask[None, :]
+        c_offs = (b * CTX_stride_b + j * CTX_stride_k)[:, None] + cols[None, :] * CTX_stride_d
+        c = tl.load(CTX_ptr + c_offs, mask=mask & is_ctx[:, None], other=0.0)
+        t = tl.load(MASK_ptr + cols * MASK_stride_d, mask=col_mask, other=0.0)
+        p = tl.load(POS_ptr + (src * POS_stride_n)[:, None] + cols[None, :] * POS_stride_d, mask=mask, other=0.0)
+        p = p.to(COMPUTE)
+        head = round_to(c.to(COMPUTE) + p, CTX_DTYPE).to(COMPUTE)
+        tail = round_to(t.to(COMPUTE)[None, :] + p, MASK_DTYPE).to(COMPUTE)
+        out = tl.where(is_ctx[:, None], head, tail)
+        tl.store(OUT_ptr + rows[:, None] * D + cols[None, :], round_to(out, OUT_ptr.dtype.element_ty), mask=mask)
+        tile += tl.num_programs(0)
+
+
+@triton.jit(do_not_specialize=["n_rows", "L", "Kc", "n_row_tiles"])
+def _assemble_predictor_input_bwd_kernel(
+    GRAD_ptr,  # output gradient, shape (B, Kc + Kt, D), any strides
+    DCTX_ptr,  # context gradient, shape (B, Kc, D), contiguous
+    PARTIAL_ptr,  # mask-token partial sums, shape (num_programs(0), D), fp32/fp64
+    n_rows,  # B * (Kc + Kt)
+    L,
+    Kc,
+    n_row_tiles,  # cdiv(n_rows, BLOCK_R)
+    GRAD_stride_b,
+    GRAD_stride_l,
+    GRAD_stride_d,
+    D: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    INDEX_64: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Copy context rows of the gradient; sum target rows into one partial row per program.
+
+    Grid (P, cdiv(D, BLOCK_D)): program (p, c) handles column block c of row tiles p, p + P, ...,
+    so its partial sum covers a fixed set of rows (deterministic for a given P).
+    """
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    if INDEX_64:
+        cols = cols.to(tl.int64)
+    if D % BLOCK_D == 0:
+        col_mask = tl.full((BLOCK_D,), 1, tl.int1)
+    else:
+        col_mask = cols < D
+    acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=COMPUTE)
+    rt = pid
+    while rt < n_row_tiles:
+        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_mask = rows < n_rows
+        b = rows // L
+        j = rows - b * L
+        if INDEX_64:
+            b = b.to(tl.int64)
+            j = j.to(tl.int64)
         is_ctx = j < Kc
         mask = row_mask[:, None] & col_mask[None, :]
         g_offs = (b * GRAD_stride_b + j * GRAD_stride_l)[:, None] + cols[None, :] * GRAD_stride_d
@@ -125,7 +167,67 @@ def _assemble_predictor_input_bwd_kernel(
         dctx_offs = ((b * Kc + j) * D)[:, None] + cols[None, :]
         tl.store(DCTX_ptr + dctx_offs, round_to(g, DCTX_ptr.dtype.element_ty), mask=mask & is_ctx[:, None])
         acc += tl.where(mask & (~is_ctx)[:, None], g.to(COMPUTE), 0.0)
-    tl.store(PARTIAL_ptr + pid_r * D + cols, tl.sum(acc, axis=0), mask=col_mask)
+        rt += tl.num_programs(0)
+    tl.store(PARTIAL_ptr + pid * D + cols, tl.sum(acc, axis=0), mask=col_mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planners: pure functions of metadata (tensors or TensorSpecs) and the device
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(d: int, elem_bytes: int, device: DeviceSpec):
+    return row_tiling(d, elem_bytes, device)
+
+
+def plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token, out, device: DeviceSpec,
+                                  label: str = "", group: str = "") -> LaunchPlan:  # fmt: skip
+    """The launch writing ``out`` [B, Kc+Kt, D] (contiguous) from ``ctx`` [B,Kc,D], ``ctx_idx``
+    [B,Kc], ``tgt_idx`` [B,Kt], ``pos`` [N,D] and ``mask_token`` [D]: tensors or
+    :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read)."""
+    B, Kc, D = ctx.shape
+    L = Kc + tgt_idx.shape[1]
+    n_rows = B * L
+    # Tiles of one 128-bit vector per thread of the table and the output (fp32 under autocast): a
+    # bf16 context then loads 64 bits per thread, but sizing the tile for bf16 instead costs a
+    # shared-memory layout conversion and 40 registers (12 resident programs per SM, not 16).
+    t = _tiling(D, min(pos.element_size(), out.element_size()), device)
+    n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
+    args = (ctx, ctx_idx, tgt_idx, pos, mask_token, out, n_rows, L, Kc, n_tiles, *ctx.stride(),
+            *ctx_idx.stride(), *tgt_idx.stride(), *pos.stride(), mask_token.stride(0))  # fmt: skip
+    constexprs = dict(
+        D=D, CTX_DTYPE=tl_dtype(ctx.dtype), MASK_DTYPE=tl_dtype(mask_token.dtype),
+        COMPUTE=compute_dtype(ctx.dtype, pos.dtype, mask_token.dtype),
+        INDEX_64=needs_int64(ctx, ctx_idx, tgt_idx, pos, mask_token, out), BLOCK_R=t.block_r, BLOCK_D=t.block_d,
+    )  # fmt: skip
+    grid = (persistent_programs(n_tiles, t, device),)
+    return LaunchPlan(_assemble_predictor_input_kernel, grid, args, constexprs, t.num_warps, label=label,
+                      group=group)  # fmt: skip
+
+
+def backward_programs(grad_out, grad_ctx, device: DeviceSpec) -> int:
+    """Rows of the mask-token partial-sum buffer the backward plan writes (its grid's first axis)."""
+    B, L, D = grad_out.shape
+    t = _tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
+    n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
+    return max(1, min(n_row_tiles, persistent_programs(n_row_tiles * n_d, t, device) // n_d))
+
+
+def plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device: DeviceSpec, label: str = "",
+                                      group: str = "") -> LaunchPlan:  # fmt: skip
+    """The backward launch: ``grad_ctx`` [B,Kc,D] (contiguous) <- the first Kc rows of ``grad_out``
+    [B,L,D]; ``partial`` [backward_programs(...), D] <- per-program sums of the last L - Kc rows."""
+    B, L, D = grad_out.shape
+    kc = grad_ctx.shape[1]
+    t = _tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
+    n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
+    programs = partial.shape[0]
+    args = (grad_out, grad_ctx, partial, B * L, L, kc, n_row_tiles, *grad_out.stride())
+    constexprs = dict(D=D, COMPUTE=tl_dtype(partial.dtype), INDEX_64=needs_int64(grad_out, grad_ctx, partial),
+                      BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
+    # The partial sums are one row per program, written once: not a hot store.
+    return LaunchPlan(_assemble_predictor_input_bwd_kernel, (programs, n_d), args, constexprs, t.num_warps,
+                      label=label, group=group)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,25 +265,12 @@ def _out_dtype(ctx: torch.Tensor, mask_token: torch.Tensor) -> torch.dtype:
 def assemble_predictor_input_fwd(ctx, ctx_idx, tgt_idx, pos, mask_token) -> torch.Tensor:
     _check(ctx, ctx_idx, tgt_idx, pos, mask_token)
     B, Kc, D = ctx.shape
-    L = Kc + tgt_idx.shape[1]
     pos = _pos_2d(pos, D)
-    token = mask_token.reshape(D)
-    out = torch.empty((B, L, D), dtype=_out_dtype(ctx, mask_token), device=ctx.device)
+    out = torch.empty((B, Kc + tgt_idx.shape[1], D), dtype=_out_dtype(ctx, mask_token), device=ctx.device)
     if out.numel() == 0:
         return out
-    block_r, block_d, num_warps = row_blocks(B * L, D)
-    grid = (cdiv(B * L, block_r), cdiv(D, block_d))
-    _assemble_predictor_input_kernel[grid](
-        ctx, ctx_idx, tgt_idx, pos, token, out,
-        B * L, L, Kc, D,
-        ctx.stride(0), ctx.stride(1), ctx.stride(2),
-        ctx_idx.stride(0), ctx_idx.stride(1),
-        tgt_idx.stride(0), tgt_idx.stride(1),
-        pos.stride(0), pos.stride(1), token.stride(0),
-        CTX_DTYPE=tl_dtype(ctx.dtype), MASK_DTYPE=tl_dtype(mask_token.dtype),
-        COMPUTE=compute_dtype(ctx.dtype, pos.dtype, mask_token.dtype),
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    token = mask_token.reshape(D)
+    plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, token, out, DeviceSpec.of(ctx.device)).launch()
     return out
 
 
@@ -194,16 +283,9 @@ def assemble_predictor_input_bwd(
     acc_dtype = torch.float64 if torch.float64 in (grad_out.dtype, mask_dtype) else torch.float32
     if grad_out.numel() == 0:
         return grad_ctx, torch.zeros(D, dtype=mask_dtype, device=grad_out.device)
-    block_r, block_d, num_warps = row_blocks(B * L, D)
-    n_d = cdiv(D, block_d)
-    n_progs, iters = persistent_rows(B * L, block_r, n_d, grad_out.device)
-    partial = torch.empty((n_progs, D), dtype=acc_dtype, device=grad_out.device)
-    _assemble_predictor_input_bwd_kernel[(n_progs, n_d)](
-        grad_out, grad_ctx, partial,
-        B * L, L, kc, D,
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        COMPUTE=tl_dtype(acc_dtype), ITERS=iters, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    device = DeviceSpec.of(grad_out.device)
+    partial = torch.empty((backward_programs(grad_out, grad_ctx, device), D), dtype=acc_dtype, device=grad_out.device)
+    plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device).launch()
     return grad_ctx, partial.sum(dim=0).to(mask_dtype)
 
 
@@ -267,6 +349,30 @@ def _backward(ctx, grad_out):
 assemble_predictor_input_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _AssemblePredictorInput(torch.autograd.Function):
+    """The eager path: the same launchers as the custom ops, without the custom-op dispatch (which
+    costs more host time per call than the kernels take at V-JEPA sizes)."""
+
+    @staticmethod
+    def forward(ctx, c, ctx_idx, tgt_idx, pos, mask_token):
+        out = assemble_predictor_input_fwd(c, ctx_idx, tgt_idx, pos, mask_token)
+        _setup_context(ctx, (c, ctx_idx, tgt_idx, pos, mask_token), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[4]):
+            return None, None, None, None, None
+        grad_ctx, grad_mask = assemble_predictor_input_bwd(grad_out, ctx.kc, ctx.ctx_dtype, ctx.mask_dtype)
+        return (
+            grad_ctx if ctx.needs_input_grad[0] else None,
+            None,
+            None,
+            None,  # pos: constant (frozen table)
+            grad_mask.reshape(ctx.mask_shape) if ctx.needs_input_grad[4] else None,
+        )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Functional API
 
@@ -291,5 +397,40 @@ def assemble_predictor_input(
         ctx's dtype and the target half to mask_token's, like the official in-place adds.
     """
     if kernel_backend(ctx) == "triton":
-        return assemble_predictor_input_op(ctx, ctx_idx, tgt_idx, pos, mask_token)
+        if torch.compiler.is_compiling():
+            return assemble_predictor_input_op(ctx, ctx_idx, tgt_idx, pos, mask_token)
+        return _AssemblePredictorInput.apply(ctx, ctx_idx, tgt_idx, pos, mask_token)
     return reference.assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ahead-of-time plans at the V-JEPA shapes (kernels/aot.py)
+
+_B, _N, _PRED_DIM = 24, 1568, 384
+_MASKS = ((364, 746), (103, 1101))  # (context K, target K): short- and long-range mean lengths
+
+
+def aot_plans() -> list[LaunchPlan]:
+    """The predictor-input launches at V-JEPA shapes on a 132-SM Hopper: batch 24, predictor width
+    384, N = 1568, (Kc, Kt) = (364, 746) and (103, 1101); ctx in bf16 (autocast) or fp32 with the
+    fp32 position table and mask token (so the output and its gradient are fp32); forward and
+    backward. Plans that differ only in the mask lengths share a ``group``."""
+    device = DeviceSpec()
+    D = _PRED_DIM
+    plans = []
+    for dtype in (torch.bfloat16, torch.float32):
+        dt = str(dtype).replace("torch.", "")
+        pos, token = TensorSpec((_N, D), torch.float32), TensorSpec((D,), torch.float32)
+        for kc, kt in _MASKS:
+            ctx = TensorSpec((_B, kc, D), dtype)
+            out = TensorSpec((_B, kc + kt, D), torch.float32)
+            common = f"D{D} ctx {dt}"
+            plans.append(plan_assemble_predictor_input(
+                ctx, TensorSpec((_B, kc), torch.int64), TensorSpec((_B, kt), torch.int64), pos, token, out, device,
+                label=f"assemble_predictor_input fwd {common} Kc{kc} Kt{kt}",
+                group=f"assemble_predictor_input fwd {common}"))  # fmt: skip
+            partial = TensorSpec((backward_programs(out, ctx, device), D), torch.float32)
+            plans.append(plan_assemble_predictor_input_bwd(
+                out, ctx, partial, device, label=f"assemble_predictor_input bwd {common} Kc{kc} Kt{kt}",
+                group=f"assemble_predictor_input bwd {common}"))  # fmt: skip
+    return plans

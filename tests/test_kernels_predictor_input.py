@@ -1,8 +1,12 @@
 """assemble_predictor_input: Triton kernel vs the PyTorch reference (and the official formula)."""
+import dataclasses
+
 import pytest
 import torch
 
 from vjepa_fast.kernels import assemble_predictor_input, reference
+from vjepa_fast.kernels.plan import DeviceSpec
+from vjepa_fast.kernels.predictor_input import plan_assemble_predictor_input, plan_assemble_predictor_input_bwd
 from vjepa_fast.kernels.testing import assert_within_torch_error, kernel_test_device
 
 DEVICE = kernel_test_device()
@@ -99,3 +103,30 @@ def test_assemble_strided_ctx_and_no_pos_grad():
 def test_assemble_vjepa_shapes(Kc, Kt, dtype):
     """Predictor width 384, N = 1568, official short-range / long-range mean mask lengths."""
     _check(*_inputs(2, Kc, Kt, 1568, 384, dtype, mask_dtype=torch.float32, pos_dtype=torch.float32))
+
+
+@pytest.mark.parametrize("D, dtype", [(384, torch.bfloat16), (384, torch.float32), (190, torch.bfloat16)])
+def test_assemble_gpu_tiling(D, dtype):
+    """The tiling a GPU gets (small tiles, column blocks of 128 for D = 384, a masked column tail for
+    D = 190) with two persistent programs that each loop over several tiles, in the interpreter."""
+    B, Kc, Kt, N = 2, 5, 9, 40
+    ctx, ctx_idx, tgt_idx, pos, token = _inputs(B, Kc, Kt, N, D, dtype, mask_dtype=torch.float32,
+                                                pos_dtype=torch.float32)  # fmt: skip
+    ctx, pos2, token1 = ctx.detach(), pos[0], token.detach().reshape(D)
+    device = DeviceSpec(sm_count=132, interpret=False)
+    out = torch.empty(B, Kc + Kt, D, device=DEVICE, dtype=torch.float32)
+    plan = plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos2, token1, out, device)
+    assert plan.args[9] > 2  # tiles > programs: the persistent loop runs
+    dataclasses.replace(plan, grid=(2,)).launch()
+    assert torch.equal(out, reference.assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, token))
+
+    grad = torch.randn_like(out)
+    grad_ctx = torch.empty_like(ctx)
+    partial = torch.empty(2, D, device=DEVICE, dtype=torch.float32)
+    plan = plan_assemble_predictor_input_bwd(grad, grad_ctx, partial, device)
+    assert plan.grid[0] == 2 and plan.args[6] > 2
+    plan.launch()
+    assert torch.equal(grad_ctx, grad[:, :Kc].to(dtype))
+    rows = grad[:, Kc:].double()
+    bound = 1e-6 * rows.abs().sum(dim=(0, 1)) + 1e-6
+    assert ((partial.double().sum(0) - rows.sum(dim=(0, 1))).abs() <= bound).all()
