@@ -209,3 +209,20 @@ def test_resume_after_sigkill_loses_nothing(setup, tmp_path, when):
     np.testing.assert_allclose(a["features"][oa], b["features"][ob], rtol=1e-5, atol=1e-6)
     assert json.loads((out / "manifest.json").read_text())["complete"]
     assert sorted(f.name for f in out.iterdir()) == sorted(f.name for f in out.iterdir() if not f.name.endswith(".tmp"))
+
+
+def test_bench_embed_smoke(capsys):
+    """benchmarks/bench_embed.py at toy sizes: embed's features equal the eager reference's, and the
+    memory rows are produced for a short and a long video."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import bench_embed
+
+    bench_embed.main(["--videos", "2", "--frames", "24", "--size", "32", "--depth", "1", "--resolution", "32",
+                      "--clip-frames", "4", "--batch-size", "3", "--workers", "1", "--memory", "--long-frames", "64"])
+    rows = [json.loads(s) for s in capsys.readouterr().out.splitlines() if s.startswith("{")]
+    ref = [r for r in rows if r.get("impl") == "reference"][0]
+    emb = [r for r in rows if r.get("impl") == "embed"][0]
+    assert ref["windows"] == emb["windows"] == 2 * len(window_starts(24, 4, 2, 8))
+    assert emb["max_abs_diff_vs_reference"] < 1e-5 and emb["speedup"] > 0
+    mem = {r["video"]: r for r in rows if r.get("bench") == "embed_memory"}
+    assert mem["long"]["windows"] == len(window_starts(64, 4, 2, 8)) and mem["short"]["main_peak_rss_mb"] > 0

@@ -47,6 +47,60 @@ def variance_reg(preds: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.mean(F.relu(1.0 - pstd))
 
 
+_MASKS_HELP = ("lists of int64 [B, K] token-index tensors, one per mask generator, as the collators give them "
+               "(vjepa_fast.masks: MultiBlock3DMaskCollator(...).sample(B, step) -> (masks_enc, masks_pred))")
+
+
+def check_clips(model: "VJEPA", clips) -> None:
+    """``clips`` fits ``model``: a floating tensor on the model's device, ``[B, C, T, H, W]`` with the
+    encoder's channels, frames and size (``[B, C, H, W]`` for an image model). Raises ValueError /
+    TypeError saying what it must be."""
+    enc = model.encoder
+    C = enc.patch_embed.proj.in_channels
+    want = (f"[B, C={C}, H={enc.img_size}, W={enc.img_size}] (an image model: num_frames 1)" if not enc.is_video
+            else f"[B, C={C}, T={enc.num_frames}, H={enc.img_size}, W={enc.img_size}]")
+    if not isinstance(clips, torch.Tensor):
+        raise TypeError(f"clips must be a float tensor {want}, got {type(clips).__name__}")
+    shape = tuple(clips.shape)
+    expected = (C, enc.num_frames, enc.img_size, enc.img_size) if enc.is_video else (C, enc.img_size, enc.img_size)
+    if clips.dim() != len(expected) + 1 or shape[1:] != expected or shape[0] < 1:
+        raise ValueError(f"clips must be {want} (the model's in_chans, num_frames and crop size), got {shape}")
+    if not clips.is_floating_point():
+        raise TypeError(f"clips must be floating point (normalised pixels), got {clips.dtype}")
+    device = next(model.encoder.parameters()).device
+    if clips.device != device:
+        raise ValueError(f"clips are on {clips.device} but the model is on {device}")
+
+
+def check_masks(model: "VJEPA", clips: torch.Tensor, masks_enc, masks_pred) -> None:
+    """``masks_enc`` / ``masks_pred`` fit ``clips``: equally long non-empty lists of int64 ``[B, K]``
+    tensors (K >= 1) on the clips' device. On the CPU the indices are also checked to lie in
+    ``[0, N)`` (on an accelerator that would cost a host sync, so it is left to the kernels)."""
+    for name, masks in (("masks_enc", masks_enc), ("masks_pred", masks_pred)):
+        if isinstance(masks, torch.Tensor) or not isinstance(masks, (list, tuple)):
+            raise ValueError(f"{name} must be {_MASKS_HELP}; got {type(masks).__name__}")
+        if len(masks) == 0:
+            raise ValueError(f"{name} is empty: it must be {_MASKS_HELP}")
+    if len(masks_enc) != len(masks_pred):
+        raise ValueError(f"{len(masks_enc)} context masks (masks_enc) but {len(masks_pred)} target masks "
+                         "(masks_pred): one of each per mask generator")
+    B, N = clips.shape[0], model.encoder.num_patches
+    for name, masks in (("masks_enc", masks_enc), ("masks_pred", masks_pred)):
+        for i, m in enumerate(masks):
+            where = f"{name}[{i}]"
+            if not isinstance(m, torch.Tensor):
+                raise ValueError(f"{where} must be an int64 [B, K] tensor, got {type(m).__name__}; {name}: {_MASKS_HELP}")
+            if m.dtype != torch.int64:
+                raise TypeError(f"{where} must be int64 token indices, got {m.dtype}")
+            if m.dim() != 2 or m.shape[0] != B or not 1 <= m.shape[1] <= N:
+                raise ValueError(f"{where} must be [B={B}, K] with 1 <= K <= {N} (tokens per clip), "
+                                 f"got {tuple(m.shape)}")
+            if m.device != clips.device:
+                raise ValueError(f"{where} is on {m.device} but the clips are on {clips.device}")
+            if m.device.type == "cpu" and (int(m.min()) < 0 or int(m.max()) >= N):
+                raise ValueError(f"{where} holds indices outside [0, {N}): min {int(m.min())}, max {int(m.max())}")
+
+
 @dataclass
 class JEPAOutput:
     loss: torch.Tensor
@@ -94,13 +148,19 @@ class VJEPA(nn.Module):
 
     @torch.no_grad()
     def forward_target(self, clips: torch.Tensor) -> torch.Tensor:
+        """Raw target-encoder features ``[B, N, D]`` of ``clips`` (see :func:`check_clips`)."""
+        if not torch.compiler.is_compiling():
+            check_clips(self, clips)
         return self.target_encoder(clips)
 
     def forward_context(
         self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if len(masks_enc) != len(masks_pred):
-            raise ValueError(f"{len(masks_enc)} context masks but {len(masks_pred)} target masks")
+        """Context-encoder outputs and predictions, one per mask generator (inputs: :func:`check_clips`,
+        :func:`check_masks`; the checks are skipped while torch.compile traces this)."""
+        if not torch.compiler.is_compiling():
+            check_clips(self, clips)
+            check_masks(self, clips, masks_enc, masks_pred)
         ctx = self.encoder.forward_masks(
             clips, masks_enc, packed=self.pack_context, sparse_embed=self.sparse_patch_embed
         )
@@ -126,6 +186,12 @@ class VJEPA(nn.Module):
     def forward(
         self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
     ) -> JEPAOutput:
+        """The whole objective on one batch. ``clips``: float ``[B, C, T, H, W]`` of the model's
+        geometry on its device; ``masks_enc`` / ``masks_pred``: lists of int64 ``[B, K]`` index tensors,
+        one per mask generator, from a mask collator. Raises ValueError / TypeError naming what is
+        wrong with them (:func:`check_clips`, :func:`check_masks`)."""
+        check_clips(self, clips)
+        check_masks(self, clips, masks_enc, masks_pred)
         h = self.forward_target(clips)
         student = self.compiled_student or type(self).forward_student
         loss, loss_jepa, loss_reg, preds, ctx = student(self, clips, masks_enc, masks_pred, h)
