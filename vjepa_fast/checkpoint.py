@@ -42,13 +42,15 @@ def clean_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {clean_key(k): v for k, v in sd.items()}
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """torch.load(weights_only=True) with errors that name the file and say what is wrong."""
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict:
+    """torch.load(weights_only=True) with errors that name the file and say what is wrong.
+    ``mmap``: map the tensors instead of reading them (for checks that only look at keys, shapes and
+    scalars: cheap even for multi-GB files)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, pickle with unsafe globals, random bytes...
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a checkpoint): "
@@ -73,7 +75,20 @@ def load_module_state(
     error when ``keep_resized_pos_embed``: the module keeps its own table built for its size (the
     official eval does the same)."""
     state = clean_state_dict(state)
-    own = module.state_dict()
+    problems, to_load = state_problems(module.state_dict(), state, strict=strict,
+                                       keep_resized_pos_embed=keep_resized_pos_embed)
+    if problems:
+        where = f" from {source}" if source else ""
+        raise CheckpointError(f"cannot load {what}{where}:\n  " + "\n  ".join(problems))
+    module.load_state_dict(to_load, strict=False)
+
+
+def state_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *, strict: bool = True,
+                   keep_resized_pos_embed: bool = True) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """What stops the (prefix-cleaned) ``state`` from loading into a module whose state dict is
+    ``own`` (tensors or meta tensors: only names and shapes are read): lines for missing keys,
+    unexpected keys (both only when ``strict``) and shape mismatches (always; a ``pos_embed`` of
+    another size is not one when ``keep_resized_pos_embed``). Returns ``(problems, loadable)``."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched, to_load = [], {}
@@ -87,22 +102,47 @@ def load_module_state(
         else:
             to_load[k] = v
     problems = []
-    if missing:
+    if strict and missing:
         problems.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
+    if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-    if problems and (strict or mismatched):
-        where = f" from {source}" if source else ""
-        raise CheckpointError(f"cannot load {what}{where}:\n  " + "\n  ".join(problems))
-    module.load_state_dict(to_load, strict=False)
+    return problems, to_load
 
 
-def load_vjepa_checkpoint(model, checkpoint: str | os.PathLike | Mapping, *, strict: bool = True) -> dict:
+def not_pretraining_checkpoint(ckpt: Mapping, source: str, key: str) -> str | None:
+    """A sentence for a command-line user when ``ckpt`` (read from ``source``, named by config key
+    ``key``) lacks the encoder, predictor or target encoder a pretraining run needs; None if it has them."""
+    absent = [k for k in MODEL_KEYS if k not in ckpt]
+    if not absent:
+        return None
+    kind = (" (a probe checkpoint)" if "classifier" in ckpt
+            else " (an encoder-only file)" if "encoder" in ckpt or "target_encoder" in ckpt else "")
+    return (f"{key}: {source} has no {', '.join(absent)}{kind}; keys: {', '.join(map(str, ckpt))}. "
+            "It needs a checkpoint written by `vjepa-fast pretrain` or the official pretraining "
+            "(encoder, predictor and target_encoder)")
+
+
+def checkpoint_step(ckpt: Mapping, ipe: int | None) -> int | None:
+    """Optimizer steps a pretraining checkpoint has taken: ours record it; an official file records
+    whole epochs (``epoch * ipe``; None when ``ipe`` is unknown)."""
+    extra = ckpt.get("vjepa_fast")
+    if isinstance(extra, Mapping) and "step" in extra:
+        return int(extra["step"])
+    if "epoch" in ckpt and ipe is not None:
+        return int(ckpt["epoch"]) * int(ipe)
+    return None
+
+
+def load_vjepa_checkpoint(model, checkpoint: str | os.PathLike | Mapping, *, strict: bool = True,
+                          source: str | None = None, keep_resized_pos_embed: bool = True) -> dict:
     """Load encoder, predictor and target encoder of a :class:`~vjepa_fast.jepa.VJEPA` from an
-    official or vjepa-fast checkpoint. Returns the checkpoint dict (for optimizer/scalars)."""
-    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint dict"
+    official or vjepa-fast checkpoint. Returns the checkpoint dict (for optimizer/scalars).
+    ``source``: the file name for messages when ``checkpoint`` is an already read dict.
+    ``keep_resized_pos_embed``: see :func:`load_module_state`."""
+    if source is None:
+        source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint dict"
     ckpt = read_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
     absent = [k for k in MODEL_KEYS if k not in ckpt]
     if absent:
@@ -111,7 +151,8 @@ def load_vjepa_checkpoint(model, checkpoint: str | os.PathLike | Mapping, *, str
             "is it a probe or encoder-only file? Use load_encoder for those."
         )
     for key in MODEL_KEYS:
-        load_module_state(getattr(model, key), ckpt[key], strict=strict, what=key, source=source)
+        load_module_state(getattr(model, key), ckpt[key], strict=strict, what=key, source=source,
+                          keep_resized_pos_embed=keep_resized_pos_embed)
     return ckpt
 
 

@@ -44,9 +44,18 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import yaml
 
 from .attention import load_attention_table, set_attention_backend
-from .checkpoint import atomic_save, load_vjepa_checkpoint, read_checkpoint, vjepa_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    atomic_save,
+    checkpoint_step,
+    load_vjepa_checkpoint,
+    not_pretraining_checkpoint,
+    read_checkpoint,
+    vjepa_checkpoint,
+)
 from .config import PretrainConfig
 from .data import repeat_masks
 from .distributed import (
@@ -62,6 +71,7 @@ from .distributed import (
 from .jepa import build_vjepa
 from .masks import build_mask_collator
 from .optim import FusedAdamWEMA, build_optimizer, clip_gradients, clipping_active
+from .preflight import PreflightError, config_changes, plan_pretrain_start, pretrain_problems
 from . import kernels
 from .schedules import Schedules
 
@@ -82,8 +92,9 @@ class SyntheticClips:
     """Random normalised clips generated on the device, reproducible per (seed, rank, step).
     Used by the benchmarks and tests, where decoding must not be what is measured."""
 
-    def __init__(self, batch_size: int, num_frames: int, crop_size: int, device, seed: int = 0, rank: int = 0):
-        self.shape = (batch_size, 3, num_frames, crop_size, crop_size)
+    def __init__(self, batch_size: int, num_frames: int, crop_size: int, device, seed: int = 0, rank: int = 0,
+                 channels: int = 3):
+        self.shape = (batch_size, channels, num_frames, crop_size, crop_size)
         self.device, self.seed, self.rank = torch.device(device), seed, rank
 
     def __call__(self, step: int) -> torch.Tensor:
@@ -108,6 +119,8 @@ def build_model_from_config(cfg: PretrainConfig):
         overrides["embed_dim"] = m.embed_dim
     if m.depth is not None:
         overrides["depth"] = m.depth
+    if m.in_chans != 3:
+        overrides["in_chans"] = m.in_chans
     return build_vjepa(
         m.model_name, crop_size=d.crop_size, patch_size=d.patch_size, num_frames=d.num_frames,
         tubelet_size=d.tubelet_size, uniform_power=m.uniform_power, pred_depth=m.pred_depth,
@@ -462,10 +475,12 @@ class TrainStep:
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class FitResult:
+    """What :meth:`Trainer.fit` did. ``checkpoint``: the file this run wrote (None if it wrote none,
+    e.g. on ranks other than 0); ``log``: its CSV log."""
     steps: int
     final_loss: float
     first_loss: float
-    checkpoint: str
+    checkpoint: str | None
     log: str
     seconds: float
     clips_per_second: float = math.nan
@@ -489,11 +504,17 @@ class Trainer:
     world size, device); without it ``rank``/``world_size``/``device`` (defaults: 0, 1,
     ``meta.device``). ``source``: a callable ``step -> clips`` on the device; default: decoded videos
     (:class:`~vjepa_fast.data.VideoClipSource`), or synthetic clips when ``data.synthetic``.
+
+    Before anything is built, :func:`~vjepa_fast.preflight.pretrain_problems` checks the device, the
+    index files and how the run starts (resume, ``meta.init_from``, an existing run in
+    ``logging.folder``); a :class:`~vjepa_fast.preflight.PreflightError` lists every problem.
+    ``preflight=False`` skips that (callers that checked already, or build a trainer to inspect it).
     """
 
     def __init__(self, cfg: PretrainConfig, *, rank: int | None = None, world_size: int | None = None,
                  loader_len: int | None = None, out: Callable[[str], None] | None = None,
-                 dist: DistInfo | None = None, device: torch.device | str | None = None, source=None):
+                 dist: DistInfo | None = None, device: torch.device | str | None = None, source=None,
+                 preflight: bool = True):
         self.cfg = cfg
         self.rank = dist.rank if dist is not None else (rank or 0)
         self.world_size = dist.world_size if dist is not None else (world_size or 1)
@@ -505,6 +526,10 @@ class Trainer:
             self.device = resolve_device(cfg.meta.device)
         self.out = out or (lambda s: print(s, flush=True))
         self.is_main = self.rank == 0
+        if preflight:
+            problems = pretrain_problems(cfg, world_size=self.world_size, own_source=source is None)
+            if problems:
+                raise PreflightError(problems, f"pretraining ({cfg.logging.folder})")
         apply_runtime_settings(cfg)
         torch.manual_seed(cfg.meta.seed)
         self.dtype = DTYPES[cfg.meta.dtype]
@@ -514,7 +539,8 @@ class Trainer:
         self.owns_source = source is None
         if source is None:
             if d.synthetic:
-                source = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank)
+                source = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank,
+                                        channels=cfg.model.in_chans)
             else:
                 from .data import VideoClipSource  # noqa: PLC0415
 
@@ -552,6 +578,11 @@ class Trainer:
                                  target_copy=self.target_copy, fsdp=self.parallel == "fsdp")
         self.step = 0
         self._peak = None  # resolved lazily (a measured matmul costs a moment)
+        # The record of what the weights were trained with: one entry per stretch of steps run under
+        # one config (a resume with other settings adds one), and the checkpoint a run started from.
+        self.config_history: list[dict] = []
+        self.init_info: dict | None = None
+        self._start_step = 0
 
     # -- compile hook ----------------------------------------------------------------------------
     def _compile(self) -> None:
@@ -585,7 +616,10 @@ class Trainer:
         extra = {
             "step": self.step, "schedules": self.schedules.state_dict(), "masks": self.masks.state_dict(),
             "config": self.cfg.to_dict(), "torch_rng": torch.get_rng_state(), "world_size": self.world_size,
+            "config_history": self._history(),
         }
+        if self.init_info is not None:
+            extra["init_from"] = self.init_info
         if hasattr(self.source, "state_dict"):
             extra["data"] = self.source.state_dict()
         if self.device.type == "cuda":
@@ -623,13 +657,35 @@ class Trainer:
         if self.is_main:
             atomic_save(state, path)
 
-    def resume(self, path: str | os.PathLike) -> None:
-        ckpt = read_checkpoint(path)
+    def _history(self) -> list[dict]:
+        """:attr:`config_history` with this run's config appended when it differs from the last entry."""
+        now = self.cfg.to_dict()
+        if self.config_history and self.config_history[-1]["config"] == now:
+            return self.config_history
+        return [*self.config_history, {"from_step": self._start_step, "config": now}]
+
+    def resume(self, path: str | os.PathLike, ckpt: dict | None = None) -> None:
+        """Continue from ``path`` (``ckpt``: its contents, if already read): weights, optimizer,
+        schedules, masks, data position, RNG states and step. Refuses a file without a pretraining
+        model, and one whose stored geometry, model or masks differ from the config (unless
+        ``meta.allow_resume_changes``)."""
+        ckpt = read_checkpoint(path) if ckpt is None else ckpt
+        bad = not_pretraining_checkpoint(ckpt, str(path), "meta.load_checkpoint")
+        if bad:
+            raise CheckpointError(bad)
         extra = ckpt.get("vjepa_fast")
+        allow = self.cfg.meta.allow_resume_changes
+        saved = (extra or {}).get("config")
+        if saved is not None and not allow:
+            changes = config_changes(saved, self.cfg.to_dict())
+            if changes:
+                raise CheckpointError(f"{path} was trained with other settings: {'; '.join(changes)} "
+                                      "(meta.allow_resume_changes=true accepts them)")
         if self.parallel == "fsdp":
             self._load_fsdp(ckpt)
         else:
-            load_vjepa_checkpoint(self.model, ckpt)
+            # A pos_embed of another size is a geometry change: refused unless accepted.
+            load_vjepa_checkpoint(self.model, ckpt, source=str(path), keep_resized_pos_embed=allow)
             if ckpt.get("opt"):
                 if extra and extra.get("opt_format") == "fsdp_fqn":
                     raise ValueError(f"{path}: optimizer state was written by an FSDP run; resume with meta.parallel=fsdp")
@@ -638,6 +694,11 @@ class Trainer:
             self.target_copy.refresh()  # the target was loaded in place, behind the copy's back
         if extra:
             self.step = int(extra["step"])
+            history = extra.get("config_history")
+            if history is None and saved is not None:  # written before histories were kept
+                history = [{"from_step": 0, "config": saved}]
+            self.config_history = list(history or [])
+            self.init_info = extra.get("init_from")
             self.schedules.load_state_dict(extra["schedules"])
             self.masks.load_state_dict(extra["masks"])
             torch.set_rng_state(extra["torch_rng"])
@@ -657,6 +718,31 @@ class Trainer:
             self.step = int(ckpt["epoch"]) * self.ipe
             self.schedules.load_state_dict({"iteration": self.step})
             self.masks.load_state_dict({"step": self.step})
+        self._start_step = self.step
+
+    def init_from(self, path: str | os.PathLike, ckpt: dict | None = None) -> None:
+        """Start from the encoder, predictor and target weights of the pretraining checkpoint ``path``
+        (``ckpt``: its contents, if already read), at step 0: optimizer, schedules, masks and data
+        order stay fresh. The clip size and frame count may differ from the checkpoint's (the model
+        keeps the sin-cos positions of its own size); every other shape must match."""
+        ckpt = read_checkpoint(path) if ckpt is None else ckpt
+        bad = not_pretraining_checkpoint(ckpt, str(path), "meta.init_from")
+        if bad:
+            raise CheckpointError(bad)
+        if self.parallel == "fsdp":
+            self._load_fsdp({k: ckpt[k] for k in ("encoder", "predictor", "target_encoder")})
+        else:
+            try:
+                load_vjepa_checkpoint(self.model, ckpt, source=str(path))
+            except CheckpointError as e:
+                raise CheckpointError(f"meta.init_from: {e}") from None
+        if self.target_copy is not None:
+            self.target_copy.refresh()
+        extra = ckpt.get("vjepa_fast") or {}
+        self.init_info = {"path": str(path), "step": checkpoint_step(ckpt, None),
+                          "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
+                          "config_history": extra.get("config_history")
+                          or ([{"from_step": 0, "config": extra["config"]}] if "config" in extra else [])}
 
     def _load_fsdp(self, ckpt: dict) -> None:
         from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
@@ -691,19 +777,36 @@ class Trainer:
         clips on the device; by default the trainer's source (videos or synthetic)."""
         cfg, d = self.cfg, self.cfg.data
         folder = Path(cfg.logging.folder)
-        folder.mkdir(parents=True, exist_ok=True)
         latest = Path(cfg.latest_checkpoint_path)
-        if cfg.meta.load_checkpoint:
-            src = folder / cfg.meta.read_checkpoint if cfg.meta.read_checkpoint else latest
-            self.resume(src)
-            if self.is_main:
-                self.out(f"resumed from {src} at step {self.step}")
-        source = clips_for_step if clips_for_step is not None else self.source
         total = cfg.total_steps(self.ipe)
+        # Checked again with the exact ipe (the start-up check estimates it from the index files).
+        plan = plan_pretrain_start(cfg, self.ipe, total)
+        if plan.problems:
+            raise PreflightError(plan.problems, f"pretraining ({cfg.logging.folder})")
+        if plan.kind == "resume":
+            self.resume(plan.path, plan.ckpt)
+            if self.is_main:
+                self.out(f"resumed from {plan.path} at step {self.step}")
+        elif plan.kind == "init":
+            self.init_from(plan.path, plan.ckpt)
+            if self.is_main:
+                self.out(f"meta.init_from: encoder, predictor and target weights of {plan.path} "
+                         f"(its step {self.init_info['step'] if self.init_info['step'] is not None else '?'}); "
+                         "step 0 with a fresh optimizer, schedules, masks and data order")
+        if self.is_main:
+            for note in plan.notes:
+                self.out(f"note: {note}")
+        if self.step >= total:  # the plan refuses this; here for callers that set the step themselves
+            raise PreflightError([f"the run is at step {self.step} of {total}: nothing to train"], "pretraining")
+        folder.mkdir(parents=True, exist_ok=True)
+        source = clips_for_step if clips_for_step is not None else self.source
+        # An image model (num_frames 1) takes [B, C, H, W]; the clip sources give one-frame clips.
+        image_model = not self.model.encoder.is_video
         log_path = Path(cfg.log_path(self.rank))
         writer = log_file = tb = None
+        wrote_checkpoint = False
         if self.is_main:
-            cfg.save_yaml(folder / "params-pretrain.yaml")
+            self._save_params(folder)
             log_file = self._open_log(log_path)
             writer = csv.writer(log_file)
             tb = self._tensorboard(folder)
@@ -720,6 +823,8 @@ class Trainer:
                 itr = self.step
                 t_data = time.perf_counter()
                 clips = source(itr)
+                if image_model and clips.dim() == 5:
+                    clips = clips[:, :, 0]
                 B = clips.shape[0] // self.num_clips
                 masks_enc, masks_pred = self.masks.sample(B, itr)
                 flops_window += self.flop_model.step_flops(
@@ -771,6 +876,7 @@ class Trainer:
                     flops_window = data_s_window = 0.0
                 if epoch_done or self.step == total:
                     self.save(latest, last_loss)
+                    wrote_checkpoint = self.is_main
                     if epoch_done:
                         self._periodic_checkpoint(folder, last_loss)
         finally:
@@ -781,7 +887,30 @@ class Trainer:
             if self.owns_source and hasattr(self.source, "close"):
                 self.source.close()
         seconds = time.perf_counter() - t0
-        return FitResult(self.step, last_loss, first_loss, str(latest), str(log_path), seconds, rate)
+        return FitResult(self.step, last_loss, first_loss, str(latest) if wrote_checkpoint else None, str(log_path),
+                         seconds, rate)
+
+    def _save_params(self, folder: Path) -> None:
+        """Write ``params-pretrain.yaml``. On a resume whose config differs from the one there, that
+        file is the record of what the checkpoint was trained with: it is kept, renamed
+        ``params-pretrain.before-step{N}.yaml``, never overwritten."""
+        path = folder / "params-pretrain.yaml"
+        now = self.cfg.to_dict()
+        if self.step > 0 and path.is_file():
+            try:
+                before = yaml.safe_load(path.read_text())
+            except (OSError, yaml.YAMLError):
+                before = None
+            if before != now:
+                keep = folder / f"params-pretrain.before-step{self.step}.yaml"
+                n = 1
+                while keep.exists():
+                    keep = folder / f"params-pretrain.before-step{self.step}.{n}.yaml"
+                    n += 1
+                os.replace(path, keep)
+                self.out(f"note: the config differs from the one this run was trained with so far; "
+                         f"that one is kept as {keep}")
+        self.cfg.save_yaml(path)
 
     # -- logging helpers -------------------------------------------------------------------------
     def _open_log(self, log_path: Path):
@@ -849,7 +978,13 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, out: Callable[[str], None] | None = None) -> FitResult:
     """Run a pretraining config: single process, or one process per GPU under ``torchrun``
-    (DDP, or FSDP2 with ``meta.parallel: fsdp``). Returns the :class:`FitResult` (on every rank)."""
+    (DDP, or FSDP2 with ``meta.parallel: fsdp``). Returns the :class:`FitResult` (on every rank).
+    Raises :class:`~vjepa_fast.preflight.PreflightError` before any work when the run cannot start."""
+    from .preflight import device_problems  # noqa: PLC0415
+
+    problems = device_problems(cfg.meta.device)  # before init_distributed binds the device
+    if problems:
+        raise PreflightError(problems, f"pretraining ({cfg.logging.folder})")
     info = init_distributed(cfg.meta.device)
     try:
         result = Trainer(cfg, dist=info, out=out).fit()
