@@ -32,8 +32,17 @@ def test_preset_parameter_counts(name, millions):
 
 
 def test_presets_cover_official_names():
-    assert set(VIT_PRESETS) == {"vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_gigantic"}
+    v1 = {"vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_gigantic"}
+    v2 = {"vit_giant_xformers", "vit_gigantic_xformers", "vit_large_rope", "vit_huge_rope", "vit_giant_rope",
+          "vit_giant_xformers_rope", "vit_synthetic"}
+    assert set(VIT_PRESETS) == v1 | v2
     assert VIT_PRESETS["vit_huge"]["embed_dim"] // VIT_PRESETS["vit_huge"]["num_heads"] == 80
+    # The released ViT-g: 1408 wide, 40 layers, 22 heads of 64 (reference §8.1), MLP 6144.
+    g = VIT_PRESETS["vit_giant_xformers"]
+    assert (g["embed_dim"], g["depth"], g["num_heads"], int(g["embed_dim"] * g["mlp_ratio"])) == (1408, 40, 22, 6144)
+    assert all(VIT_PRESETS[n].get("use_rope") for n in v2 if n.endswith("_rope"))
+    # V1 names come first: looking a preset up by width (probe.py) still finds the V1 model.
+    assert list(VIT_PRESETS)[:7] == ["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_gigantic"]
 
 
 def test_sincos_tables_match_official_checkpoint():

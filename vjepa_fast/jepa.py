@@ -1,5 +1,12 @@
 """The V-JEPA objective: context encoder + predictor regress the layer-normed features of an EMA
-target encoder at masked positions, with an L1 loss (official V1 semantics)."""
+target encoder at masked positions, with an L1 loss.
+
+:meth:`VJEPA.forward` has the official V1 semantics (one clip batch, one list of masks; mask config
+i uses mask token i). :meth:`VJEPA.forward_groups` has V2's (facebookresearch/vjepa2
+``app/vjepa/train.py`` with ``MultiSeqWrapper`` / ``PredictorMultiSeqWrapper``): a batch is a list of
+clip-length groups, each with its own list of mask configs; every mask config of group g uses mask
+token g; the loss is the mean of the per-(group, mask config) terms (:func:`jepa_loss_groups`).
+"""
 from __future__ import annotations
 
 import copy
@@ -153,6 +160,30 @@ class VJEPA(nn.Module):
             check_clips(self, clips)
         return self.target_encoder(clips)
 
+    def forward_groups(
+        self, clips: Sequence[torch.Tensor], masks_enc: Sequence[Sequence[torch.Tensor]],
+        masks_pred: Sequence[Sequence[torch.Tensor]],
+    ) -> JEPAGroupsOutput:
+        """The V2 objective on one multi-length batch. ``clips[g]``: the clips of clip-length group g,
+        ``[B_g, C, T_g, H, W]`` (groups as the V2 collator returns them: the lengths present in the
+        batch, in ``dataset_fpcs`` order); ``masks_enc[g][i]`` / ``masks_pred[g][i]``: int64
+        ``[B_g, K]`` context / target token ids of mask config i. Group g uses mask token
+        ``g % num_mask_tokens`` for all of its mask configs (official ``PredictorMultiSeqWrapper``).
+        Runs eagerly (``compiled_student`` is V1's signature); ``pack_context`` and
+        ``sparse_patch_embed`` apply per group."""
+        _check_groups(clips, masks_enc, masks_pred)
+        if self.reg_coeff:
+            raise ValueError(f"reg_coeff={self.reg_coeff}: the V2 objective has no regulariser")
+        targets, contexts, preds = [], [], []
+        for g, (c, me, mp) in enumerate(zip(clips, masks_enc, masks_pred)):
+            with torch.no_grad():
+                targets.append(self.target_encoder(c))
+            ctx = self.encoder.forward_masks(c, me, packed=self.pack_context, sparse_embed=self.sparse_patch_embed)
+            contexts.append(ctx)
+            preds.append(self.predictor.forward_masks(ctx, me, mp, packed=self.pack_context, mask_indices=[g] * len(me)))
+        loss = jepa_loss_groups(preds, targets, masks_pred, self.loss_exp)
+        return JEPAGroupsOutput(loss, preds, contexts, targets)
+
     def forward_context(
         self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -198,6 +229,62 @@ class VJEPA(nn.Module):
         return JEPAOutput(loss, loss_jepa, loss_reg, list(preds), list(ctx), h)
 
 
+def jepa_loss_groups(
+    preds: Sequence[Sequence[torch.Tensor]], hs: Sequence[torch.Tensor],
+    masks_pred: Sequence[Sequence[torch.Tensor]], loss_exp: float = 1.0,
+) -> torch.Tensor:
+    """The V2 loss: mean over all (group g, mask config i) pairs, groups first, of
+    ``mean(|preds[g][i] − LN(hs[g])[masks_pred[g][i]]|^p)/p`` (``hs[g]``: the raw target-encoder output
+    [B_g, N_g, D] of group g). Every group weighs the same whatever its size (official
+    ``train.py`` ``loss_fn``). For one group this is :func:`jepa_loss`."""
+    if not (len(preds) == len(hs) == len(masks_pred)) or not preds:
+        raise ValueError(f"{len(preds)} prediction groups, {len(hs)} target groups, {len(masks_pred)} mask groups "
+                         "(one of each per clip-length group, at least one)")  # fmt: skip
+    total, n = 0.0, 0
+    for g, (zs, h, ms) in enumerate(zip(preds, hs, masks_pred)):
+        if len(zs) != len(ms):
+            raise ValueError(f"group {g}: {len(zs)} predictions for {len(ms)} target masks")
+        for z, m in zip(zs, ms):
+            if loss_exp == 1.0:
+                total = total + kernels.masked_l1_loss(z, h, m)
+            else:
+                t = gather_tokens(normalize_targets(h), m)
+                total = total + torch.mean(torch.abs(z - t) ** loss_exp) / loss_exp
+            n += 1
+    return total / n
+
+
+@dataclass
+class JEPAGroupsOutput:
+    """:meth:`VJEPA.forward_groups`: ``preds[g][i]`` / ``context[g][i]`` per group and mask config,
+    ``targets[g]`` the raw target-encoder output of group g."""
+
+    loss: torch.Tensor
+    preds: list[list[torch.Tensor]]
+    context: list[list[torch.Tensor]]
+    targets: list[torch.Tensor]
+
+
+def _check_groups(clips, masks_enc, masks_pred) -> None:
+    if not all(isinstance(v, (list, tuple)) for v in (clips, masks_enc, masks_pred)):
+        raise ValueError("forward_groups takes lists over clip-length groups: clips [G] of [B_g, C, T_g, H, W] "
+                         "tensors, masks_enc / masks_pred [G] lists of int64 [B_g, K] tensors per mask config")
+    if not clips or not (len(clips) == len(masks_enc) == len(masks_pred)):
+        raise ValueError(f"{len(clips)} clip groups, {len(masks_enc)} context-mask groups, {len(masks_pred)} "
+                         "target-mask groups: one of each per clip-length group, at least one")  # fmt: skip
+    for g, (c, me, mp) in enumerate(zip(clips, masks_enc, masks_pred)):
+        if not isinstance(c, torch.Tensor):
+            raise ValueError(f"clips[{g}] must be a tensor [B, C, T, H, W], got {type(c).__name__}")
+        if not isinstance(me, (list, tuple)) or not isinstance(mp, (list, tuple)) or not me or len(me) != len(mp):
+            raise ValueError(f"group {g}: masks_enc[{g}] and masks_pred[{g}] must be equally long non-empty lists "
+                             "of int64 [B, K] tensors, one per mask config")  # fmt: skip
+        for name, ms in (("masks_enc", me), ("masks_pred", mp)):
+            for i, m in enumerate(ms):
+                if not isinstance(m, torch.Tensor) or m.dtype != torch.int64 or m.dim() != 2 or m.shape[0] != c.shape[0]:
+                    got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+                    raise ValueError(f"{name}[{g}][{i}] must be int64 [B={c.shape[0]}, K], got {got}")
+
+
 def build_vjepa(
     model_name: str = "vit_large",
     *,
@@ -215,20 +302,44 @@ def build_vjepa(
     reg_coeff: float = 0.0,
     pack_context: bool = False,
     sparse_patch_embed: bool = False,
+    use_rope: bool | None = None,
+    depth_rescale: bool = False,
+    use_silu: bool = False,
+    use_pred_silu: bool = False,
+    wide_silu: bool = True,
+    drop_path_rate: float = 0.0,
+    activation_checkpointing: int | bool = 0,
+    rope_angle_dtype: str = "activation",
     **encoder_overrides,
 ) -> VJEPA:
     """Encoder (preset + overrides such as ``embed_dim``/``depth``/``num_heads``), predictor and target,
-    initialised as the official V1 ``init_video_model`` leaves them. ``pack_context`` and
-    ``sparse_patch_embed``: see :class:`VJEPA`."""
+    initialised as the official ``init_video_model`` leaves them. ``pack_context`` and
+    ``sparse_patch_embed``: see :class:`VJEPA`.
+
+    V1 defaults. A V-JEPA 2 model (``app/vjepa/utils.py:init_video_model`` of vjepa2): ``use_rope=True``
+    (None: the preset's, False for the plain names; encoder and predictor), ``depth_rescale=True``
+    (V2 keeps the constructor's depth rescale), ``pred_num_heads`` (V2 sets the predictor's heads
+    itself), ``num_mask_tokens = len(mask configs) · len(dataset_fpcs)``; ``use_silu`` (encoder) and
+    ``use_pred_silu`` (predictor) with ``wide_silu`` select SwiGLU; ``drop_path_rate`` applies to the
+    encoder only (the official predictor is built without it); ``activation_checkpointing``
+    (True or a block count) to both; ``rope_angle_dtype`` see :mod:`vjepa_fast.rope`."""
+    if use_rope is not None:
+        encoder_overrides["use_rope"] = use_rope
     encoder = build_encoder(
         model_name, img_size=crop_size, patch_size=patch_size, num_frames=num_frames,
-        tubelet_size=tubelet_size, uniform_power=uniform_power, **encoder_overrides,
+        tubelet_size=tubelet_size, uniform_power=uniform_power, depth_rescale=depth_rescale, use_silu=use_silu,
+        wide_silu=wide_silu, drop_path_rate=drop_path_rate, activation_checkpointing=activation_checkpointing,
+        rope_angle_dtype=rope_angle_dtype, **encoder_overrides,
     )
+    if isinstance(activation_checkpointing, int) and not isinstance(activation_checkpointing, bool):
+        activation_checkpointing = min(activation_checkpointing, pred_depth)
     predictor = VisionTransformerPredictor(
         img_size=crop_size, patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
         embed_dim=encoder.embed_dim, predictor_embed_dim=pred_embed_dim, depth=pred_depth,
         num_heads=pred_num_heads or encoder.num_heads, uniform_power=uniform_power,
         num_mask_tokens=num_mask_tokens, zero_init_mask_tokens=zero_init_mask_tokens,
+        depth_rescale=depth_rescale, use_rope=encoder.use_rope, rope_angle_dtype=rope_angle_dtype,
+        use_silu=use_pred_silu, wide_silu=wide_silu, activation_checkpointing=activation_checkpointing,
     )
     return VJEPA(
         encoder, predictor, loss_exp=loss_exp, reg_coeff=reg_coeff,

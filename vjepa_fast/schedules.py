@@ -1,7 +1,14 @@
-"""Official V-JEPA schedules: warmup-cosine lr, cosine weight-decay *increase*, linear EMA momentum.
+"""Official V-JEPA schedules: warmup-cosine lr, cosine weight-decay *increase*, linear EMA momentum,
+and V-JEPA 2's cooldown lr (linear decay).
 
-All three are pure functions of the iteration number, wrapped in one stateful object whose only
-state is that number, so resuming is exact and fast-forwarding is free.
+All are pure functions of the iteration number, wrapped in one stateful object whose only state is
+that number, so resuming is exact and fast-forwarding is free.
+
+V-JEPA 2 (vjepa2 ``src/utils/schedulers.py``, ``configs/train/*``) uses the same classes: its
+pretraining sets ``final_lr = lr`` (linear warmup, then constant), ``final_weight_decay =
+weight_decay`` and ``ema: [m, m]`` (both constant); its cooldown (``is_anneal: true``) replaces the lr
+schedule by :class:`LinearDecayLR` over ``T_max = int(ipe_scale·epochs·ipe)``, with constant wd and
+EMA.
 """
 from __future__ import annotations
 
@@ -28,6 +35,19 @@ class WarmupCosineLR:
         progress = (s - self.warmup_steps) / max(1, self.T_max - self.warmup_steps)
         cos = self.final_lr + (self.ref_lr - self.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return max(self.final_lr, cos)
+
+
+@dataclass(frozen=True)
+class LinearDecayLR:
+    """V2 cooldown lr at iteration s >= 1: ``ref_lr + (s / T_max)·(final_lr − ref_lr)``, no warmup
+    and no clamp (official ``LinearDecaySchedule``; the released cooldowns stop at 0.8·T_max)."""
+
+    ref_lr: float
+    final_lr: float
+    T_max: int
+
+    def __call__(self, s: int) -> float:
+        return self.ref_lr + (s / max(1, self.T_max)) * (self.final_lr - self.ref_lr)
 
 
 @dataclass(frozen=True)
@@ -79,11 +99,14 @@ class Schedules:
         weight_decay: float = 0.04,
         final_weight_decay: float = 0.4,
         ema: tuple[float, float] = (0.998, 1.0),
+        anneal: bool = False,
     ):
+        """``anneal``: the V2 cooldown lr (:class:`LinearDecayLR` from ``lr`` to ``final_lr``;
+        ``warmup`` and ``start_lr`` are then unused), as the official ``is_anneal``."""
         if ipe < 1 or epochs < 1:
             raise ValueError(f"ipe and epochs must be >= 1, got ipe={ipe}, epochs={epochs}")
         t_max = int(ipe_scale * epochs * ipe)
-        self.lr = WarmupCosineLR(int(warmup * ipe), start_lr, lr, final_lr, t_max)
+        self.lr = LinearDecayLR(lr, final_lr, t_max) if anneal else WarmupCosineLR(int(warmup * ipe), start_lr, lr, final_lr, t_max)
         self.wd = CosineWD(weight_decay, final_weight_decay, t_max)
         self.ema = LinearMomentum(ema[0], ema[1], ipe * epochs * ipe_scale)
         self.iteration = 0
@@ -91,11 +114,12 @@ class Schedules:
     @classmethod
     def from_config(cls, opt, ipe: int | None = None) -> "Schedules":
         """From an ``optimization`` config section (official key names); ``ipe`` overrides
-        ``opt.ipe`` (the official fallback when ipe is null is the loader length)."""
+        ``opt.ipe`` (the official fallback when ipe is null is the loader length). A section with a
+        true ``is_anneal`` (V2 cooldown) gets the linear-decay lr."""
         return cls(
             ipe=ipe if ipe is not None else opt.ipe, epochs=opt.epochs, ipe_scale=opt.ipe_scale, warmup=opt.warmup, start_lr=opt.start_lr,
             lr=opt.lr, final_lr=opt.final_lr, weight_decay=opt.weight_decay,
-            final_weight_decay=opt.final_weight_decay, ema=tuple(opt.ema),
+            final_weight_decay=opt.final_weight_decay, ema=tuple(opt.ema), anneal=bool(getattr(opt, "is_anneal", False)),
         )
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
