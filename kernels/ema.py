@@ -29,6 +29,7 @@ step (momentum, lr, step, gradient addresses) changes a compiled variant: it is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence
@@ -723,15 +724,22 @@ def _spec(p: torch.Tensor, dtype: torch.dtype = torch.float32, address: int = 0)
     return TensorSpec(tuple(p.shape), dtype, address=address)
 
 
+@functools.lru_cache(maxsize=None)
+def _meta_model(model_name: str) -> torch.nn.Module:
+    """``build_vjepa(model_name)`` on the meta device: the real parameter list, no memory."""
+    from vjepa_fast.jepa import build_vjepa  # the kernels package itself does not depend on the model
+
+    with torch.device("meta"):
+        return build_vjepa(model_name)
+
+
 def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[LaunchPlan]:
     """The multi-tensor launches of one training step of ``model_name`` (16x224x224 clips, patch 16,
     tubelet 2, predictor depth 12 / width 384), planned from the real parameter list (built on the
     meta device) as :class:`~vjepa_fast.optim.FusedAdamWEMA` and ``TrainStep.ema`` issue them."""
-    from vjepa_fast.jepa import build_vjepa  # the kernels package itself does not depend on the model
     from vjepa_fast.optim import param_groups
 
-    with torch.device("meta"):
-        model = build_vjepa(model_name)
+    model = _meta_model(model_name)
     enc = list(model.encoder.parameters())
     tgt = list(model.target_encoder.parameters())
     target_of = {id(s): t for s, t in zip(enc, tgt)}
@@ -748,23 +756,30 @@ def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[L
     n_pred = sum(p.numel() for _, p in buckets[False])
     plans: list[LaunchPlan] = []
 
-    def adamw(bucket, ema_dtype: Optional[torch.dtype], label: str) -> None:
+    def adamw(bucket, ema_dtype: Optional[torch.dtype], label: str, grad_at: int = 0, group: str = "") -> None:
         used = sorted({gi for gi, _ in bucket})
         ps = [_spec(p) for _, p in bucket]
+        gs = [_spec(p, address=grad_at * (i + 1)) for i, (_, p) in enumerate(bucket)]
         ema = [_spec(p, ema_dtype) for _, p in bucket] if ema_dtype is not None else []
-        plans.extend(plan_fused_adamw_ema(ps, ps, ps, ps, ema, [used.index(gi) for gi, _ in bucket], device,
-                                          label=label))  # fmt: skip
+        for plan in plan_fused_adamw_ema(ps, gs, ps, ps, ema, [used.index(gi) for gi, _ in bucket], device,
+                                         label=label):  # fmt: skip
+            plans.append(dataclasses.replace(plan, group=group))
 
-    adamw(buckets[True], torch.float32, f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)")
+    # Gradients set to None each step may come back at other (allocator-aligned) addresses: new
+    # table contents, the same compiled variant.
+    for at in (0, 512):
+        adamw(buckets[True], torch.float32, f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)"
+              + (", gradients moved" if at else ""), grad_at=at, group=f"{short} AdamW+EMA gradient addresses")
     adamw(buckets[False], None, f"{short} predictor AdamW fp32, {n_pred / 1e6:.1f}M (fused step)")
     adamw(buckets[True], torch.bfloat16, f"{short} encoder AdamW fp32 + EMA into bf16 targets")
     src = [_spec(s) for _, s in frozen]
     plans.extend(plan_fused_ema([_spec(t) for t, _ in frozen], src, device,
                                 label=f"{short} frozen pos_embed EMA fp32 (fused step)"))  # fmt: skip
     all_t, all_s = [_spec(t) for t in tgt], [_spec(s) for s in enc]
-    for m in (0.998, 1.0):  # the momentum schedule's ends: runtime data, one compiled variant
-        for plan in plan_fused_ema(all_t, all_s, device, label=f"{short} encoder EMA fp32, m={m} (unfused step)"):
-            plans.append(dataclasses.replace(plan, args=(*plan.args[:6], m, 1 - m), group=f"{short} EMA momentum"))
+    for plan in plan_fused_ema(all_t, all_s, device):
+        for m in (0.998, 1.0):  # the momentum schedule's ends: runtime data, one compiled variant
+            plans.append(dataclasses.replace(plan, args=(*plan.args[:6], m, 1 - m), group=f"{short} EMA momentum",
+                                             label=f"{short} encoder EMA fp32, m={m} (unfused step)"))  # fmt: skip
     n_all = sum(p.numel() for p in enc)
     flat = [TensorSpec((-(-n_all // 16) * 16,), torch.float32)]
     plans.extend(plan_fused_ema(flat, flat, device, label=f"{short} encoder EMA fp32, FlatParams buffer"))
@@ -783,10 +798,7 @@ def aot_plans() -> list[LaunchPlan]:
         plans.extend(_vjepa_step_plans(name, short, device))
     # The fallback (tensors the host could not prove 16-byte aligned, e.g. views 4 bytes in): scalar
     # accesses by design. ViT-L's encoder list with every source shifted by one fp32 element.
-    from vjepa_fast.jepa import build_vjepa
-
-    with torch.device("meta"):
-        enc = list(build_vjepa("vit_large").encoder.parameters())
+    enc = list(_meta_model("vit_large").encoder.parameters())
     plans.extend(plan_fused_ema([_spec(p) for p in enc], [_spec(p, address=4) for p in enc], device,
                                 label="ViT-L encoder EMA fp32, unaligned sources (scalar fallback)"))  # fmt: skip
     return plans

@@ -2,7 +2,11 @@
 import pytest
 import torch
 
-from vjepa_fast.kernels import FlatParams, fused_adamw_ema_, fused_ema_, reference
+from vjepa_fast.kernels import INTERPRET, FlatParams, fused_adamw_ema_, fused_ema_, reference
+from vjepa_fast.kernels.dispatch import tl
+from vjepa_fast.kernels.ema import adamw_ema_coefficients, plan_fused_adamw_ema, plan_fused_ema
+from vjepa_fast.kernels.multi_tensor import MultiTensorTables, n_chunks, tables_to
+from vjepa_fast.kernels.plan import DeviceSpec, TensorSpec
 from vjepa_fast.kernels.testing import assert_ema_close, kernel_test_device
 
 DEVICE = kernel_test_device()
@@ -210,3 +214,180 @@ def test_fused_adamw_ema_vit_l_block_shapes():
     for a, b, e, r in zip(params, ref_params, ema, ref_ema):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(e, r, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: tables, alignment classes, the GPU configuration (run in the interpreter), plan cache
+
+
+def _interval_cover(tables, n_tensors):
+    """Per tensor, the sorted (start, count) of its programs."""
+    out = [[] for _ in range(n_tensors)]
+    for t, s, c in zip(tables.chunk_tensor.tolist(), tables.chunk_start.tolist(), tables.chunk_count.tolist()):
+        out[t].append((s, c))
+    return [sorted(x) for x in out]
+
+
+@pytest.mark.parametrize("chunk", [512, 4096])
+def test_tables_cover_every_element_once(chunk):
+    sizes = [1, 511, 512, 513, 4096 * 3 + 8, 70_001]
+    specs = [TensorSpec((n,), torch.float32, address=1024 * i) for i, n in enumerate(sizes)]
+    tables = MultiTensorTables.build([specs, specs], [i % 2 for i in range(len(sizes))], chunk)
+    assert tables.chunk_tensor.dtype == tables.chunk_count.dtype == tables.chunk_start.dtype == torch.int32
+    assert tables.addrs[0].tolist() == [1024 * i for i in range(len(sizes))]
+    assert tables.group.tolist() == [i % 2 for i in range(len(sizes))]
+    for n, runs in zip(sizes, _interval_cover(tables, len(sizes))):
+        assert [s for s, _ in runs] == list(range(0, n, chunk))  # chunk starts: multiples of CHUNK
+        assert all(0 < c <= chunk for _, c in runs) and sum(c for _, c in runs) == n
+    for row in tables.rows():  # every table row starts 16-byte aligned: one pointer specialisation
+        assert row.data_ptr() % 16 == 0
+
+
+def test_tables_switch_to_int64_starts_only_for_huge_tensors():
+    huge = [TensorSpec((2**31 + 5,), torch.bfloat16)]
+    tables = MultiTensorTables.build([huge], [0], 1 << 14)
+    assert tables.chunk_start.dtype == torch.int64 and tables.chunk_count.dtype == torch.int32
+    assert int(tables.chunk_start[-1]) + int(tables.chunk_count[-1]) == 2**31 + 5
+
+
+def test_planner_splits_by_alignment_and_dtype():
+    """ALIGNED launches (128-bit hints) get only tensors whose every base is 16-byte aligned and whose
+    size is a multiple of the 16-byte vector; the rest go to the scalar launch."""
+    gpu = DeviceSpec(interpret=False)
+    f32, bf16 = torch.float32, torch.bfloat16
+    targets = [TensorSpec((1024,), f32), TensorSpec((1022,), f32), TensorSpec((1024,), f32, address=4),
+               TensorSpec((4096,), bf16), TensorSpec((1028,), bf16)]  # fmt: skip
+    sources = [TensorSpec(t.shape, t.dtype) for t in targets]
+    plans = plan_fused_ema(targets, sources, gpu)
+    got = {}
+    for p in plans:
+        n_t = int(p.args[2].max()) + 1
+        got[(p.constexprs["T_DTYPE"], p.constexprs["ALIGNED"])] = (n_t, p.constexprs["VEC"], p.constexprs["BLOCK"])
+        assert p.vector_loads == p.vector_stores == p.constexprs["ALIGNED"]
+        assert p.constexprs["CHUNK"] % p.constexprs["BLOCK"] == 0
+    assert got == {(tl.float32, True): (1, 4, 512), (tl.float32, False): (2, 4, 512),
+                   (tl.bfloat16, True): (1, 8, 1024), (tl.bfloat16, False): (1, 8, 1024)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"sources\[1\] has 7 elements"):
+        plan_fused_ema(targets[:2], [sources[0], TensorSpec((7,), f32)], gpu)
+    with pytest.raises(ValueError, match="not contiguous"):
+        plan_fused_ema([TensorSpec((4, 8), f32, strides=(1, 4))], [TensorSpec((4, 8), f32)], gpu)
+
+
+def test_gpu_chunking_spreads_small_launches_and_keeps_large_chunks():
+    """CHUNK: the largest power of two <= 16384 that still gives 8 waves of 4-warp programs at full
+    residency on 132 SMs, so the predictor's 22M parameters spread over every SM."""
+    gpu = DeviceSpec(interpret=False)
+    want = 8 * 132 * 16
+    small = [TensorSpec((384 * 1536,), torch.float32)] * 24  # the predictor's MLP weights: 14M values
+    big = [TensorSpec((4096 * 1024,), torch.float32)] * 96  # 403M values
+    (p_small,) = plan_fused_ema(small, small, gpu)
+    (p_big,) = plan_fused_ema(big, big, gpu)
+    assert p_big.constexprs["CHUNK"] == 1 << 14 and p_big.n_programs >= want
+    chunk = p_small.constexprs["CHUNK"]
+    assert p_small.n_programs == n_chunks([384 * 1536] * 24, chunk) >= want > n_chunks([384 * 1536] * 24, 2 * chunk)
+
+
+def _adamw_inputs(sizes, seed=0, ema_dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=g) for n in sizes]
+    grads = [torch.randn(n, generator=g) for n in sizes]
+    exp_avgs = [0.1 * torch.randn(n, generator=g) for n in sizes]
+    exp_avg_sqs = [torch.rand(n, generator=g) for n in sizes]
+    ema = [p.to(ema_dtype) + 0.01 for p in params]
+    return [params, grads, exp_avgs, exp_avg_sqs, ema]
+
+
+@pytest.mark.skipif(not INTERPRET, reason="launches CPU-table plans in the Triton interpreter")
+@pytest.mark.parametrize("ema_dtype", [torch.float32, torch.bfloat16])
+def test_gpu_configuration_matches_the_interpreter_configuration(ema_dtype, monkeypatch):
+    """The planner's GPU configuration (CHUNK > BLOCK: several unmasked blocks per program, masked
+    tails, aligned and scalar launches side by side), launched as planned in the interpreter, gives
+    the same bits as the interpreter's own configuration, and matches the reference AdamW + EMA."""
+    import vjepa_fast.kernels.multi_tensor as mt
+
+    monkeypatch.setattr(mt, "_GPU_MIN_WAVES", 0.5)  # 8 programs on one SM: CHUNK of several blocks
+    sizes = [9000, 4100, 1000, 7, 4096 + 512, 1030]  # 7, 1030 (and 4100 for bf16): partial vectors
+    gids = [0, 1, 0, 1, 0, 0]
+    hyper = dict(lr=[2e-3, 1e-3], weight_decay=[0.05, 0.0], step=4, betas=(0.9, 0.999), eps=1e-8, momentum=0.998)
+    gpu, interp, ref = (_adamw_inputs(sizes, ema_dtype=ema_dtype) for _ in range(3))
+    plans = plan_fused_adamw_ema(*gpu, gids, DeviceSpec(sm_count=1, interpret=False))
+    assert {p.constexprs["ALIGNED"] for p in plans} == {True, False}
+    assert all(p.constexprs["CHUNK"] > p.constexprs["BLOCK"] for p in plans if p.constexprs["ALIGNED"])
+    coef = torch.tensor(adamw_ema_coefficients(**hyper, n_groups=2), dtype=torch.float32)
+    for p in plans:
+        p.with_args(*p.args[:-1], coef).launch()
+    fused_adamw_ema_(*interp, **hyper, group_ids=gids)
+    reference.adamw_ema_(*ref, **hyper, group_ids=gids)
+    for role in range(5):
+        for x, y, r in zip(gpu[role], interp[role], ref[role]):
+            assert torch.equal(x, y), role
+            if x.dtype == torch.float32:  # bf16 EMA targets: 1-ulp accuracy tested above
+                torch.testing.assert_close(x, r, rtol=1e-6, atol=1e-7)
+
+    targets, expected = [e.clone() for e in gpu[4]], [e.clone() for e in gpu[4]]
+    for p in plan_fused_ema(targets, gpu[0], DeviceSpec(sm_count=1, interpret=False)):
+        p.with_args(*p.args[:6], 0.996, 1 - 0.996).launch()
+    fused_ema_(expected, gpu[0], 0.996)
+    for t, e in zip(targets, expected):
+        assert torch.equal(t, e)
+
+
+def test_launch_reuses_plans_and_replans_when_tensors_move(monkeypatch):
+    import vjepa_fast.kernels.ema as ema_module
+
+    planned = []
+    real = ema_module.plan_fused_ema
+
+    def spy(*args, **kwargs):
+        planned.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ema_module, "plan_fused_ema", spy)
+    targets = [torch.randn(n, device=DEVICE) for n in (37, 640, 12)]
+    sources = [torch.randn_like(t) for t in targets]
+    expected = [t.clone() for t in targets]
+    versions = [t._version for t in targets]
+    for m in (0.99, 0.995):
+        fused_ema_(targets, sources, m)
+        _official_ema(expected, sources, m)
+    assert planned == [1]  # the second step found its plans
+    assert all(t._version > v for t, v in zip(targets, versions))  # in-place writes are visible to autograd
+    moved = [s.clone() for s in sources]  # new storage: new tables, same values
+    fused_ema_(targets, moved, 0.999)
+    _official_ema(expected, sources, 0.999)
+    assert planned == [1, 1]
+    for t, e in zip(targets, expected):
+        assert torch.equal(t, e)  # fp32 storage: bit-identical to the official formula
+
+
+def test_aot_plans_cover_the_vjepa_parameter_sets():
+    """aot_plans(): every launch of a ViT-L / ViT-H step, its tables covering exactly the model's
+    trainable encoder (with EMA) and predictor (without) parameters."""
+    from vjepa_fast.kernels.ema import _meta_model, aot_plans
+
+    plans = aot_plans()
+    by_label = {p.label: p for p in plans}
+    for name, short in (("vit_large", "ViT-L"), ("vit_huge", "ViT-H")):
+        model = _meta_model(name)
+        n_enc = sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
+        n_pred = sum(p.numel() for p in model.predictor.parameters() if p.requires_grad)
+        enc = by_label[f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)"]
+        pred = by_label[f"{short} predictor AdamW fp32, {n_pred / 1e6:.1f}M (fused step)"]
+        assert int(enc.args[8].sum()) == n_enc and enc.constexprs["HAS_EMA"]
+        assert int(pred.args[8].sum()) == n_pred and not pred.constexprs["HAS_EMA"]
+    assert all(p.label for p in plans)
+    assert {p.constexprs["ALIGNED"] for p in plans} == {True, False}
+
+
+def test_tables_to_moves_each_buffer_once_and_keeps_views():
+    """The launcher's upload: every CPU table row becomes the same view of one copied buffer."""
+    specs = [TensorSpec((n,), torch.float32, address=64 * i) for i, n in enumerate((5, 40_000, 3))]
+    tables = MultiTensorTables.build([specs, specs], [0, 1, 0], 4096)
+    rows = tables.rows()
+    moved = tables_to((*rows, 0.5), torch.device("meta"))
+    assert moved[-1] == 0.5
+    bases = {id(r._base) for r in moved[:-1]}
+    assert len(bases) == 2  # the int64 and the int32 buffer
+    for a, b in zip(rows, moved[:-1]):
+        assert b.device.type == "meta" and (b.shape, b.stride(), b.storage_offset(), b.dtype) == (
+            a.shape, a.stride(), a.storage_offset(), a.dtype)  # fmt: skip
