@@ -19,6 +19,7 @@ import yaml
 
 from vjepa_fast.checkpoint import CheckpointError, prefixed, read_checkpoint
 from vjepa_fast.config import ConfigError, EvalConfig, load_config
+from vjepa_fast.preflight import PreflightError
 from vjepa_fast.eval_data import (
     ImageEvalTransform,
     ProbeVideoEvalTransform,
@@ -338,7 +339,8 @@ def test_resume_continues_exactly(tmp_path, demo_dir):
     assert len(b.history) == 4 and b.epochs == 2
     assert [(int(r["epoch"]), int(r["head"])) for r in csv.DictReader(open(b.log))] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     # a resume whose probes differ from the config is refused
-    with pytest.raises(CheckpointError, match="differ from the config"):
+    with pytest.raises(PreflightError, match=r"the probes of .*jepa-latest\.pth\.tar \(lr=0\.001,wd=0\.01, "
+                                             r"lr=0\.003,wd=0\.1\) differ from the config's \(lr=0\.001,wd=0\.01;"):
         main_probe(_cfg(tmp_path / "b", demo_dir, ["optimization.num_epochs=3", "resume_checkpoint=true"]), out=_quiet)
 
 
@@ -475,3 +477,51 @@ def test_bundled_probe_configs_load():
         if path.exists() or name == "tiny_cpu_probe.yaml":
             cfg = load_config(path)
             assert isinstance(cfg, EvalConfig) and cfg.is_video
+
+
+# ------------------------------------------------------------------------------------------------
+# what the results record; finished runs are never overwritten
+# ------------------------------------------------------------------------------------------------
+def test_results_record_input_checkpoint_and_config(tmp_path, demo_dir):
+    r = main_probe(_cfg(tmp_path, demo_dir), out=_quiet)
+    js = json.load(open(r.results_json))
+    pre = tmp_path / "pre" / "checkpoint.pth.tar"
+    assert (js["resolution"], js["frames_per_clip"], js["frame_step"], js["segments_x_views"]) == (32, 8, 1, [1, 1])
+    assert js["pretrained_checkpoint"] == str(pre) and js["checkpoint_key"] == "target_encoder"
+    assert js["num_epochs"] == js["epochs"] == 1
+    assert js["config"]["pretrain"]["checkpoint"] == "checkpoint.pth.tar" and js["config"]["tag"] == "t"
+
+
+def test_a_finished_run_is_not_overwritten_nor_resumed_for_nothing(tmp_path, demo_dir):
+    r = main_probe(_cfg(tmp_path, demo_dir), out=_quiet)
+    folder = Path(r.output_folder)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    with pytest.raises(PreflightError) as ei:
+        main_probe(_cfg(tmp_path, demo_dir, ["optimization.lr=0.01"]), out=_quiet)
+    msg = str(ei.value)
+    assert f"{r.results_json} holds the results of a finished probe run (tag='t', 1 epochs" in msg
+    assert "Use another tag" in msg
+    with pytest.raises(PreflightError, match=r"has already trained 1 epochs and optimization\.num_epochs=1: "
+                                             r"there is nothing left to train"):
+        main_probe(_cfg(tmp_path, demo_dir, ["resume_checkpoint=true"]), out=_quiet)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    # another tag is another run; resuming with more epochs continues this one
+    other = main_probe(_cfg(tmp_path, demo_dir, ["tag=t2"]), out=_quiet)
+    assert Path(other.output_folder).name == "t2"
+    more = main_probe(_cfg(tmp_path, demo_dir, ["resume_checkpoint=true", "optimization.num_epochs=2"]), out=_quiet)
+    assert more.epochs == 2 and json.load(open(more.results_json))["num_epochs"] == 2
+
+
+def test_an_unfinished_run_is_replaced_with_a_note(tmp_path, demo_dir):
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(line):
+        if line.startswith("[epoch   1/2]"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        main_probe(_cfg(tmp_path, demo_dir, ["optimization.num_epochs=2"]), out=kill_after_epoch_1)
+    lines = []
+    r = main_probe(_cfg(tmp_path, demo_dir, ["optimization.num_epochs=2"]), out=lines.append)
+    assert r.epochs == 2 and any("results of an unfinished run (no resume); this run replaces them" in s for s in lines)

@@ -162,9 +162,10 @@ def load_encoder(
     *,
     key: str = "target_encoder",
     strict: bool = True,
-) -> None:
+) -> str:
     """Load one encoder (default: the EMA target, as the official eval does). Falls back from
-    ``target_encoder`` to ``encoder``; a file with neither is an error naming the keys it has."""
+    ``target_encoder`` to ``encoder``; a file with neither is an error naming the keys it has.
+    Returns the key it loaded."""
     source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint dict"
     ckpt = read_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
     chosen = key if key in ckpt else ("encoder" if key == "target_encoder" and "encoder" in ckpt else None)
@@ -172,6 +173,7 @@ def load_encoder(
         hint = " (this looks like a probe checkpoint)" if "classifier" in ckpt else ""
         raise CheckpointError(f"{source} has no {key!r}{hint}; keys: {', '.join(map(str, ckpt))}")
     load_module_state(encoder, ckpt[chosen], strict=strict, what=chosen, source=source)
+    return chosen
 
 
 def prefixed(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -392,12 +392,12 @@ def plan_probe_start(cfg: EvalConfig, specs: Sequence | None = None) -> tuple[li
                     f"(tag={cfg.tag!r}) for a new run")
             extra = ckpt.get("vjepa_fast") or {}
             if specs is not None and "probes" in extra:
-                saved = [tuple(sorted(s.items())) for s in extra["probes"]["specs"]]
-                wanted = [tuple(sorted(vars(s).items())) for s in specs]
-                if saved != wanted:
-                    problems.append(f"resume_checkpoint: {ckpt_path} holds other probes than the config sets "
-                                    "(optimization.lr / weight_decay / multihead); use another tag or "
-                                    "resume_checkpoint: false")
+                saved = [type(specs[0])(**s) for s in extra["probes"]["specs"]] if specs else []
+                if saved != list(specs):
+                    problems.append(
+                        f"resume_checkpoint: the probes of {ckpt_path} ({', '.join(s.name for s in saved)}) differ "
+                        f"from the config's ({', '.join(s.name for s in specs)}; optimization.lr, weight_decay, "
+                        "multihead); use another tag or resume_checkpoint: false")
     else:
         done = finished_results(results)
         if done is not None:

@@ -43,7 +43,10 @@ Deviations from the official eval (see also :mod:`vjepa_fast.eval_data`):
 * the CSV has our columns (the official one writes train/val accuracy under the headers
   ``loss``/``acc``);
 * a missing resume checkpoint starts from scratch with a message (official: silently); a
-  corrupt one, or one whose probes differ from the config, is an error.
+  corrupt one, one whose probes differ from the config, or one with no epoch left to train is an
+  error, and so is a new run whose tag holds a finished run's results (official: overwritten).
+  The results JSON records the resolution, frames per clip, frame step, segments x views, the
+  pretrained checkpoint and key, and the whole config.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ import torch.nn.functional as F
 from .attentive_probe import AttentiveClassifier
 from .checkpoint import CheckpointError, atomic_save, clean_state_dict, load_encoder, read_checkpoint
 from .config import EvalConfig
+from .preflight import PreflightError, device_problems, plan_probe_start
 from .schedules import CosineWD, WarmupCosineLR
 from .vision_transformer import VIT_PRESETS, VisionTransformer, build_encoder
 
@@ -356,8 +360,11 @@ def build_frozen_encoder(cfg: EvalConfig, device: torch.device | str = "cpu", *,
             f"pretrained checkpoint not found: {path} (pretrain.folder={pre.folder!r} + "
             f"pretrain.checkpoint={pre.checkpoint!r})")
     vit = build_encoder(pre.model_name, **encoder_kwargs(cfg))
-    load_encoder(vit, path, key=pre.checkpoint_key)
-    return FrozenEncoder(vit).to(device)
+    key = load_encoder(vit, path, key=pre.checkpoint_key)
+    frozen = FrozenEncoder(vit).to(device)
+    #: where the weights came from, for the results record
+    frozen.loaded_from = {"checkpoint": str(path) if not isinstance(path, dict) else None, "key": key}
+    return frozen
 
 
 def encode_batch(encoder: nn.Module, x: torch.Tensor, *, attend_across_segments: bool = True,
@@ -485,6 +492,17 @@ class ProbeResult:
     results_json: str = ""
     confusion_png: str | None = None
     seconds: float = 0.0
+    #: what the results were made with: the planned epochs, the input (resolution, frames per clip
+    #: and frame step for video evals, segments x views), the pretrained checkpoint and the key read
+    #: from it, and the whole config
+    num_epochs: int = 0
+    resolution: int | None = None
+    frames_per_clip: int | None = None
+    frame_step: int | None = None
+    segments_x_views: list[int] | None = None
+    pretrained_checkpoint: str | None = None
+    checkpoint_key: str | None = None
+    config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -532,6 +550,12 @@ class ProbeEvaluation:
     def __init__(self, cfg: EvalConfig, *, encoder: FrozenEncoder | None = None,
                  out: Callable[[str], None] | None = None):
         self.cfg, self.out = cfg, out or _print
+        # Before anything is built: a finished run's results are never overwritten, a resume with
+        # nothing left to train is refused, the device exists.
+        problems, self.start_notes = plan_probe_start(cfg, head_specs(cfg.optimization))
+        problems = device_problems(cfg.meta.device, "meta.device") + problems
+        if problems:
+            raise PreflightError(problems, f"probe run ({cfg.output_folder})")
         self.device = _resolve_device(cfg.meta.device)
         _apply_runtime(cfg)
         self.amp = _amp_dtype(cfg, self.device)
@@ -709,10 +733,17 @@ class ProbeEvaluation:
             heads.append({"head": k, "name": s.name, **asdict(s),
                           **{m: row.get(m) for m in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")}})
         b = heads[best]
+        cfg, d = self.cfg, self.cfg.data
+        loaded = getattr(self.frozen, "loaded_from", None) or {}
         return ProbeResult(best_head=best, top1=b["val_top1"], top5=b["val_top5"], heads=heads, epochs=epoch,
                            history=history, output_folder=paths["folder"], checkpoint=paths["ckpt"],
                            log=paths["csv"], results_json=paths["json"], confusion_png=confusion_png,
-                           seconds=seconds)
+                           seconds=seconds, num_epochs=cfg.optimization.num_epochs, resolution=cfg.resolution,
+                           frames_per_clip=d.frames_per_clip if cfg.is_video else None,
+                           frame_step=d.frame_step if cfg.is_video else None,
+                           segments_x_views=[d.num_segments, d.num_views_per_segment] if cfg.is_video else None,
+                           pretrained_checkpoint=loaded.get("checkpoint"), checkpoint_key=loaded.get("key"),
+                           config=cfg.to_dict())
 
     def run(self) -> ProbeResult:
         cfg, o = self.cfg, self.cfg.optimization
@@ -723,6 +754,8 @@ class ProbeEvaluation:
                  "json": str(folder / f"{tag}-results.json")}
         start_epoch, history = (self._resume(Path(paths["ckpt"])) if cfg.resume_checkpoint else (0, []))
         K, C = len(self.heads), cfg.data.num_classes
+        for note in self.start_notes:
+            self.out(f"note: {note}")
         t_start = time.perf_counter()
         enc_name = f"{cfg.pretrain.model_name} ({self.frozen.embed_dim}-d, {len(self.frozen.vit.blocks)} blocks)"
         self.out(f"probe eval {cfg.eval_name} | encoder {enc_name} @ {cfg.resolution}px | {K} probe(s): "
@@ -857,13 +890,15 @@ def main_probe(cfg: EvalConfig, out: Callable[[str], None] | None = None) -> Pro
 DEMO_GRID = (HeadSpec(lr=3e-3, start_lr=3e-3), HeadSpec(lr=1e-2, start_lr=1e-2))
 
 
-def infer_encoder_spec(ckpt: dict, key: str = "target_encoder") -> dict:
-    """Architecture of the encoder in a checkpoint: from the pretraining config our checkpoints carry
-    (``vjepa_fast.config``), else from the tensor shapes (heads from the matching preset)."""
+def infer_encoder_spec(ckpt: dict, key: str = "target_encoder", source: str = "checkpoint") -> dict:
+    """Architecture of the encoder in a checkpoint (read from ``source``, named in errors): from the
+    pretraining config our checkpoints carry (``vjepa_fast.config``), else from the tensor shapes
+    (heads from the matching preset)."""
     cfg = (ckpt.get("vjepa_fast") or {}).get("config") if isinstance(ckpt.get("vjepa_fast"), dict) else None
     sd = ckpt.get(key) or ckpt.get("encoder")
     if sd is None:
-        raise CheckpointError(f"checkpoint has no {key!r} or 'encoder'; keys: {', '.join(map(str, ckpt))}")
+        hint = " (a probe checkpoint?)" if "classifier" in ckpt else ""
+        raise CheckpointError(f"{source} has no {key!r} or 'encoder'{hint}; keys: {', '.join(map(str, ckpt))}")
     sd = clean_state_dict(sd)
     w = sd["patch_embed.proj.weight"]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -880,8 +915,8 @@ def infer_encoder_spec(ckpt: dict, key: str = "target_encoder") -> dict:
     match = [n for n, p in VIT_PRESETS.items() if p["embed_dim"] == dim]
     if not match:
         raise CheckpointError(
-            f"cannot tell the head count of a {dim}-d encoder without the pretraining config "
-            "(checkpoint has no vjepa_fast.config)")
+            f"{source}: cannot tell the head count of a {dim}-d encoder without the pretraining config "
+            "(the file has no vjepa_fast.config)")
     name = match[0]
     n_tok = sd["pos_embed"].shape[1] if "pos_embed" in sd else None
     spec.update(model_name=name, num_heads=VIT_PRESETS[name]["num_heads"], mlp_ratio=VIT_PRESETS[name]["mlp_ratio"],
@@ -893,7 +928,7 @@ def infer_encoder_spec(ckpt: dict, key: str = "target_encoder") -> dict:
         if n_tok and t * g * g == n_tok:
             spec.update(num_frames=frames if w.dim() == 5 else 1, img_size=g * spec["patch_size"])
             return spec
-    raise CheckpointError("cannot infer the clip geometry of the encoder from its pos_embed")
+    raise CheckpointError(f"{source}: cannot infer the clip geometry of the encoder from its pos_embed")
 
 
 def _build_from_spec(spec: dict) -> VisionTransformer:
@@ -965,7 +1000,7 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     ckpt = read_checkpoint(checkpoint_path)
-    spec = infer_encoder_spec(ckpt)
+    spec = infer_encoder_spec(ckpt, source=str(checkpoint_path))
     pretrained = _build_from_spec(spec)
     load_encoder(pretrained, ckpt, key="target_encoder")
     torch.manual_seed(seed)
