@@ -1,5 +1,5 @@
-"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``probe``, ``context-use``, ``embed``, ``plot``,
-``profile``, ``make-demo-data``."""
+"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``check-config``, ``probe``, ``context-use``, ``embed``,
+``plot``, ``profile``, ``make-demo-data``."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,49 @@ def _pretrain(args) -> int:
     result = pretrain(PretrainConfig.from_yaml(args.config, args.overrides))
     if _rank0():
         print(f"done: {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}")
-        print(f"checkpoint: {result.checkpoint}\nlog: {result.log}")
+        if result.checkpoint:  # only a file this run wrote
+            print(f"checkpoint: {result.checkpoint}")
+        print(f"log: {result.log}")
+    return 0
+
+
+def _check_config(args) -> int:
+    """Every check a run makes before its first step, without running or writing anything."""
+    import yaml
+
+    from .config import ConfigError, PretrainConfig, find_ignored_keys, load_config
+    from .preflight import plan_pretrain_start, pretrain_problems, probe_problems
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        problems = [p.bare_message for p in e.problems]
+        source = e.source or args.config
+        print(f"vjepa-fast check-config: {source}: {len(problems)} problem(s); the run would not start:",
+              file=sys.stderr)
+        print("".join(f"  - {p}\n" for p in problems), end="", file=sys.stderr)
+        return 2
+    print(f"# {args.config}" + (f" with {' '.join(args.overrides)}" if args.overrides else "") + ", resolved:")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None), end="")
+    if isinstance(cfg, PretrainConfig):
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        problems = pretrain_problems(cfg, world_size=world)
+        plan = plan_pretrain_start(cfg, cfg.optimization.ipe, None, mmap=True)
+        what = {"fresh": f"a new run in {cfg.logging.folder}",
+                "resume": f"resume {plan.path} at step {plan.step}",
+                "init": f"a new run in {cfg.logging.folder} from the weights of {plan.path}"}[plan.kind]
+    else:
+        problems = probe_problems(cfg)
+        what = f"a probe run in {cfg.output_folder}"
+    ignored = find_ignored_keys(yaml.safe_load(open(args.config)) or {})
+    if ignored:
+        print(f"# accepted without effect: {', '.join(ignored)}")
+    if problems:
+        print(f"vjepa-fast check-config: {args.config}: {len(problems)} problem(s); the run would not start:",
+              file=sys.stderr)
+        print("".join(f"  - {p}\n" for p in problems), end="", file=sys.stderr)
+        return 2
+    print(f"# ok: {what} would start")
     return 0
 
 
@@ -169,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="YAML file (official layout)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimization.lr=1e-3")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("check-config", help="every check a pretraining or probe run makes before its first "
+                       "step (keys, values, data, checkpoints, devices), without running; exit 0 = it would start")
+    p.add_argument("--config", required=True, help="pretraining or eval YAML file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, as for pretrain / probe")
+    p.set_defaults(func=_check_config)
 
     p = sub.add_parser("probe", help="train and evaluate attentive probes on a frozen encoder")
     p.add_argument("--config", required=True, help="eval YAML file (official layout)")
