@@ -14,55 +14,82 @@ the subgradient ``torch.abs`` uses). ``target`` is a constant (the official targ
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import reference
 from .dispatch import kernel_backend, tl, triton
+from .plan import DeviceSpec, LaunchPlan, TensorSpec
 from .utils import (
     cdiv,
     check_float,
     check_index,
     check_launchable,
     compute_dtype,
-    full_row_blocks,
-    persistent_rows,
+    needs_int64,
+    persistent_programs,
     round_to,
+    row_tiling,
 )
 
 LN_EPS = reference.LN_EPS
-_MAX_D = 16384
 
 
 @triton.jit
-def _normalized_rows(TGT_ptr, IDX_ptr, rows, row_mask, cols, col_mask, K, D, eps,
-                     TGT_stride_b, TGT_stride_n, TGT_stride_d, IDX_stride_b, IDX_stride_k,
-                     COMPUTE: tl.constexpr):  # fmt: skip
-    """layer_norm(target[b, idx[b,k], :]) for a tile of rows; also returns (b, k)."""
-    b = rows // K
-    k = rows - b * K
-    src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0).to(tl.int64)
-    mask = row_mask[:, None] & col_mask[None, :]
-    t_offs = (b * TGT_stride_b + src * TGT_stride_n)[:, None] + cols[None, :] * TGT_stride_d
-    t = tl.load(TGT_ptr + t_offs, mask=mask, other=0.0).to(COMPUTE)
-    # IEEE-rounded division, as torch's layer_norm: Triton's `/` on fp32 compiles to the approximate
-    # div.full.f32 on a GPU, which puts a constant row's mean an ulp off, so t - mean != 0 there.
-    n = tl.cast(D, COMPUTE)
-    mean = tl.div_rn(tl.sum(t, axis=1), n)
-    xc = tl.where(mask, t - mean[:, None], 0.0)
-    var = tl.div_rn(tl.sum(xc * xc, axis=1), n)
-    rstd = tl.div_rn(tl.full(var.shape, 1.0, COMPUTE), tl.sqrt_rn(var + tl.cast(eps, COMPUTE)))
-    return xc * rstd[:, None], b, k, mask
+def _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D: tl.constexpr, COMPUTE: tl.constexpr,
+               INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """(mean, rstd) of F.layer_norm (biased variance) for BLOCK_R gathered target rows starting at
+    element offsets ``t_base``, streaming D in column blocks of BLOCK_D.
+
+    Each block's mean and centred sum of squares are merged into the running ones (Chan et al.'s
+    pairwise update), so no row has to fit in registers and no lane idles when BLOCK_D divides D.
+    With one block this is exactly mean = sum / D, var = sum((t - mean)^2) / D. Divisions are
+    IEEE-rounded (``div_rn``), as torch's layer_norm: Triton's fp32 ``/`` compiles to the
+    approximate div.full.f32 on a GPU, which puts a constant row's mean an ulp off (t - mean != 0).
+    """
+    mean = tl.zeros((BLOCK_R,), dtype=COMPUTE)
+    m2 = tl.zeros((BLOCK_R,), dtype=COMPUTE)
+    for c in range((D + BLOCK_D - 1) // BLOCK_D):
+        cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+        if INDEX_64:
+            cols = cols.to(tl.int64)
+        if D % BLOCK_D == 0:
+            mask = row_mask[:, None]
+        else:
+            mask = row_mask[:, None] & (cols < D)[None, :]
+        t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0).to(COMPUTE)
+        n_b = tl.minimum(tl.cast(D - c * BLOCK_D, COMPUTE), BLOCK_D)  # valid columns in this block
+        mean_b = tl.div_rn(tl.sum(t, axis=1), tl.full((BLOCK_R,), 1.0, COMPUTE) * n_b)
+        xc = tl.where(mask, t - mean_b[:, None], 0.0)
+        m2_b = tl.sum(xc * xc, axis=1)
+        if c == 0:
+            mean = mean_b
+            m2 = m2_b
+        else:
+            n_a = tl.cast(c * BLOCK_D, COMPUTE)
+            n = n_a + n_b
+            delta = mean_b - mean
+            mean = mean + delta * tl.div_rn(n_b, n)
+            m2 = m2 + m2_b + delta * delta * tl.div_rn(n_a * n_b, n)
+    var = tl.div_rn(m2, tl.full((BLOCK_R,), D, COMPUTE))
+    rstd = tl.div_rn(tl.full((BLOCK_R,), 1.0, COMPUTE), tl.sqrt_rn(var + tl.cast(eps, COMPUTE)))
+    return mean, rstd
 
 
-@triton.jit
+# Runtime lengths and strides that change with the mask length: not specialised (no recompiles).
+_LENGTH_ARGS = ["IDX_ptr", "n_rows", "K", "n_tiles", "IDX_stride_b", "IDX_stride_k"]
+
+
+@triton.jit(do_not_specialize=_LENGTH_ARGS)
 def _masked_l1_loss_fwd_kernel(
-    PRED_ptr,  # pointer to predictions, shape (B, K, D), any strides
-    TGT_ptr,  # pointer to target features, shape (B, N, D), any strides
-    IDX_ptr,  # pointer to target indices, shape (B, K)
-    PARTIAL_ptr,  # pointer to per-program sums of |pred - t_hat|, shape (n_programs,)
+    PRED_ptr,  # predictions, shape (B, K, D), any strides
+    TGT_ptr,  # target features, shape (B, N, D), any strides
+    IDX_ptr,  # target indices, shape (B, K)
+    PARTIAL_ptr,  # per-program sums of |pred - t_hat|, shape (num_programs,)
     n_rows,  # B * K
     K,
-    D,
+    n_tiles,  # cdiv(n_rows, BLOCK_R)
     eps,
     PRED_stride_b,
     PRED_stride_k,
@@ -72,40 +99,59 @@ def _masked_l1_loss_fwd_kernel(
     TGT_stride_d,
     IDX_stride_b,
     IDX_stride_k,
+    D: tl.constexpr,
     COMPUTE: tl.constexpr,
-    ITERS: tl.constexpr,  # row tiles per program
+    INDEX_64: tl.constexpr,  # an element offset may exceed int32
     BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,  # >= D: a whole row per tile for the layer-norm statistics
+    BLOCK_D: tl.constexpr,
 ):
-    """Sum over this program's rows of |pred - layer_norm(target[idx])| (F.layer_norm: biased var)."""
-    pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D).to(tl.int64)
-    col_mask = cols < D
+    """Sum over this program's rows of |pred - layer_norm(target[idx])| (F.layer_norm: biased var).
+
+    Persistent: program p handles row tiles p, p + num_programs, ... (a runtime bound).
+    """
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=COMPUTE)
-    row0 = pid * (ITERS * BLOCK_R)
-    for it in range(ITERS):
-        rows = row0 + it * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    tile = tl.program_id(0)
+    while tile < n_tiles:
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
         row_mask = rows < n_rows
-        t_hat, b, k, mask = _normalized_rows(
-            TGT_ptr, IDX_ptr, rows, row_mask, cols, col_mask, K, D, eps,
-            TGT_stride_b, TGT_stride_n, TGT_stride_d, IDX_stride_b, IDX_stride_k, COMPUTE,
-        )  # fmt: skip
-        p_offs = (b * PRED_stride_b + k * PRED_stride_k)[:, None] + cols[None, :] * PRED_stride_d
-        p = tl.load(PRED_ptr + p_offs, mask=mask, other=0.0)
-        acc += tl.where(mask, tl.abs(p.to(COMPUTE) - t_hat), 0.0)
-    tl.store(PARTIAL_ptr + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
+        b = rows // K
+        k = rows - b * K
+        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        if INDEX_64:
+            src = src.to(tl.int64)
+            b = b.to(tl.int64)
+            k = k.to(tl.int64)
+        else:
+            src = src.to(tl.int32)
+        t_base = b * TGT_stride_b + src * TGT_stride_n
+        p_base = b * PRED_stride_b + k * PRED_stride_k
+        mean, rstd = _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D, COMPUTE, INDEX_64, BLOCK_R, BLOCK_D)
+        for c in range((D + BLOCK_D - 1) // BLOCK_D):
+            cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+            if INDEX_64:
+                cols = cols.to(tl.int64)
+            if D % BLOCK_D == 0:
+                mask = row_mask[:, None]
+            else:
+                mask = row_mask[:, None] & (cols < D)[None, :]
+            t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0)
+            p = tl.load(PRED_ptr + p_base[:, None] + cols[None, :] * PRED_stride_d, mask=mask, other=0.0)
+            t_hat = (t.to(COMPUTE) - mean[:, None]) * rstd[:, None]
+            acc += tl.where(mask, tl.abs(p.to(COMPUTE) - t_hat), 0.0)
+        tile += tl.num_programs(0)
+    tl.store(PARTIAL_ptr + tl.program_id(0), tl.sum(tl.sum(acc, axis=1), axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_LENGTH_ARGS + ["numel"])
 def _masked_l1_loss_bwd_kernel(
-    PRED_ptr,  # pointer to predictions, shape (B, K, D), any strides
-    TGT_ptr,  # pointer to target features, shape (B, N, D), any strides
-    IDX_ptr,  # pointer to target indices, shape (B, K)
-    GOUT_ptr,  # pointer to the loss gradient, a single value
-    DPRED_ptr,  # pointer to the prediction gradient, shape (B, K, D), contiguous
+    PRED_ptr,  # predictions, shape (B, K, D), any strides
+    TGT_ptr,  # target features, shape (B, N, D), any strides
+    IDX_ptr,  # target indices, shape (B, K)
+    GOUT_ptr,  # the loss gradient, a single value
+    DPRED_ptr,  # the prediction gradient, shape (B, K, D), contiguous
     n_rows,
     K,
-    D,
+    n_tiles,
     eps,
     numel,  # B * K * D, the mean's divisor
     PRED_stride_b,
@@ -116,27 +162,103 @@ def _masked_l1_loss_bwd_kernel(
     TGT_stride_d,
     IDX_stride_b,
     IDX_stride_k,
+    D: tl.constexpr,
     COMPUTE: tl.constexpr,
+    INDEX_64: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """dpred = sign(pred - layer_norm(target[idx])) * (grad_out / numel), t_hat recomputed."""
-    pid = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D).to(tl.int64)
-    col_mask = cols < D
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    row_mask = rows < n_rows
-    t_hat, b, k, mask = _normalized_rows(
-        TGT_ptr, IDX_ptr, rows, row_mask, cols, col_mask, K, D, eps,
-        TGT_stride_b, TGT_stride_n, TGT_stride_d, IDX_stride_b, IDX_stride_k, COMPUTE,
-    )  # fmt: skip
-    p_offs = (b * PRED_stride_b + k * PRED_stride_k)[:, None] + cols[None, :] * PRED_stride_d
-    p = tl.load(PRED_ptr + p_offs, mask=mask, other=0.0)
-    diff = p.to(COMPUTE) - t_hat
     scale = tl.div_rn(tl.load(GOUT_ptr).to(COMPUTE), tl.cast(numel, COMPUTE))
-    sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0)).to(COMPUTE)
-    dp = round_to(sign * scale, DPRED_ptr.dtype.element_ty)
-    tl.store(DPRED_ptr + (rows * D)[:, None] + cols[None, :], dp, mask=mask)
+    tile = tl.program_id(0)
+    while tile < n_tiles:
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+        row_mask = rows < n_rows
+        b = rows // K
+        k = rows - b * K
+        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        if INDEX_64:
+            src = src.to(tl.int64)
+            b = b.to(tl.int64)
+            k = k.to(tl.int64)
+            rows = rows.to(tl.int64)
+        else:
+            src = src.to(tl.int32)
+        t_base = b * TGT_stride_b + src * TGT_stride_n
+        p_base = b * PRED_stride_b + k * PRED_stride_k
+        mean, rstd = _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D, COMPUTE, INDEX_64, BLOCK_R, BLOCK_D)
+        for c in range((D + BLOCK_D - 1) // BLOCK_D):
+            cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+            if INDEX_64:
+                cols = cols.to(tl.int64)
+            if D % BLOCK_D == 0:
+                mask = row_mask[:, None]
+            else:
+                mask = row_mask[:, None] & (cols < D)[None, :]
+            t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0)
+            p = tl.load(PRED_ptr + p_base[:, None] + cols[None, :] * PRED_stride_d, mask=mask, other=0.0)
+            diff = p.to(COMPUTE) - (t.to(COMPUTE) - mean[:, None]) * rstd[:, None]
+            sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0)).to(COMPUTE)
+            dp = round_to(sign * scale, DPRED_ptr.dtype.element_ty)
+            tl.store(DPRED_ptr + (rows * D)[:, None] + cols[None, :], dp, mask=mask)
+        tile += tl.num_programs(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planners: pure functions of metadata (tensors or TensorSpecs) and the device
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(d: int, elem_bytes: int, device: DeviceSpec):
+    # Tiles of one 128-bit vector per thread of the narrowest dtype, a row's column block within one
+    # warp (its sums reduce without shared memory). The streamed statistics, the unrolled column
+    # loops and the accumulator take 39-48 registers at the V-JEPA shapes (32 spills), so the grid
+    # is sized for 10 resident programs of 4 warps per SM (kernels/aot.py checks the fit).
+    return row_tiling(d, elem_bytes, device, block_d_cap=32 * max(1, 16 // elem_bytes), programs_per_sm=10)
+
+
+def _plan_args(pred, target, idx, device: DeviceSpec):
+    B, K, D = pred.shape
+    t = _tiling(D, min(pred.element_size(), target.element_size()), device)
+    n_tiles = cdiv(B * K, t.block_r)
+    constexprs = dict(D=D, COMPUTE=compute_dtype(_loss_dtype(pred, target)),
+                      BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
+    return t, n_tiles, constexprs
+
+
+def plan_masked_l1_loss(pred, target, idx, partial, device: DeviceSpec, eps: float = LN_EPS, label: str = "",
+                        group: str = "") -> LaunchPlan:  # fmt: skip
+    """The forward launch: ``partial[p]`` = program p's sum of ``|pred - layer_norm(target)[idx]|``.
+
+    ``pred`` [B,K,D], ``target`` [B,N,D], ``idx`` [B,K], ``partial`` [forward_programs(...)] in the
+    loss dtype: tensors or :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read).
+    """
+    B, K, D = pred.shape
+    t, n_tiles, constexprs = _plan_args(pred, target, idx, device)
+    constexprs["INDEX_64"] = needs_int64(pred, target, idx)
+    args = (pred, target, idx, partial, B * K, K, n_tiles, eps, *pred.stride(), *target.stride(), *idx.stride())
+    # The one store per program is the partial sum (a scalar by nature).
+    return LaunchPlan(_masked_l1_loss_fwd_kernel, (partial.shape[0],), args, constexprs, t.num_warps, num_stages=1, label=label,
+                      group=group, vector_stores=False)  # fmt: skip
+
+
+def forward_programs(pred, target, device: DeviceSpec) -> int:
+    """Programs of the forward plan (= entries of its partial-sum buffer): resident capacity."""
+    B, K, D = pred.shape
+    t = _tiling(D, min(pred.element_size(), target.element_size()), device)
+    return persistent_programs(cdiv(B * K, t.block_r), t, device)
+
+
+def plan_masked_l1_loss_bwd(grad_out, pred, target, idx, grad_pred, device: DeviceSpec, eps: float = LN_EPS,
+                            label: str = "", group: str = "") -> LaunchPlan:  # fmt: skip
+    """The backward launch: ``grad_pred`` [B,K,D] (contiguous) = sign(pred - t_hat) * grad_out / numel."""
+    B, K, D = pred.shape
+    t, n_tiles, constexprs = _plan_args(pred, target, idx, device)
+    constexprs["INDEX_64"] = needs_int64(pred, target, idx, grad_pred)
+    args = (pred, target, idx, grad_out, grad_pred, B * K, K, n_tiles, eps, B * K * D, *pred.stride(),
+            *target.stride(), *idx.stride())  # fmt: skip
+    grid = (persistent_programs(n_tiles, t, device),)
+    return LaunchPlan(_masked_l1_loss_bwd_kernel, grid, args, constexprs, t.num_warps, num_stages=1, label=label, group=group)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -150,15 +272,13 @@ def _check(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> None:
             f"expected pred [B,K,D], target [B,N,D], idx [B,K]; got {tuple(pred.shape)}, "
             f"{tuple(target.shape)}, {tuple(idx.shape)}"
         )
-    if pred.shape[2] > _MAX_D:
-        raise ValueError(f"D = {pred.shape[2]} > {_MAX_D}: a row must fit one tile")
     check_launchable(pred)
     check_float("pred", pred)
     check_float("target", target)
     check_index("idx", idx)
 
 
-def _loss_dtype(pred: torch.Tensor, target: torch.Tensor) -> torch.dtype:
+def _loss_dtype(pred, target) -> torch.dtype:
     return torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
 
 
@@ -166,43 +286,22 @@ def masked_l1_loss_fwd(
     pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor, eps: float = LN_EPS
 ) -> torch.Tensor:
     _check(pred, target, idx)
-    B, K, D = pred.shape
     acc = _loss_dtype(pred, target)
-    n_rows = B * K
     if pred.numel() == 0:
         return torch.full((), float("nan"), dtype=acc, device=pred.device)
-    block_r, block_d, num_warps = full_row_blocks(n_rows, D)
-    n_progs, iters = persistent_rows(n_rows, block_r, 1, pred.device)
-    partial = torch.empty((n_progs,), dtype=acc, device=pred.device)
-    _masked_l1_loss_fwd_kernel[(n_progs,)](
-        pred, target, idx, partial,
-        n_rows, K, D, eps,
-        pred.stride(0), pred.stride(1), pred.stride(2),
-        target.stride(0), target.stride(1), target.stride(2),
-        idx.stride(0), idx.stride(1),
-        COMPUTE=compute_dtype(acc), ITERS=iters, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    device = DeviceSpec.of(pred.device)
+    partial = torch.empty((forward_programs(pred, target, device),), dtype=acc, device=pred.device)
+    plan_masked_l1_loss(pred, target, idx, partial, device, eps).launch()
     return partial.sum() / pred.numel()
 
 
 def masked_l1_loss_bwd(
     grad_out: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor, eps: float = LN_EPS
 ) -> torch.Tensor:
-    B, K, D = pred.shape
-    grad_pred = torch.empty((B, K, D), dtype=pred.dtype, device=pred.device)
+    grad_pred = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     if pred.numel() == 0:
         return grad_pred
-    n_rows = B * K
-    block_r, block_d, num_warps = full_row_blocks(n_rows, D)
-    _masked_l1_loss_bwd_kernel[(cdiv(n_rows, block_r),)](
-        pred, target, idx, grad_out.reshape(1), grad_pred,
-        n_rows, K, D, eps, pred.numel(),
-        pred.stride(0), pred.stride(1), pred.stride(2),
-        target.stride(0), target.stride(1), target.stride(2),
-        idx.stride(0), idx.stride(1),
-        COMPUTE=compute_dtype(_loss_dtype(pred, target)),
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps,
-    )  # fmt: skip
+    plan_masked_l1_loss_bwd(grad_out.reshape(1), pred, target, idx, grad_pred, DeviceSpec.of(pred.device), eps).launch()
     return grad_pred
 
 
@@ -251,6 +350,25 @@ def _backward(ctx, grad_out):
 masked_l1_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _MaskedL1Loss(torch.autograd.Function):
+    """The eager path: the same launchers as the custom ops, without the custom-op dispatch (which
+    costs more host time per call than the kernels take at V-JEPA sizes)."""
+
+    @staticmethod
+    def forward(ctx, pred, target, idx, eps):
+        loss = masked_l1_loss_fwd(pred, target, idx, eps)
+        _setup_context(ctx, (pred, target, idx, eps), loss)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pred, target, idx = ctx.saved_tensors
+        grad_pred = None
+        if ctx.needs_input_grad[0]:
+            grad_pred = masked_l1_loss_bwd(grad_out, pred, target, idx, ctx.eps)
+        return grad_pred, None, None, None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Functional API
 
@@ -267,5 +385,40 @@ def masked_l1_loss(pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) 
         fp32 for the gathered rows only.
     """
     if kernel_backend(pred) == "triton":
-        return masked_l1_loss_op(pred, target, idx, LN_EPS)
+        if torch.compiler.is_compiling():
+            return masked_l1_loss_op(pred, target, idx, LN_EPS)
+        return _MaskedL1Loss.apply(pred, target, idx, LN_EPS)
     return reference.masked_l1_loss(pred, target, idx)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ahead-of-time plans at the V-JEPA shapes (kernels/aot.py)
+
+_B, _N = 24, 1568
+_ENCODER_DIMS = {"vit_l": 1024, "vit_h": 1280, "vit_g": 1408}
+_TARGET_K = (746, 1101)
+# (pred, target) dtypes: bf16 autocast (the predictor's last Linear in bf16, the target encoder's
+# final LayerNorm in fp32), a bf16 target copy, and fp32 training.
+_DTYPES = ((torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32))
+
+
+def aot_plans() -> list[LaunchPlan]:
+    """The loss launches at V-JEPA shapes on a 132-SM Hopper: batch 24, N = 1568, target K 746 and
+    1101, D of ViT-L / ViT-H / ViT-g, forward and backward. Plans that differ only in K share a
+    ``group``."""
+    device = DeviceSpec()
+    plans = []
+    for model, D in _ENCODER_DIMS.items():
+        for pred_dtype, tgt_dtype in _DTYPES:
+            target = TensorSpec((_B, _N, D), tgt_dtype)
+            common = f"{model} D{D} pred {str(pred_dtype)[6:]} target {str(tgt_dtype)[6:]}"
+            for K in _TARGET_K:
+                pred, idx = TensorSpec((_B, K, D), pred_dtype), TensorSpec((_B, K), torch.int64)
+                partial = TensorSpec((forward_programs(pred, target, device),), _loss_dtype(pred, target))
+                plans.append(plan_masked_l1_loss(pred, target, idx, partial, device,
+                                                 label=f"masked_l1_loss fwd {common} K{K}",
+                                                 group=f"masked_l1_loss fwd {common}"))  # fmt: skip
+                plans.append(plan_masked_l1_loss_bwd(
+                    TensorSpec((1,), torch.float32), pred, target, idx, TensorSpec((_B, K, D), pred_dtype), device,
+                    label=f"masked_l1_loss bwd {common} K{K}", group=f"masked_l1_loss bwd {common}"))  # fmt: skip
+    return plans

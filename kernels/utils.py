@@ -148,7 +148,7 @@ def row_tiling(n_cols: int, elem_bytes: int, device: DeviceSpec, *, block_d_cap:
     return RowTiling(max(min_block_r, per_tile // block_d, 1), block_d, num_warps, programs_per_sm)
 
 
-def persistent_programs(n_tiles: int, tiling: RowTiling, device: DeviceSpec, n_rows: int = 0) -> int:
+def persistent_programs(n_tiles: int, tiling: RowTiling, device: DeviceSpec) -> int:
     """Programs of a persistent grid over ``n_tiles`` tiles: the resident capacity of the device
     (``sm_count * programs_per_sm``), fewer when there are fewer tiles. In the interpreter:
     ``sm_count`` programs (a few, so the loop over tiles is exercised)."""
@@ -172,55 +172,3 @@ def needs_int64(*tensors) -> bool:
         if extent + 1 > _INT32_MAX or t.numel() > _INT32_MAX:
             return True
     return False
-
-
-# TEMPORARY (issue 11 conversion in progress): the landed helpers, until the three row kernels use row_tiling.
-_INTERP_BLOCK_ELEMS = 1 << 16
-_GPU_BLOCK_ELEMS = 4096
-
-
-def row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_D, num_warps) for row-gather style kernels over an [n_rows, n_cols] output.
-
-    GPU: columns in tiles of <= 256 (a power of two dividing D when there is one >= 64, so D = 384,
-    1024, 1280, 1408 waste no lanes), rows so that a tile holds ~4096 elements. Interpreter: whole rows
-    and ~64k elements per program.
-    """
-    if INTERPRET:
-        block_d = next_power_of_2(n_cols)
-        block_r = max(1, min(next_power_of_2(n_rows), _INTERP_BLOCK_ELEMS // block_d))
-        return block_r, block_d, 4
-    block_d = min(next_power_of_2(n_cols), 256)
-    for cand in (256, 128, 64):
-        if n_cols % cand == 0:
-            block_d = cand
-            break
-    block_r = max(1, min(next_power_of_2(n_rows), _GPU_BLOCK_ELEMS // block_d))
-    return block_r, block_d, 4
-
-
-def full_row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_D, num_warps) for kernels that need a whole row in registers (layer norm)."""
-    block_d = next_power_of_2(n_cols)
-    budget = _INTERP_BLOCK_ELEMS if INTERPRET else _GPU_BLOCK_ELEMS
-    block_r = max(1, min(next_power_of_2(n_rows), budget // block_d))
-    num_warps = 4 if block_d * block_r <= 2048 else 8
-    return block_r, block_d, num_warps
-
-
-def persistent_rows(n_rows: int, block_r: int, n_col_blocks: int, device: torch.device) -> tuple[int, int]:
-    """Split n_rows for kernels that reduce over rows: -> (n_programs, ITERS).
-
-    Each program handles ITERS * block_r consecutive rows. ITERS is a power of two (a constexpr: the
-    loop bound is static, which the interpreter needs, and only a few variants are ever compiled even
-    though K changes every step); the number of programs is about a few waves on a GPU, a handful in
-    the interpreter, so the per-program partial sums stay small.
-    """
-    if INTERPRET or device.type != "cuda":
-        target = 4
-    else:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-        target = max(1, 4 * sms // max(1, n_col_blocks))
-    n_blocks = max(1, cdiv(n_rows, block_r))
-    iters = next_power_of_2(cdiv(n_blocks, target))
-    return cdiv(n_blocks, iters), iters

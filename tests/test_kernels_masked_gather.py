@@ -109,31 +109,38 @@ def test_masked_gather_patch_embed_layout_at_vjepa_shapes(K, dtype):
     assert gx.stride() == x.stride()
 
 
-def _gpu_plan_check(x, idx, pos, programs):
+def _gpu_plan_check(x, idx, pos, programs, index_64=False):
     """The tiling a GPU gets (small tiles, column blocks, token-major for strided x), launched on
-    ``x``'s device with ``programs`` persistent programs that each loop over several tiles."""
+    ``x``'s device with ``programs`` persistent programs that each loop over several tiles;
+    ``index_64`` forces the int64 offset arithmetic that only tensors past 2**31 elements select."""
+
+    def run(plan):
+        constexprs = {**plan.constexprs, "INDEX_64": True} if index_64 else plan.constexprs
+        dataclasses.replace(plan, grid=(programs,), constexprs=constexprs).launch()
+
     B, N, D = x.shape
     device = DeviceSpec(sm_count=132, interpret=False)
     out = torch.empty(B, idx.shape[1], D, device=DEVICE, dtype=x.dtype)
     plan = plan_masked_gather(x, idx, pos, out, device)
     assert plan.args[6] > programs  # more tiles than programs: the persistent loop runs
-    dataclasses.replace(plan, grid=(programs,)).launch()
+    run(plan)
     assert torch.equal(out, reference.masked_gather(x, idx, pos))
     grad = torch.randn_like(out)
     grad_x = torch.zeros_like(x)
     assert grad_x.stride() == x.stride()
-    dataclasses.replace(plan_masked_scatter(grad, idx, grad_x, device), grid=(programs,)).launch()
+    run(plan_masked_scatter(grad, idx, grad_x, device))
     expected = torch.zeros_like(x)
     expected[torch.arange(B, device=DEVICE)[:, None], idx.long()] = grad
     assert torch.equal(grad_x, expected)
 
 
 @pytest.mark.parametrize(
-    "layout, D, dtype",
-    [("contiguous", 1280, torch.bfloat16), ("contiguous", 1408, torch.float32), ("contiguous", 190, torch.bfloat16),
-     ("strided", 96, torch.bfloat16), ("strided", 190, torch.float32)],
+    "layout, D, dtype, index_64",
+    [("contiguous", 1280, torch.bfloat16, False), ("contiguous", 1408, torch.float32, False),
+     ("contiguous", 190, torch.bfloat16, True), ("strided", 96, torch.bfloat16, False),
+     ("strided", 190, torch.float32, True)],
 )  # fmt: skip
-def test_masked_gather_gpu_tiling(layout, D, dtype):
+def test_masked_gather_gpu_tiling(layout, D, dtype, index_64):
     """GPU tile shapes (column blocks dividing D = 1280 / 1408, a masked column tail for D = 190,
     32-token tiles for the strided layout) and persistent programs, checked in the interpreter."""
     B, N, K = 2, 40, 9
@@ -142,4 +149,4 @@ def test_masked_gather_gpu_tiling(layout, D, dtype):
     else:
         x = torch.randn(B, N, D, device=DEVICE, dtype=dtype)
     pos = torch.randn(N, D, device=DEVICE, dtype=torch.float32)
-    _gpu_plan_check(x, unique_indices(B, N, K, DEVICE, sort=False), pos, programs=2)
+    _gpu_plan_check(x, unique_indices(B, N, K, DEVICE, sort=False), pos, programs=2, index_64=index_64)

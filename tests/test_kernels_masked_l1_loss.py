@@ -1,9 +1,13 @@
 """masked_l1_loss: Triton kernel vs the PyTorch reference and the official loss formula."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vjepa_fast.kernels import masked_l1_loss, reference
+from vjepa_fast.kernels.masked_l1_loss import plan_masked_l1_loss, plan_masked_l1_loss_bwd
+from vjepa_fast.kernels.plan import DeviceSpec
 from vjepa_fast.kernels.testing import kernel_test_device, unique_indices
 
 DEVICE = kernel_test_device()
@@ -93,3 +97,43 @@ def test_masked_l1_loss_vjepa_shapes(D, K, dtype):
     pred = torch.randn(B, K, D, device=DEVICE, dtype=dtype)
     target = torch.randn(B, N, D, device=DEVICE, dtype=dtype)
     _check(pred, target, unique_indices(B, N, K, DEVICE))
+
+
+@pytest.mark.parametrize(
+    "D, pred_dtype, tgt_dtype, index_64",
+    [(1280, torch.bfloat16, torch.float32, False), (1408, torch.bfloat16, torch.bfloat16, False),
+     (300, torch.float32, torch.float32, True)],
+)  # fmt: skip
+def test_masked_l1_loss_gpu_tiling(D, pred_dtype, tgt_dtype, index_64):
+    """The tiling a GPU gets: layer-norm statistics streamed over column blocks and merged (5 blocks
+    of 256 bf16 columns for D = 1280, 11 of 128 for D = 1408, a 44-column tail for D = 300), two
+    persistent programs that each loop over several row tiles; run in the interpreter. ``index_64``
+    forces the int64 offsets that only tensors past 2**31 elements select."""
+
+    def with_int64(plan):
+        return dataclasses.replace(plan, constexprs={**plan.constexprs, "INDEX_64": index_64})
+
+    B, N, K = 2, 30, 13
+    idx = unique_indices(B, N, K, DEVICE, sort=False)
+    target = (3 * torch.randn(B, N, D, device=DEVICE) + 0.5).to(tgt_dtype)
+    target[0, idx[0, 0]] = 2.5  # a constant row normalises to exactly 0: sign(0) = 0 below
+    pred = torch.randn(B, K, D, device=DEVICE, dtype=pred_dtype)
+    pred[0, 0, ::2] = 0.0
+    device = DeviceSpec(sm_count=132, interpret=False)
+    partial = torch.empty(2, device=DEVICE, dtype=torch.float32)
+    plan = plan_masked_l1_loss(pred, target, idx, partial, device)
+    assert plan.grid == (2,) and plan.args[6] > 2  # row tiles > programs: the persistent loop runs
+    with_int64(plan).launch()
+    expected = reference.masked_l1_loss(pred, target, idx)
+    torch.testing.assert_close(partial.sum() / pred.numel(), expected, rtol=1e-6, atol=0)
+
+    grad_pred = torch.empty_like(pred)
+    grad_out = torch.tensor([3.0], device=DEVICE)
+    plan = plan_masked_l1_loss_bwd(grad_out, pred, target, idx, grad_pred, device)
+    dataclasses.replace(with_int64(plan), grid=(2,)).launch()
+    p = pred.detach().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(reference.masked_l1_loss(p, target, idx) * 3.0, p)
+    t_hat = F.layer_norm(reference._rows(target, idx).double(), (D,), eps=1e-5)
+    near_tie = (pred.double() - t_hat).abs() < 1e-5
+    assert torch.equal(grad_pred[~near_tie], g_ref[~near_tie])
+    assert (grad_pred[0, 0, ::2] == 0).all() and (grad_pred[0, 0, 1::2] != 0).all()

@@ -105,10 +105,16 @@ def test_assemble_vjepa_shapes(Kc, Kt, dtype):
     _check(*_inputs(2, Kc, Kt, 1568, 384, dtype, mask_dtype=torch.float32, pos_dtype=torch.float32))
 
 
-@pytest.mark.parametrize("D, dtype", [(384, torch.bfloat16), (384, torch.float32), (190, torch.bfloat16)])
-def test_assemble_gpu_tiling(D, dtype):
+@pytest.mark.parametrize("D, dtype, index_64", [(384, torch.bfloat16, False), (384, torch.float32, False),
+                                                (190, torch.bfloat16, True)])  # fmt: skip
+def test_assemble_gpu_tiling(D, dtype, index_64):
     """The tiling a GPU gets (small tiles, column blocks of 128 for D = 384, a masked column tail for
-    D = 190) with two persistent programs that each loop over several tiles, in the interpreter."""
+    D = 190) with two persistent programs that each loop over several tiles, in the interpreter;
+    ``index_64`` forces the int64 offsets that only tensors past 2**31 elements select."""
+
+    def with_int64(plan):
+        return dataclasses.replace(plan, constexprs={**plan.constexprs, "INDEX_64": index_64})
+
     B, Kc, Kt, N = 2, 5, 9, 40
     ctx, ctx_idx, tgt_idx, pos, token = _inputs(B, Kc, Kt, N, D, dtype, mask_dtype=torch.float32,
                                                 pos_dtype=torch.float32)  # fmt: skip
@@ -117,7 +123,7 @@ def test_assemble_gpu_tiling(D, dtype):
     out = torch.empty(B, Kc + Kt, D, device=DEVICE, dtype=torch.float32)
     plan = plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos2, token1, out, device)
     assert plan.args[9] > 2  # tiles > programs: the persistent loop runs
-    dataclasses.replace(plan, grid=(2,)).launch()
+    dataclasses.replace(with_int64(plan), grid=(2,)).launch()
     assert torch.equal(out, reference.assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, token))
 
     grad = torch.randn_like(out)
@@ -125,7 +131,7 @@ def test_assemble_gpu_tiling(D, dtype):
     partial = torch.empty(2, D, device=DEVICE, dtype=torch.float32)
     plan = plan_assemble_predictor_input_bwd(grad, grad_ctx, partial, device)
     assert plan.grid[0] == 2 and plan.args[6] > 2
-    plan.launch()
+    with_int64(plan).launch()
     assert torch.equal(grad_ctx, grad[:, :Kc].to(dtype))
     rows = grad[:, Kc:].double()
     bound = 1e-6 * rows.abs().sum(dim=(0, 1)) + 1e-6
