@@ -11,8 +11,9 @@ consecutive elements of one tensor. Its tables, built on the host from the tenso
 
 Vector accesses. A table address tells the compiler nothing about alignment, so the kernels take an
 ``ALIGNED`` constexpr and, when set, promise the compiler 16-byte aligned chunk bases and element
-counts that are multiples of ``16 / element size`` for the narrowest role: the loads and stores then
-compile to 128-bit ``ld/st.global.v4.b32``. :func:`vector_ok` is the host's check of that promise
+counts that are multiples of ``16 / element size`` of the widest role: its loads and stores then
+compile to 128-bit ``ld/st.global.v4.b32`` (all roles share one register layout, so a bf16 role
+beside fp32 ones moves 8 bytes per access instead of paying a shared-memory layout conversion). :func:`vector_ok` is the host's check of that promise
 (PyTorch's allocator aligns every allocation to at least 512 bytes, ``FlatParams`` aligns each
 parameter, chunk starts are multiples of ``CHUNK``); tensors that fail it (odd sizes, views at odd
 offsets) go to a separate ``ALIGNED=False`` launch with scalar accesses.
@@ -42,8 +43,9 @@ _INT32_MAX = 2**31 - 1
 
 
 def vector_elems(elem_sizes: Sequence[int]) -> int:
-    """Elements per 16-byte access of the narrowest role (fp32: 4, bf16 / fp16: 8, fp64: 2)."""
-    return ALIGN_BYTES // min(elem_sizes)
+    """Elements per thread and access: one 16-byte vector of the widest role (fp32: 4, fp64: 2;
+    only bf16 / fp16 roles: 8)."""
+    return ALIGN_BYTES // max(elem_sizes)
 
 
 def n_chunks(numels: Sequence[int], chunk: int) -> int:
@@ -55,8 +57,8 @@ def multi_tensor_blocks(device: DeviceSpec, elem_sizes: Sequence[int], numels: S
     """(CHUNK, BLOCK, num_warps) for one multi-tensor launch over tensors of sizes ``numels`` whose
     roles have element sizes ``elem_sizes`` (bytes).
 
-    GPU: 4 warps; BLOCK gives every thread one 16-byte access of the narrowest role per iteration
-    (fp32: 512, a bf16 / fp16 role present: 1024); CHUNK is the largest power of two in
+    GPU: 4 warps; BLOCK gives every thread one 16-byte access of the widest role per iteration
+    (any fp32 role: 512, only bf16 / fp16 roles: 1024); CHUNK is the largest power of two in
     [BLOCK, 16384] that still gives ``_GPU_MIN_WAVES`` waves of programs at full residency (16
     programs of 4 warps per SM), so a small launch (the predictor's 22M parameters) still spreads
     over every SM and a large one (ViT-L's 304M) keeps per-program overhead low. A function of the

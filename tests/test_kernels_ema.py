@@ -267,6 +267,9 @@ def test_planner_splits_by_alignment_and_dtype():
         assert p.constexprs["CHUNK"] % p.constexprs["BLOCK"] == 0
     assert got == {(tl.float32, True): (1, 4, 512), (tl.float32, False): (2, 4, 512),
                    (tl.bfloat16, True): (1, 8, 1024), (tl.bfloat16, False): (1, 8, 1024)}  # fmt: skip
+    # fp32 sources beside bf16 targets: one layout, 4 elements per thread (the fp32 roles' vector)
+    (mixed,) = plan_fused_ema([TensorSpec((1024,), bf16)], [TensorSpec((1024,), f32)], gpu)
+    assert (mixed.constexprs["VEC"], mixed.constexprs["BLOCK"], mixed.constexprs["ALIGNED"]) == (4, 512, True)
     with pytest.raises(ValueError, match=r"sources\[1\] has 7 elements"):
         plan_fused_ema(targets[:2], [sources[0], TensorSpec((7,), f32)], gpu)
     with pytest.raises(ValueError, match="not contiguous"):

@@ -22,6 +22,16 @@ import common as C  # noqa: E402
 def main(argv=None) -> None:
     args = C.bench_args("bench_ema", __doc__, argv, dtype=False, extra=[("--skip-adamw", dict(action="store_true"))])
     from vjepa_fast.kernels import FlatParams, fused_adamw_ema_, fused_ema_
+    from vjepa_fast.kernels.ema import plan_fused_adamw_ema, plan_fused_ema
+    from vjepa_fast.kernels.plan import DeviceSpec
+
+    device = DeviceSpec.of("cuda")
+
+    def show(kind: str, plans) -> None:  # which launches ran: vector (ALIGNED) or scalar, chunking
+        for p in plans:
+            c = p.constexprs
+            print(f"# {kind}: {p.n_programs} programs, CHUNK {c['CHUNK']}, BLOCK {c['BLOCK']}, "
+                  f"ALIGNED {c['ALIGNED']}, {p.num_warps} warps")
 
     rec = C.Recorder("ema")
     m = 0.998
@@ -43,6 +53,7 @@ def main(argv=None) -> None:
             torch._foreach_mul_(tgt, m)
             torch._foreach_add_(tgt, src, alpha=1 - m)
 
+        show(f"{model} EMA list", plan_fused_ema(tgt, src, device))
         impls = [
             ("torch_official_loop", official),
             ("torch_foreach_mul_add", foreach_mul_add),
@@ -93,6 +104,7 @@ def main(argv=None) -> None:
             fused_adamw_ema_(ps, gs, ms, vs, ema, lr=lr, weight_decay=wd, step=step, momentum=m_t,
                              group_ids=gid)  # fmt: skip
 
+        show(f"{model} AdamW+EMA", plan_fused_adamw_ema(ps, gs, ms, vs, ema, gid, device))
         adam_bytes = 9 * 4 * n
         for impl, fn in (("torch_adamw_fused+lerp", torch_fused_then_lerp), ("triton_adamw_ema", ours)):
             rec.add(impl, "step", model, shape, torch.float32, C.do_bench(fn, warmup=5, rep=50), adam_bytes)
