@@ -148,6 +148,52 @@ def test_flex_document_attention_forward(lengths):
     assert rel(out, ref) <= 1e-6
 
 
+@EAGER_FLEX
+def test_flex_block_mask_is_built_on_the_tensors_device(monkeypatch):
+    """create_block_mask(device=None) takes the current accelerator (CUDA in any CUDA build of
+    torch 2.11+): a Packing without a device must still build its BlockMask where its segment ids
+    live. The accelerator is faked as "meta" here, which a CPU-only build has not got."""
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("meta"))
+    lengths = (1, 7, 30, 2)
+    packing = Packing(lengths, impl="flex")
+    assert packing.block_mask.kv_num_blocks.device == torch.device("cpu")
+    q, k, v = (torch.randn(2, 3, sum(lengths), 16) for _ in range(3))
+    assert rel(document_attention(q, k, v, packing), naive_document_attention(q, k, v, lengths)) <= 1e-6
+
+
+def _packed_qkv(lengths, heads=4, head_dim=8, batch=2):
+    """q, k, v laid out as a block's qkv projection leaves them: [B, L, 3, heads, head_dim] permuted."""
+    qkv = torch.randn(batch, sum(lengths), 3, heads, head_dim)
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def test_split_documents_have_strides_of_their_own_length(monkeypatch):
+    """cuDNN keys its attention-graph cache on the q/k/v shapes *and strides* and builds a graph
+    on every miss. A document's tensors must therefore look the same whatever the other documents'
+    lengths: a slice of the packed q would carry the packed total in its batch stride, and every
+    new total (every step in training) would be a new key."""
+    seen = []
+
+    def recording_attention(q, k, v, backend=None):
+        seen.append(tuple((tuple(t.shape), t.stride()) for t in (q, k, v)))
+        return real(q, k, v, backend)
+
+    real = packed.attention
+    monkeypatch.setattr(packed, "attention", recording_attention)
+    first = {}
+    for lengths in [(5, 7), (5, 9, 3)]:
+        seen.clear()
+        q, k, v = _packed_qkv(lengths)
+        out = document_attention(q, k, v, Packing(lengths, impl="split"))
+        assert rel(out, naive_document_attention(q, k, v, lengths)) <= 1e-6
+        first[lengths] = seen[0]
+    assert first[(5, 7)] == first[(5, 9, 3)]
+    # The one-document case (nothing to split) passes the projection's own layout, as the
+    # per-mask path does; a multi-document packing gives each document the token-major layout.
+    heads, head_dim = 4, 8
+    assert first[(5, 7)][0][1] == (5 * heads * head_dim, head_dim, heads * head_dim, 1)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex backward needs CUDA")
 def test_flex_document_attention_backward_cuda():
     lengths = (364, 103, 1)

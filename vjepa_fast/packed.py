@@ -10,10 +10,18 @@ matmuls (and so float rounding) differs.
 
 ``VJEPA_FAST_PACKED_ATTN`` (or :func:`set_packed_attention`) picks how that attention runs:
 
-* ``split`` (what ``auto`` picks): one dense attention call per document on slices of q, k, v,
-  through :func:`vjepa_fast.attention.attention`, so the global backend switch (cuDNN, flash,
+* ``split`` (what ``auto`` picks): one dense attention call per document through
+  :func:`vjepa_fast.attention.attention`, so the global backend switch (cuDNN, flash,
   flash-attn, ...) applies: the same attention calls as the per-mask path, and it traces under
-  ``torch.compile`` with symbolic document lengths.
+  ``torch.compile`` with symbolic document lengths. Each document's q, k and v are first copied
+  into a tensor of their own (token-major, ``[B, n, heads, head_dim]`` storage), so their
+  strides depend on that document's length alone. A slice of the packed q would carry the packed
+  total in its batch stride, and cuDNN's attention caches one execution graph per (shape,
+  strides) and builds a new one on every miss (``aten/src/ATen/native/cudnn/MHA.cpp``: the key
+  holds the q/k/v strides): with the total in the key, the official ViT-L masks give ~1,400
+  distinct keys in 2,000 steps, each built forward and backward, against ~120 per mask length
+  (``benchmarks/results/gpu_measure/README.md``). The copies cost one read and write of q, k, v
+  per layer; the outputs are concatenated token-major, so the block's head merge is a view.
 * ``mask``: one SDPA call with a boolean block-diagonal ``[L, L]`` mask. A dense mask rules out
   SDPA's flash kernel and does the masked-out work, so this is a reference, not a fast path.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a document ``BlockMask`` built once per
@@ -72,7 +80,8 @@ def block_diagonal_mask(lengths: Sequence[int], device: torch.device | str | Non
 
 
 def document_block_mask(lengths: Sequence[int], device: torch.device | str | None = None):
-    """A flex-attention ``BlockMask`` for the documents, shared by every head and batch row."""
+    """A flex-attention ``BlockMask`` for the documents, shared by every head and batch row, on
+    ``device`` (None: torch's default device, as for :func:`segment_ids`)."""
     from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415
 
     ids = segment_ids(lengths, device)
@@ -81,7 +90,9 @@ def document_block_mask(lengths: Sequence[int], device: torch.device | str | Non
         return ids[q_idx] == ids[kv_idx]
 
     L = ids.shape[0]
-    return create_block_mask(same_document, None, None, L, L, device=device)
+    # Always the ids' device: create_block_mask(device=None) picks the current accelerator, i.e.
+    # CUDA in any CUDA build of torch, even for CPU tensors (torch 2.11 and later).
+    return create_block_mask(same_document, None, None, L, L, device=ids.device)
 
 
 class Packing:
@@ -118,6 +129,13 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask) -> torc
     return flex_attention(q, k, v, block_mask=block_mask)
 
 
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """[B, heads, n, head_dim] -> the same values in storage of their own, token-major
+    ([B, n, heads, head_dim] contiguous, as a projection writes them), so that the strides are
+    functions of n alone (see the module docstring: cuDNN's graph cache keys on them)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
     """Non-causal attention on [B, heads, L, head_dim] where token i sees token j only if both lie in
     the same document of ``packing``; default 1/sqrt(head_dim) scale."""
@@ -126,8 +144,10 @@ def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packin
     if packing.impl == "split":
         if len(packing.lengths) == 1:
             return attention(q, k, v)
-        parts = zip(*(t.split(packing.lengths, dim=2) for t in (q, k, v)))
-        return torch.cat([attention(qi, ki, vi) for qi, ki, vi in parts], dim=2)
+        outs = []
+        for qi, ki, vi in zip(*(t.split(packing.lengths, dim=2) for t in (q, k, v))):
+            outs.append(attention(*(_own_storage(t) for t in (qi, ki, vi))).transpose(1, 2))
+        return torch.cat(outs, dim=1).transpose(1, 2)
     if packing.impl == "mask":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=packing.dense_mask)
     return _flex(q, k, v, packing.block_mask)
