@@ -396,3 +396,36 @@ def test_bench_attention_smoke(table, tmp_path, capsys):
     load_attention_table(out)
     entries = attention_table()["entries"]
     assert len(entries) == len(expected) + 2  # one per shape, plus the two group defaults
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forced, fused_ops", [("math", set()), ("flash", {"_scaled_dot_product_flash_attention_for_cpu",
+                                                                         "_scaled_dot_product_flash_attention_for_cpu_backward"})])
+def test_forced_backend_survives_inductor_with_symbolic_lengths(forced, fused_ops):
+    """A backend forced through ``sdpa_kernel`` (what ``attention`` does) is the one inductor's
+    generated code calls, forward and backward, with the token dim symbolic as in the compiled
+    student: dynamo records the context manager in the graph and the backend is chosen while the
+    graph is traced. Read back with ``compiled_attention_ops`` (the GPU benchmark reports the same
+    for cuDNN, which cannot be checked on a CPU)."""
+    from vjepa_fast.compile import compiled_attention_ops
+
+    def block(x, w):
+        B, L, _ = x.shape
+        qkv = (x @ w).reshape(B, L, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        return attention(qkv[0], qkv[1], qkv[2]).sum()
+
+    _fresh_dynamo()
+    before = set(compiled_attention_ops())
+    w = torch.randn(48, 48, requires_grad=True)
+    with attention_backend(forced), torch._inductor.config.patch({"cpp.vec_isa_ok": False, "compile_threads": 1}):
+        compiled = torch.compile(block, backend="inductor", fullgraph=True)
+        for length in (40, 33, 57):
+            x = torch.randn(2, length, 48)
+            torch._dynamo.mark_dynamic(x, 1)
+            torch.autograd.grad(compiled(x, w), w)
+    graphs = {path: ops for path, ops in compiled_attention_ops().items() if path not in before}
+    assert _compile_counts() == (1, 0)
+    assert len(graphs) == 2  # the forward and the backward graph
+    called = {op for ops in graphs.values() for op in ops}
+    assert called - {"bmm"} == fused_ops
+    assert ("bmm" in called) == (forced == "math")

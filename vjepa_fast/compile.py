@@ -72,6 +72,7 @@ Usage (the trainer)::
 from __future__ import annotations
 
 import os
+import re
 import types
 from collections import Counter
 from typing import Callable, Sequence
@@ -81,7 +82,7 @@ import torch
 from .jepa import VJEPA
 from .vision_transformer import VisionTransformer
 
-__all__ = ["compile_vjepa", "compile_stats", "is_compiled", "reset_compile_stats"]
+__all__ = ["compile_vjepa", "compile_stats", "compiled_attention_ops", "is_compiled", "reset_compile_stats"]
 
 #: Modes that turn on CUDA graphs: one graph would be recorded per mask length.
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -191,3 +192,43 @@ def reset_compile_stats() -> None:
     """Forget the compilations recorded so far (not the compiled code: see ``torch._dynamo.reset``)."""
     torch._dynamo.utils.clear_compilation_metrics()
     torch._dynamo.utils.counters.clear()
+
+
+# A fused SDPA kernel called from inductor's wrapper code, e.g.
+# ``torch.ops.aten._scaled_dot_product_cudnn_attention.default(`` (comments name ops too; calls only).
+_FUSED_ATTENTION_CALL = re.compile(r"torch\.ops\.aten\.(_scaled_dot_product_\w+|_flash_attention_\w+|"
+                                   r"_efficient_attention_\w+|_cudnn_attention_\w+)\.default\(")
+# SDPA's math backend decomposes into two batched matmuls per call (the softmax is fused into a
+# generated kernel); nothing else in the V-JEPA modules is a bmm.
+_BMM_CALL = re.compile(r"extern_kernels\.bmm\(")
+
+
+def compiled_attention_ops() -> dict[str, dict[str, int]]:
+    """Which attention the code that inductor generated in this process calls: for each compiled
+    graph (forward and backward graphs separately), the number of calls per fused SDPA op (e.g.
+    ``_scaled_dot_product_cudnn_attention``, ``..._flash_attention_backward``) and of ``bmm``
+    (``extern_kernels.bmm``: what the math backend decomposes into; the V-JEPA modules have no
+    other bmm). Keyed by the generated file's path; graphs with neither are left out.
+
+    This reads the wrapper modules inductor loaded (``torch._inductor.codecache.PyCodeCache``),
+    so it sees graphs compiled by ``backend="inductor"`` only, cache hits included. It answers
+    what an SDPA backend choice (``vjepa_fast.attention``) became inside compiled regions, where
+    the choice is made once, at trace time, on fake tensors with symbolic lengths.
+    """
+    from torch._inductor.codecache import PyCodeCache  # noqa: PLC0415
+
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted({getattr(m, "__file__", None) for m in PyCodeCache.modules} - {None}):
+        try:
+            src = open(path).read()
+        except OSError:  # removed by a cache clean-up since it was loaded
+            continue
+        if "def call(" not in src:  # a kernel module, not a graph's wrapper
+            continue
+        ops = Counter(_FUSED_ATTENTION_CALL.findall(src))
+        bmm = len(_BMM_CALL.findall(src))
+        if bmm:
+            ops["bmm"] = bmm
+        if ops:
+            out[path] = dict(sorted(ops.items()))
+    return out
