@@ -26,6 +26,7 @@ setup(
         "video": ["decord", "av"],
         "demo": ["scikit-learn", "scikit-video", "pillow", "matplotlib"],
         "dev": ["pytest", "pytest-benchmark"],
+        "hf": ["safetensors"],  # Hugging Face V-JEPA 2 checkpoints (vjepa_fast.hf_vjepa2)
     },
     entry_points={"console_scripts": ["vjepa-fast=vjepa_fast.cli:main"]},
 )
