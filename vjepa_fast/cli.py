@@ -195,7 +195,9 @@ def _make_demo_data(args) -> int:
 PASS_THROUGH = {"profile": _profile, "make-demo-data": _make_demo_data}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vjepa-fast`` parser (``profile`` / ``make-demo-data`` are listed here; :func:`main` hands
+    their arguments to their own parsers)."""
     parser = argparse.ArgumentParser(prog="vjepa-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -252,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=func)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASS_THROUGH:
         # These hand every argument to a script with its own parser. An argparse REMAINDER in a

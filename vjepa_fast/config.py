@@ -560,8 +560,8 @@ class LoggingConfig:
     tensorboard: bool = False
 
     def validate(self, p: str = "logging") -> None:
-        _check_required(f"{p}.folder", self.folder)
-        _check(bool(self.folder), f"{p}.folder", self.folder, "must be a non-empty path")
+        if _check_required(f"{p}.folder", self.folder):
+            _check(bool(self.folder), f"{p}.folder", self.folder, "must be a non-empty path")
         _check(bool(self.write_tag), f"{p}.write_tag", self.write_tag, "must be non-empty")
         _check(self.log_every >= 1, f"{p}.log_every", self.log_every, "must be >= 1")
         _check(self.keep_last >= 0, f"{p}.keep_last", self.keep_last, "must be >= 0")
