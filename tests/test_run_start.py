@@ -272,3 +272,16 @@ def test_mask_blocks_that_can_be_empty_on_the_grid_are_refused(tmp_path):
     col = MultiBlock3DMaskCollator(cfg_for(tmp_path, "data.patch_size=32").mask_dicts(), crop_size=64, num_frames=8,
                                    patch_size=32)
     assert col.sample(2, 0)[1][0].shape[1] == 0  # what the check prevents: an empty target
+
+
+def test_mask_truncation_reaches_the_collator(tmp_path):
+    from vjepa_fast.masks import MultiBlock3DMaskCollator
+
+    default = Trainer(cfg_for(tmp_path / "a"), out=lambda s: None)
+    rand = Trainer(cfg_for(tmp_path / "b", "data.mask_truncation=random"), out=lambda s: None)
+    assert default.masks.truncation == "earliest" and rand.masks.truncation == "random"
+    d = rand.cfg.data
+    ref = MultiBlock3DMaskCollator(rand.cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
+                                   patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=rand.cfg.meta.seed,
+                                   truncation="random")
+    assert all(torch.equal(a, b) for a, b in zip(rand.masks.sample(2, 5)[0], ref.sample(2, 5)[0]))

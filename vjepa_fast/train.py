@@ -571,6 +571,7 @@ class Trainer:
         self.masks = build_mask_collator(
             d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
             patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=self.rank,
+            truncation=d.mask_truncation,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step_fn = TrainStep(self.model, self.optimizer, self.schedules, dtype=self.dtype,
