@@ -3,9 +3,10 @@
 ``fused_ema_(targets, sources, m)`` is the official ``t.mul_(m).add_((1 - m) * s)`` over every pair,
 computed in fp32 (``t*m + (1-m)*s`` without fma contraction, then one rounding to the storage dtype):
 bit-identical to the official formula for fp32 storage, within 1 ulp for bf16 / fp16 storage (where
-the official formula also rounds ``t*m`` and ``(1-m)*s`` to the storage dtype). ``fused_adamw_ema_`` is a ``torch.optim.AdamW`` step (decoupled weight decay, bias
-corrections, per-group lr / weight decay) that, while the new parameter is still in registers, also
-writes the EMA target ``t = m*t + (1-m)*p_new``: AdamW-then-EMA in one read of each tensor.
+the official formula also rounds ``t*m`` and ``(1-m)*s`` to the storage dtype).
+``fused_adamw_ema_`` is a ``torch.optim.AdamW`` step (decoupled weight decay, bias corrections,
+per-group lr / weight decay) that, while the new parameter is still in registers, also writes the
+EMA target ``t = m*t + (1-m)*p_new``: AdamW-then-EMA in one read of each tensor.
 
 How one launch covers many tensors: see ``kernels/multi_tensor.py`` (tables of addresses and
 chunks, 16-byte alignment promised to the compiler where the host has checked it, so the hot
@@ -25,6 +26,10 @@ No host-device syncs: Python-number hyper-parameters are passed as kernel scalar
 through pinned memory without blocking (AdamW); tensor hyper-parameters (momentum, lr, step on the
 device) are turned into the coefficient table with device ops. Nothing that changes from step to
 step (momentum, lr, step, gradient addresses) changes a compiled variant: it is all runtime data.
+
+CUDA-graph capture: run one step before capturing (plans are built and their tables uploaded on
+first use, outside the graph) and pass the AdamW hyper-parameters as device tensors (Python numbers
+are uploaded from a fresh pinned buffer each call, which a replayed graph would not see).
 """
 from __future__ import annotations
 
@@ -190,9 +195,9 @@ def _fused_adamw_ema_kernel(
         t_ptr = p_ptr
     if count == CHUNK:  # every chunk but a tensor's last: no mask
         for i in range(0, CHUNK, BLOCK):
-            _adamw_ema_block(p_ptr, g_ptr, m_ptr, v_ptr, t_ptr, i + tl.arange(0, BLOCK), None, decay, w1, beta2,
-                             w2, neg_step_size, bc2_sqrt, eps, mom, one_minus_mom, P_DTYPE, M_DTYPE, V_DTYPE,
-                             T_DTYPE, COMPUTE, HAS_EMA)  # fmt: skip
+            _adamw_ema_block(p_ptr, g_ptr, m_ptr, v_ptr, t_ptr, i + tl.arange(0, BLOCK), None, decay, w1,
+                             beta2, w2, neg_step_size, bc2_sqrt, eps, mom, one_minus_mom, P_DTYPE, M_DTYPE,
+                             V_DTYPE, T_DTYPE, COMPUTE, HAS_EMA)  # fmt: skip
     else:
         if ALIGNED:
             count = tl.multiple_of(count, VEC)  # whole 16-byte vectors: the mask keeps them whole
@@ -235,13 +240,14 @@ def plan_fused_ema(
         tables = MultiTensorTables.build(sub, [0] * len(ids), chunk)
         compute = compute_dtype(*dtypes)
         from_ptr = m_from_ptr or compute == tl.float64  # fp64 storage: fp32 kernel scalars would lose bits
-        m_arg = TensorSpec((2,), torch.float64 if compute == tl.float64 else torch.float32) if from_ptr else tables.chunk_count
+        m_dtype = torch.float64 if compute == tl.float64 else torch.float32
+        m_arg = TensorSpec((2,), m_dtype) if from_ptr else tables.chunk_count  # a pointer never read
         plans.append(LaunchPlan(
             _fused_ema_kernel, (tables.n_programs,),
-            (tables.addrs[0], tables.addrs[1], tables.chunk_tensor, tables.chunk_start, tables.chunk_count, m_arg,
-             0.0, 1.0),
-            dict(T_DTYPE=tl_dtype(dtypes[0]), S_DTYPE=tl_dtype(dtypes[1]), COMPUTE=compute, M_FROM_PTR=from_ptr,
-                 ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk, BLOCK=block,
+            (tables.addrs[0], tables.addrs[1], tables.chunk_tensor, tables.chunk_start, tables.chunk_count,
+             m_arg, 0.0, 1.0),
+            dict(T_DTYPE=tl_dtype(dtypes[0]), S_DTYPE=tl_dtype(dtypes[1]), COMPUTE=compute,
+                 M_FROM_PTR=from_ptr, ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk, BLOCK=block,
                  enable_fp_fusion=False),  # t*m and (1-m)*s rounded separately, like the official mul_/add_
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
         ))  # fmt: skip
@@ -282,16 +288,18 @@ def plan_fused_adamw_ema(
         chunk, block, num_warps = multi_tensor_blocks(device, sizes, [t.numel() for t in sub[0]])
         tables = MultiTensorTables.build(sub, [int(group_ids[i]) for i in ids], chunk)
         compute = compute_dtype(*dtypes)
-        coef = TensorSpec((max(group_ids) + 1, _N_COEF), torch.float64 if compute == tl.float64 else torch.float32)
+        coef_dtype = torch.float64 if compute == tl.float64 else torch.float32
+        coef = TensorSpec((max(group_ids) + 1, _N_COEF), coef_dtype)
         t_addr = tables.addrs[4] if has_ema else tables.addrs[0]
         plans.append(LaunchPlan(
             _fused_adamw_ema_kernel, (tables.n_programs,),
-            (*tables.addrs[:4], t_addr, tables.group, tables.chunk_tensor, tables.chunk_start, tables.chunk_count,
-             coef),
+            (*tables.addrs[:4], t_addr, tables.group, tables.chunk_tensor, tables.chunk_start,
+             tables.chunk_count, coef),
             dict(P_DTYPE=tl_dtype(dtypes[0]), G_DTYPE=tl_dtype(dtypes[1]), M_DTYPE=tl_dtype(dtypes[2]),
                  V_DTYPE=tl_dtype(dtypes[3]), T_DTYPE=tl_dtype(dtypes[4] if has_ema else dtypes[0]),
                  COMPUTE=compute, HAS_EMA=has_ema, ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk,
-                 BLOCK=block, enable_fp_fusion=False),  # PyTorch's op-by-op rounding; the lerp's fma is explicit
+                 BLOCK=block,
+                 enable_fp_fusion=False),  # PyTorch's op-by-op rounding; the lerp's fma is explicit
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
         ))  # fmt: skip
     return plans
@@ -362,8 +370,8 @@ def fused_ema_launch(
         named = {"targets": targets, "sources": sources}
         check_roles(named)
         device = _check_devices(named)
-        plans = [p.with_args(*tables_to(p.args, device))
-                 for p in plan_fused_ema(targets, sources, DeviceSpec.of(device), m_from_ptr=momentum is not None)]
+        planned = plan_fused_ema(targets, sources, DeviceSpec.of(device), m_from_ptr=momentum is not None)
+        plans = [p.with_args(*tables_to(p.args, device)) for p in planned]
         _EMA_PLANS.put(key, plans)
     for plan in plans:
         coef = plan.args[5]
@@ -371,7 +379,8 @@ def fused_ema_launch(
             if momentum is None:  # fp64 storage with a Python momentum: upload it without a sync
                 coef = upload_scalars([[m, one_minus_m]], targets[0].device, torch.float64)[0]
             else:
-                coef = momentum.to(torch.float64 if plan.constexprs["COMPUTE"] == tl.float64 else momentum.dtype)
+                wide = plan.constexprs["COMPUTE"] == tl.float64
+                coef = momentum.to(torch.float64 if wide else momentum.dtype)
         plan.with_args(*plan.args[:5], coef, m, one_minus_m).launch()
 
 
@@ -384,7 +393,8 @@ def fused_adamw_ema_launch(
     group_ids: Sequence[int],
     coeffs: torch.Tensor,
 ) -> None:
-    """One AdamW(+EMA) launch per dtype signature and alignment; ``coeffs``: the [n_groups, 9] device table."""
+    """One AdamW(+EMA) launch per dtype signature and alignment class; ``coeffs``: the [n_groups, 9]
+    coefficient table on the device."""
     roles = (params, grads, exp_avgs, exp_avg_sqs, ema_params)
     if not params:
         return
@@ -756,7 +766,7 @@ def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[L
     n_pred = sum(p.numel() for _, p in buckets[False])
     plans: list[LaunchPlan] = []
 
-    def adamw(bucket, ema_dtype: Optional[torch.dtype], label: str, grad_at: int = 0, group: str = "") -> None:
+    def adamw(bucket, ema_dtype: Optional[torch.dtype], label: str, grad_at: int = 0, group: str = ""):
         used = sorted({gi for gi, _ in bucket})
         ps = [_spec(p) for _, p in bucket]
         gs = [_spec(p, address=grad_at * (i + 1)) for i, (_, p) in enumerate(bucket)]
@@ -768,8 +778,9 @@ def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[L
     # Gradients set to None each step may come back at other (allocator-aligned) addresses: new
     # table contents, the same compiled variant.
     for at in (0, 512):
-        adamw(buckets[True], torch.float32, f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)"
-              + (", gradients moved" if at else ""), grad_at=at, group=f"{short} AdamW+EMA gradient addresses")
+        label = f"{short} encoder AdamW+EMA fp32, {n_enc / 1e6:.1f}M (fused step)"
+        label += ", gradients moved" if at else ""
+        adamw(buckets[True], torch.float32, label, grad_at=at, group=f"{short} AdamW+EMA gradient addresses")
     adamw(buckets[False], None, f"{short} predictor AdamW fp32, {n_pred / 1e6:.1f}M (fused step)")
     adamw(buckets[True], torch.bfloat16, f"{short} encoder AdamW fp32 + EMA into bf16 targets")
     src = [_spec(s) for _, s in frozen]
@@ -778,13 +789,15 @@ def _vjepa_step_plans(model_name: str, short: str, device: DeviceSpec) -> list[L
     all_t, all_s = [_spec(t) for t in tgt], [_spec(s) for s in enc]
     for plan in plan_fused_ema(all_t, all_s, device):
         for m in (0.998, 1.0):  # the momentum schedule's ends: runtime data, one compiled variant
-            plans.append(dataclasses.replace(plan, args=(*plan.args[:6], m, 1 - m), group=f"{short} EMA momentum",
-                                             label=f"{short} encoder EMA fp32, m={m} (unfused step)"))  # fmt: skip
+            plans.append(dataclasses.replace(
+                plan, args=(*plan.args[:6], m, 1 - m), group=f"{short} EMA momentum",
+                label=f"{short} encoder EMA fp32, m={m} (unfused step)"))  # fmt: skip
     n_all = sum(p.numel() for p in enc)
     flat = [TensorSpec((-(-n_all // 16) * 16,), torch.float32)]
     plans.extend(plan_fused_ema(flat, flat, device, label=f"{short} encoder EMA fp32, FlatParams buffer"))
-    plans.extend(plan_fused_ema([_spec(t, torch.bfloat16) for t in tgt], [_spec(s, torch.bfloat16) for s in enc],
-                                device, m_from_ptr=True, label=f"{short} encoder EMA bf16 storage, device m"))  # fmt: skip
+    bf16_t, bf16_s = [_spec(t, torch.bfloat16) for t in tgt], [_spec(s, torch.bfloat16) for s in enc]
+    plans.extend(plan_fused_ema(bf16_t, bf16_s, device, m_from_ptr=True,
+                                label=f"{short} encoder EMA bf16 storage, device m"))  # fmt: skip
     return plans
 
 
@@ -799,6 +812,7 @@ def aot_plans() -> list[LaunchPlan]:
     # The fallback (tensors the host could not prove 16-byte aligned, e.g. views 4 bytes in): scalar
     # accesses by design. ViT-L's encoder list with every source shifted by one fp32 element.
     enc = list(_meta_model("vit_large").encoder.parameters())
-    plans.extend(plan_fused_ema([_spec(p) for p in enc], [_spec(p, address=4) for p in enc], device,
-                                label="ViT-L encoder EMA fp32, unaligned sources (scalar fallback)"))  # fmt: skip
+    label = "ViT-L encoder EMA fp32, unaligned sources (scalar fallback)"
+    shifted = [_spec(p, address=4) for p in enc]
+    plans.extend(plan_fused_ema([_spec(p) for p in enc], shifted, device, label=label))
     return plans

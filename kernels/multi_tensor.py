@@ -13,10 +13,11 @@ Vector accesses. A table address tells the compiler nothing about alignment, so 
 ``ALIGNED`` constexpr and, when set, promise the compiler 16-byte aligned chunk bases and element
 counts that are multiples of ``16 / element size`` of the widest role: its loads and stores then
 compile to 128-bit ``ld/st.global.v4.b32`` (all roles share one register layout, so a bf16 role
-beside fp32 ones moves 8 bytes per access instead of paying a shared-memory layout conversion). :func:`vector_ok` is the host's check of that promise
-(PyTorch's allocator aligns every allocation to at least 512 bytes, ``FlatParams`` aligns each
-parameter, chunk starts are multiples of ``CHUNK``); tensors that fail it (odd sizes, views at odd
-offsets) go to a separate ``ALIGNED=False`` launch with scalar accesses.
+beside fp32 ones moves 8 bytes per access instead of paying a shared-memory layout conversion).
+:func:`vector_ok` is the host's check of that promise (PyTorch's allocator aligns every allocation
+to at least 512 bytes, ``FlatParams`` aligns each parameter, chunk starts are multiples of
+``CHUNK``); tensors that fail it (odd sizes, views at odd offsets) go to a separate
+``ALIGNED=False`` launch with scalar accesses.
 
 Index math is int32 (program ids, tensor ids, offsets within a chunk < CHUNK); the one 64-bit
 operation per role and program is adding the chunk start to the base pointer.
@@ -53,7 +54,9 @@ def n_chunks(numels: Sequence[int], chunk: int) -> int:
     return sum(-(-n // chunk) for n in numels)
 
 
-def multi_tensor_blocks(device: DeviceSpec, elem_sizes: Sequence[int], numels: Sequence[int]) -> tuple[int, int, int]:
+def multi_tensor_blocks(
+    device: DeviceSpec, elem_sizes: Sequence[int], numels: Sequence[int]
+) -> tuple[int, int, int]:
     """(CHUNK, BLOCK, num_warps) for one multi-tensor launch over tensors of sizes ``numels`` whose
     roles have element sizes ``elem_sizes`` (bytes).
 
@@ -100,7 +103,9 @@ def check_roles(named: dict[str, Sequence]) -> int:
     for name, ts in items:
         for i, t in enumerate(ts):
             if t.numel() != ref[i].numel():
-                raise ValueError(f"{name}[{i}] has {t.numel()} elements, {ref_name}[{i}] has {ref[i].numel()}")
+                raise ValueError(
+                    f"{name}[{i}] has {t.numel()} elements, {ref_name}[{i}] has {ref[i].numel()}"
+                )
             if not _contiguous(t):
                 raise ValueError(f"{name}[{i}] is not contiguous (multi-tensor kernels need dense storage)")
             if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -136,7 +141,7 @@ def _pack(rows: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     for n in lengths:
         starts.append(total)
         total += max(per, -(-n // per) * per)
-    buf = torch.zeros(total, dtype=dtype)
+    buf = torch.zeros(total, dtype=dtype, device="cpu")
     views = []
     for r, s, n in zip(rows, starts, lengths):
         buf[s : s + n] = r
@@ -163,16 +168,18 @@ class MultiTensorTables:
     def build(roles: Sequence[Sequence], group_ids: Sequence[int], chunk: int) -> "MultiTensorTables":
         """Host (CPU) tables for ``roles`` (lists of tensors or TensorSpecs of equal sizes; reads only
         ``data_ptr()`` and ``numel()``), programs of at most ``chunk`` elements."""
-        numel = torch.tensor([t.numel() for t in roles[0]], dtype=torch.int64)
+        cpu = torch.device("cpu")  # host tables whatever the default device
+        numel = torch.tensor([t.numel() for t in roles[0]], dtype=torch.int64, device=cpu)
         per_tensor = (numel + chunk - 1) // chunk
-        tensor_id = torch.repeat_interleave(torch.arange(len(numel)), per_tensor)
+        tensor_id = torch.repeat_interleave(torch.arange(len(numel), device=cpu), per_tensor)
         first = torch.cumsum(per_tensor, 0) - per_tensor
-        start = (torch.arange(len(tensor_id)) - first[tensor_id]) * chunk
+        start = (torch.arange(len(tensor_id), device=cpu) - first[tensor_id]) * chunk
         count = torch.clamp(numel[tensor_id] - start, max=chunk)
         wide = bool(len(numel)) and int(numel.max()) > _INT32_MAX - chunk
-        addrs = torch.tensor([[t.data_ptr() for t in role] for role in roles], dtype=torch.int64)
+        addrs = torch.tensor([[t.data_ptr() for t in role] for role in roles], dtype=torch.int64, device=cpu)
         i64 = _pack([*addrs.unbind(0)] + ([start] if wide else []), torch.int64)
-        i32 = [torch.tensor(list(group_ids), dtype=torch.int32), tensor_id, count] + ([] if wide else [start])
+        group = torch.tensor(list(group_ids), dtype=torch.int32, device=cpu)
+        i32 = [group, tensor_id, count] + ([] if wide else [start])
         i32 = _pack([r.to(torch.int32) for r in i32], torch.int32)
         return MultiTensorTables(
             addrs=tuple(i64[: len(roles)]), group=i32[0], chunk_tensor=i32[1], chunk_count=i32[2],
@@ -212,4 +219,4 @@ def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def upload_scalars(values: list[list[float]], device: torch.device, dtype=torch.float32) -> torch.Tensor:
     """Small host table -> device without a host-device sync (pinned, non-blocking)."""
-    return _upload(torch.tensor(values, dtype=dtype), device)
+    return _upload(torch.tensor(values, dtype=dtype, device="cpu"), device)
