@@ -21,7 +21,8 @@ def tiny_encoder(**kw):
 
 @pytest.mark.parametrize(
     "name, millions",
-    [("vit_large", 303.9), ("vit_huge", 631.6), ("vit_giant", 1012.2)],
+    [("vit_large", 303.9), ("vit_huge", 631.6), ("vit_giant", 1012.2), ("vit_giant_xformers", 1012.2),
+     ("vit_large_rope", 303.9)],  # head count and RoPE change no trainable shape
 )
 def test_preset_parameter_counts(name, millions):
     # Official encoder sizes (reference §1.1), trainable parameters only (pos_embed is frozen).
@@ -162,3 +163,209 @@ def test_attention_backend_switch():
         assert torch.allclose(attention(q, k, v), ref, atol=1e-6)
     with pytest.raises(ValueError, match="unknown attention backend 'fast'"):
         set_attention_backend("fast")
+
+
+# ------------------------------------------------------------------------------------------------
+# V-JEPA 2: RoPE, SwiGLU, drop path, activation checkpointing, the V2 predictor and probe
+# ------------------------------------------------------------------------------------------------
+
+from vjepa_fast import AttentiveClassifierV2, jepa_loss_groups  # noqa: E402
+from vjepa_fast.rope import apply_rope, rope_dim, rope_tables, rotate_pairs, split_positions  # noqa: E402
+from vjepa_fast.vision_transformer import SwiGLU, swiglu_hidden  # noqa: E402
+
+
+def tiny_v2(**kw):
+    args = dict(crop_size=64, num_frames=8, embed_dim=96, depth=2, num_heads=3, pred_depth=2, pred_embed_dim=48,
+                pred_num_heads=3, num_mask_tokens=4, use_rope=True, depth_rescale=True)
+    return build_vjepa("vit_tiny", **{**args, **kw})
+
+
+def random_masks(B, N, k, gen):
+    return torch.stack([torch.randperm(N, generator=gen)[:k].sort().values for _ in range(B)])
+
+
+def test_rope_split_and_tables_follow_the_official_formula():
+    # head_dim 64 -> 20 channels each for t, h, w, 4 unrotated; 80 -> 26 + 2; 32 -> 10 + 2 (reference §8.1)
+    assert [rope_dim(h) for h in (64, 80, 32, 16, 88)] == [20, 26, 10, 4, 28]
+    ids = torch.tensor([[0, 5, 17, 63]])
+    t, h, w = split_positions(ids, (4, 4))
+    assert (t.tolist(), h.tolist(), w.tolist()) == ([[0, 0, 1, 3]], [[0, 1, 0, 3]], [[0, 1, 1, 3]])
+    t, h, w = split_positions(torch.tensor([79]), (2, 5))  # non-square: W = 5
+    assert (t.item(), h.item(), w.item()) == (7, 1, 4)
+    cos, sin = rope_tables(ids, (4, 4), 32, torch.float64)
+    assert cos.shape == (1, 1, 4, 30)
+    d, half = 10, 5
+    for axis, pos in enumerate((torch.tensor([0, 0, 1, 3]), torch.tensor([0, 1, 0, 3]), torch.tensor([0, 1, 1, 3]))):
+        omega = 10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)
+        theta = pos[:, None].double() * omega
+        chunk = slice(axis * d, (axis + 1) * d)
+        # the d/2 angles twice in a row ("repeat"), not each twice ("interleave")
+        assert torch.allclose(cos[0, 0, :, chunk], torch.cat([theta.cos(), theta.cos()], -1), atol=1e-12)
+        assert torch.allclose(sin[0, 0, :, chunk], torch.cat([theta.sin(), theta.sin()], -1), atol=1e-12)
+
+
+def test_apply_rope_rotates_adjacent_pairs_and_passes_the_rest():
+    x = torch.randn(2, 3, 4, 32, dtype=torch.float64)
+    ids = torch.tensor([[0, 5, 17, 63], [1, 2, 3, 60]])
+    cos, sin = rope_tables(ids, (4, 4), 32, torch.float64)
+    out = apply_rope(x, cos, sin)
+    assert torch.equal(out[..., 30:], x[..., 30:])  # head_dim - 3·d channels are not rotated
+    r = rotate_pairs(x[..., :30])
+    assert torch.equal(r[..., 0::2], -x[..., 1:30:2]) and torch.equal(r[..., 1::2], x[..., 0:30:2])
+    assert torch.allclose(out[..., :30], x[..., :30] * cos + r * sin)
+    # token id 0 sits at (0, 0, 0): every angle is 0, nothing moves
+    assert torch.allclose(out[0, :, 0], x[0, :, 0])
+
+
+def test_rope_angles_in_the_activation_dtype_unless_asked_for_float32():
+    ids = torch.arange(64)
+    cos16, _ = rope_tables(ids, (4, 4), 64, torch.bfloat16)
+    assert cos16.dtype == torch.bfloat16
+    enc = tiny_encoder(use_rope=True, embed_dim=192, num_heads=3)
+    rope = enc.rope_for(None, (4, 4, 4), "cpu")
+    assert rope.tables(64, torch.bfloat16)[0].dtype == torch.bfloat16  # official: q/k's dtype
+    enc32 = tiny_encoder(use_rope=True, embed_dim=192, num_heads=3, rope_angle_dtype="float32")
+    assert enc32.rope_for(None, (4, 4, 4), "cpu").tables(64, torch.bfloat16)[0].dtype == torch.float32
+    q = torch.randn(1, 3, 64, 64).bfloat16()
+    assert enc32.rope_for(None, (4, 4, 4), "cpu").rotate(q, q)[0].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="rope_angle_dtype"):
+        tiny_encoder(use_rope=True, rope_angle_dtype="float16")
+
+
+def test_rope_encoder_has_no_position_table_and_uses_the_input_grid():
+    enc = tiny_encoder(use_rope=True)
+    assert enc.pos_embed is None and "pos_embed" not in enc.state_dict()
+    x = torch.randn(1, 3, 16, 32, 80)  # 8 x 2 x 5 tokens, non-square, another frame count
+    with torch.no_grad():
+        out = enc(x)
+    assert out.shape == (1, 80, 96)
+    # with the config's grid instead (Hugging Face's behaviour) the positions, hence the output, differ
+    enc_cfg = tiny_encoder(use_rope=True, handle_nonsquare_inputs=False)
+    enc_cfg.load_state_dict(enc.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(enc_cfg(x), out, atol=1e-4)
+        same = torch.randn(1, 3, 8, 64, 64)
+        assert torch.equal(enc_cfg(same), enc(same))
+    img = VisionTransformer(img_size=64, patch_size=16, num_frames=1, embed_dim=96, depth=1, num_heads=3, use_rope=True)
+    assert img(torch.randn(2, 3, 64, 64)).shape == (2, 16, 96)
+    with pytest.raises(ValueError, match="head_dim >= 6"):
+        VisionTransformer(img_size=64, num_frames=8, embed_dim=12, depth=1, num_heads=3, use_rope=True)
+
+
+def test_swiglu_width_and_v2_init():
+    assert swiglu_hidden(4096, True) == 2736 and swiglu_hidden(4096, False) == 4096
+    blk_mlp = SwiGLU(96, 384)
+    assert blk_mlp.fc1.out_features == 256 and blk_mlp.fc3.in_features == 256
+    torch.manual_seed(0)
+    m = tiny_v2(depth=4, use_silu=True, use_pred_silu=True)
+    assert isinstance(m.encoder.blocks[0].mlp, SwiGLU) and isinstance(m.predictor.predictor_blocks[0].mlp, SwiGLU)
+    # V2 keeps the depth rescale: block i's fc2 (SwiGLU: the gate's second input, as official) / sqrt(2i)
+    stds = [blk.mlp.fc2.weight.std().item() for blk in m.encoder.blocks]
+    assert all(abs(s * (2 * i) ** 0.5 - 0.02) < 0.003 for i, s in enumerate(stds, 1)), stds
+    assert m.predictor.predictor_pos_embed is None and "predictor_pos_embed" not in m.predictor.state_dict()
+
+
+def test_drop_path_and_activation_checkpointing():
+    torch.manual_seed(0)
+    enc = tiny_encoder(use_rope=True, depth=3, drop_path_rate=0.5)
+    rates = [blk.drop_path.p if hasattr(blk.drop_path, "p") else 0.0 for blk in enc.blocks]
+    assert rates == pytest.approx([0.0, 0.25, 0.5])
+    x = torch.randn(8, 3, 8, 64, 64)
+    enc.eval()
+    with torch.no_grad():
+        a, b = enc(x), enc(x)
+    assert torch.equal(a, b)  # eval: identity
+    enc.train()
+    with torch.no_grad():
+        assert not torch.equal(enc(x), a)
+    # Checkpointing recomputes, it does not change a number: outputs and every gradient equal.
+    plain, ckpt = tiny_v2(), tiny_v2(activation_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.encoder.activation_checkpointing == 2 and ckpt.predictor.activation_checkpointing == 2
+    gen = torch.Generator().manual_seed(1)
+    clip = torch.randn(2, 3, 8, 64, 64, generator=gen)
+    me, mp = [random_masks(2, 64, 20, gen)], [random_masks(2, 64, 30, gen)]
+    outs = [m.forward_groups([clip], [me], [mp]) for m in (plain, ckpt)]
+    for o in outs:
+        o.loss.backward()
+    assert torch.equal(outs[0].loss, outs[1].loss)
+    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), n
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        tiny_encoder(activation_checkpointing=5)
+
+
+def test_v2_packed_and_sparse_paths_match_per_mask_passes():
+    torch.manual_seed(0)
+    m = tiny_v2()
+    gen = torch.Generator().manual_seed(2)
+    clip = torch.randn(2, 3, 8, 64, 64, generator=gen)
+    me = [random_masks(2, 64, 20, gen), random_masks(2, 64, 9, gen)]
+    mp = [random_masks(2, 64, 30, gen), random_masks(2, 64, 40, gen)]
+    with torch.no_grad():
+        ref_ctx = m.encoder.forward_masks(clip, me)
+        ref_pred = m.predictor.forward_masks(ref_ctx, me, mp, mask_indices=[0, 0])
+        for kw in (dict(packed=True), dict(sparse_embed=True), dict(packed=True, sparse_embed=True)):
+            for got, ref in zip(m.encoder.forward_masks(clip, me, **kw), ref_ctx):
+                assert torch.allclose(got, ref, atol=1e-5), kw
+        for got, ref in zip(m.predictor.forward_masks(ref_ctx, me, mp, packed=True, mask_indices=[0, 0]), ref_pred):
+            assert torch.allclose(got, ref, atol=1e-5)
+        # the per-mask V2 encoder is the official backbone call with masks (positions from the ids)
+        for m_, got in zip(me, ref_ctx):
+            assert torch.equal(got, m.encoder(clip, masks=m_))
+
+
+def test_forward_groups_multi_length_batch():
+    """Two clip-length groups (8 and 4 frames, model built for 8): group g uses mask token g for
+    each of its mask configs, and the loss is the mean of the four (group, config) terms."""
+    torch.manual_seed(0)
+    m = tiny_v2()
+    with torch.no_grad():
+        for t in m.predictor.mask_tokens:
+            t.normal_()
+    gen = torch.Generator().manual_seed(3)
+    clips = [torch.randn(2, 3, 8, 64, 64, generator=gen), torch.randn(3, 3, 4, 64, 64, generator=gen)]
+    me = [[random_masks(2, 64, 20, gen), random_masks(2, 64, 10, gen)], [random_masks(3, 32, 10, gen), random_masks(3, 32, 6, gen)]]
+    mp = [[random_masks(2, 64, 30, gen), random_masks(2, 64, 40, gen)], [random_masks(3, 32, 12, gen), random_masks(3, 32, 20, gen)]]
+    out = m.forward_groups(clips, me, mp)
+    assert [h.shape for h in out.targets] == [(2, 64, 96), (3, 32, 96)]
+    terms = []
+    with torch.no_grad():
+        for g in range(2):
+            for i in range(2):
+                ctx = m.encoder(clips[g], masks=me[g][i])
+                want = m.predictor(ctx, me[g][i], mp[g][i], mask_index=g)
+                assert torch.equal(out.preds[g][i], want), (g, i)
+                wrong = m.predictor(ctx, me[g][i], mp[g][i], mask_index=i if g == 0 else 0)
+                if (i if g == 0 else 0) != g:
+                    assert not torch.allclose(out.preds[g][i], wrong, atol=1e-3)
+                t = F.layer_norm(out.targets[g], (96,)).gather(1, mp[g][i].unsqueeze(-1).expand(-1, -1, 96))
+                terms.append((want - t).abs().mean())
+    assert torch.allclose(out.loss, torch.stack(terms).mean(), atol=1e-6, rtol=0)
+    assert torch.allclose(jepa_loss_groups(out.preds, out.targets, mp), out.loss)
+    out.loss.backward()
+    grads = [t.grad is not None for t in m.predictor.mask_tokens]
+    assert grads == [True, True, False, False]  # tokens of the two groups only
+    with pytest.raises(ValueError, match="clip-length group"):
+        m.forward_groups(clips, me, mp[:1])
+
+
+def test_v2_probe_order_init_and_no_output_projection():
+    torch.manual_seed(0)
+    clf = AttentiveClassifierV2(embed_dim=96, num_heads=3, depth=3, num_classes=5)
+    sd = clf.state_dict()
+    assert not any("xattn.proj" in k for k in sd) and "pooler.blocks.1.attn.qkv.weight" in sd
+    assert all(m.eps == 1e-5 for m in clf.modules() if isinstance(m, torch.nn.LayerNorm))
+    pooler = clf.pooler
+    assert abs(pooler.blocks[1].mlp.fc2.weight.std().item() * 2 - 0.02) < 0.002  # / sqrt(2·2)
+    assert abs(pooler.cross_attention_block.mlp.fc2.weight.std().item() * 2 - 0.02) < 0.002  # / sqrt(2·(1+1))
+    x = torch.randn(2, 7, 96)
+    with torch.no_grad():
+        # the self-attention blocks run over the tokens first, then one query cross-attends
+        tokens = x
+        for blk in pooler.blocks:
+            tokens = blk(tokens)
+        q = pooler.cross_attention_block(pooler.query_tokens.expand(2, -1, -1), tokens)
+        assert torch.equal(clf(x), clf.linear(q[:, 0]))
+    assert AttentiveClassifierV2(embed_dim=96, num_heads=3, depth=2, num_classes=5, norm_eps=1e-6).pooler.blocks[0].norm1.eps == 1e-6

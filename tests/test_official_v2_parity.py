@@ -113,17 +113,22 @@ def test_forward_loss_and_gradients(case_dir, kernel_setting):
     assert len(out.targets) == len(case["target_features"])
     terms = []
     for g, (h, ref) in enumerate(zip(out.targets, case["target_features"])):
-        assert rel(normalize_targets(h), ref) <= OUT_TOL, f"target features, group {g}"
+        r = rel(normalize_targets(h), ref)
+        assert r <= OUT_TOL, f"target features, group {g}: {r:.3g}"
         assert len(out.context[g]) == len(case["context_out"][g]) == len(out.preds[g]) == len(case["pred_out"][g])
         for i, (got, want) in enumerate(zip(out.context[g], case["context_out"][g])):
-            assert got.shape == want.shape and rel(got, want) <= OUT_TOL, f"context output, group {g}, mask {i}"
+            assert got.shape == want.shape, f"context output, group {g}, mask {i}: shape {tuple(got.shape)}"
+            r = rel(got, want)
+            assert r <= OUT_TOL, f"context output, group {g}, mask {i}: {r:.3g}"
         for i, (got, want) in enumerate(zip(out.preds[g], case["pred_out"][g])):
-            assert got.shape == want.shape and rel(got, want) <= OUT_TOL, f"predictor output, group {g}, mask {i}"
+            assert got.shape == want.shape, f"predictor output, group {g}, mask {i}: shape {tuple(got.shape)}"
+            r = rel(got, want)
+            assert r <= OUT_TOL, f"predictor output, group {g}, mask {i}: {r:.3g}"
             terms.append(jepa_loss_groups([[got]], [h], [[case["masks_pred"][g][i]]]).item())
     assert len(terms) == len(case["loss_terms"])
     for t, ref in zip(terms, case["loss_terms"]):
-        assert abs(t - ref) <= OUT_TOL * abs(ref)
-    assert abs(out.loss.item() - case["loss"]) <= OUT_TOL * abs(case["loss"])
+        assert abs(t - ref) <= OUT_TOL * abs(ref), f"loss term {t} vs {ref}"
+    assert abs(out.loss.item() - case["loss"]) <= OUT_TOL * abs(case["loss"]), f"loss {out.loss.item()} vs {case['loss']}"
 
     out.loss.backward()
     params = named_params(model)
@@ -204,7 +209,8 @@ def test_optimizer_and_ema_step(case_dir, kernel_setting, fused):
         ref = {clean_key(k): v for k, v in step[ref_key].items()}
         assert set(got) == set(ref), key
         for name, r in ref.items():
-            assert rel(got[name], r) <= STEP_TOL, f"{key}.{name} after the step"
+            e = rel(got[name], r)
+            assert e <= STEP_TOL, f"{key}.{name} after the step: {e:.3g}"
             if key_grads is None:
                 continue  # the EMA move is ~1e-5 of the weights: float32 quantises it (README)
             delta, delta_ref = got[name] - before[key][name], r - before[key][name]
@@ -212,7 +218,8 @@ def test_optimizer_and_ema_step(case_dir, kernel_setting, fused):
                 assert torch.equal(got[name], before[key][name]), f"{key}.{name} had no gradient and must not change"
                 continue
             zero = key_grads[name].abs() <= ZERO_GRAD
-            assert rel(delta[~zero], delta_ref[~zero]) <= UPDATE_TOL, f"{key}.{name} update"
+            e = rel(delta[~zero], delta_ref[~zero])
+            assert e <= UPDATE_TOL, f"{key}.{name} update: {e:.3g}"
             if zero.any():
                 assert (delta[zero] - delta_ref[zero]).abs().max() <= 0.01 * step["lr"], f"{key}.{name} update (zero grads)"
 
@@ -249,7 +256,8 @@ def test_probe_logits(case_dir):
     clf.load_state_dict(probe["state_dict"], strict=True)
     with torch.no_grad():
         logits = clf(probe["features"])
-    assert rel(logits, probe["logits"]) <= OUT_TOL
+    r = rel(logits, probe["logits"])
+    assert r <= OUT_TOL, f"probe logits: {r:.3g}"
 
 
 def test_other_resolution(case_dir):
@@ -259,8 +267,10 @@ def test_other_resolution(case_dir):
     model = build_case_model(case, case_dir)
     other = case["other_res"]
     with torch.no_grad():
-        assert rel(model.encoder(other["clip"]), other["encoder_out"]) <= OUT_TOL
-        assert rel(model.target_encoder(other["clip"]), other["target_encoder_out"]) <= OUT_TOL
+        r = rel(model.encoder(other["clip"]), other["encoder_out"])
+        assert r <= OUT_TOL, f"encoder at another resolution: {r:.3g}"
+        r = rel(model.target_encoder(other["clip"]), other["target_encoder_out"])
+        assert r <= OUT_TOL, f"target encoder at another resolution: {r:.3g}"
 
 
 def test_checkpoint_layout_round_trip(case_dir):
