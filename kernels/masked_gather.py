@@ -37,10 +37,13 @@ from .utils import (
     check_index,
     check_launchable,
     compute_dtype,
+    device_spec,
+    metadata,
     needs_int64,
     persistent_programs,
     round_to,
     row_tiling,
+    spec_of,
 )
 
 # Runtime lengths and strides that change with the mask length: not specialised (no recompiles).
@@ -182,41 +185,52 @@ def plan_masked_gather(x, idx, pos, out, device: DeviceSpec, label: str = "", gr
     """The launch computing ``out = x[b, idx[b]] (+ pos[idx[b]])``.
 
     ``x`` [B,N,D], ``idx`` [B,K], ``pos`` [N,D] or None, ``out`` [B,K,D] contiguous: tensors or
-    :class:`~.plan.TensorSpec`. Reads shapes, strides and dtypes only.
+    :class:`~.plan.TensorSpec`. Reads shapes, strides and dtypes only (cached on them).
     """
+    grid, scalars, constexprs, warps = _gather_config(metadata(x), metadata(idx), metadata(pos), metadata(out), device)
+    args = (x, idx, x if pos is None else pos, out, *scalars)
+    return LaunchPlan(_masked_gather_kernel, grid, args, constexprs, warps, label=label, group=group)
+
+
+@functools.lru_cache(maxsize=1024)
+def _gather_config(xm, im, pm, om, device: DeviceSpec):
+    x, idx, pos, out = (spec_of(m) for m in (xm, im, pm, om))
     B, N, D = x.shape
     n_rows = B * idx.shape[1]
-    token_major = _token_major(x)
-    t = _tiling(D, _elem_bytes(x, pos, out), token_major, device)
+    t = _tiling(D, _elem_bytes(x, pos, out), _token_major(x), device)
     n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
     pos_strides = (pos.stride(0), pos.stride(1)) if pos is not None else (0, 0)
-    args = (x, idx, pos if pos is not None else x, out, n_rows, idx.shape[1], n_tiles,
-            *x.stride(), *idx.stride(), *pos_strides)  # fmt: skip
+    scalars = (n_rows, idx.shape[1], n_tiles, *x.stride(), *idx.stride(), *pos_strides)
     constexprs = dict(
         D=D, HAS_POS=pos is not None,
         COMPUTE=compute_dtype(x.dtype, pos.dtype if pos is not None else x.dtype),
         INDEX_64=needs_int64(x, idx, pos, out),
         BLOCK_R=t.block_r, BLOCK_D=t.block_d,
     )  # fmt: skip
-    grid = (persistent_programs(n_tiles, t, device),)
-    return LaunchPlan(_masked_gather_kernel, grid, args, constexprs, t.num_warps, label=label, group=group)
+    return (persistent_programs(n_tiles, t, device),), scalars, constexprs, t.num_warps
 
 
 def plan_masked_scatter(grad_out, idx, grad_x, device: DeviceSpec, label: str = "", group: str = "") -> LaunchPlan:
     """The launch writing ``grad_x[b, idx[b]] = grad_out[b]`` into a zero-filled ``grad_x`` [B,N,D]
     (any strides; token-major when its tokens are contiguous)."""
+    grid, scalars, constexprs, warps, token_major = _scatter_config(
+        metadata(grad_out), metadata(idx), metadata(grad_x), device)
+    # Token-major grad_x: the stores go to gathered tokens of one feature (not contiguous by nature).
+    return LaunchPlan(_masked_scatter_kernel, grid, (grad_out, idx, grad_x, *scalars), constexprs, warps,
+                      label=label, group=group, vector_stores=not token_major)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _scatter_config(gm, im, xm, device: DeviceSpec):
+    grad_out, idx, grad_x = (spec_of(m) for m in (gm, im, xm))
     B, K, D = grad_out.shape
     n_rows = B * K
     token_major = _token_major(grad_x)
     t = _tiling(D, _elem_bytes(grad_out, grad_x), token_major, device)
     n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
-    args = (grad_out, idx, grad_x, n_rows, K, n_tiles, *grad_out.stride(), *idx.stride(), *grad_x.stride())
-    constexprs = dict(D=D, INDEX_64=needs_int64(grad_out, idx, grad_x),
-                      BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
-    grid = (persistent_programs(n_tiles, t, device),)
-    # Token-major grad_x: the stores go to gathered tokens of one feature (not contiguous by nature).
-    return LaunchPlan(_masked_scatter_kernel, grid, args, constexprs, t.num_warps, label=label, group=group,
-                      vector_stores=not token_major)  # fmt: skip
+    scalars = (n_rows, K, n_tiles, *grad_out.stride(), *idx.stride(), *grad_x.stride())
+    constexprs = dict(D=D, INDEX_64=needs_int64(grad_out, idx, grad_x), BLOCK_R=t.block_r, BLOCK_D=t.block_d)
+    return (persistent_programs(n_tiles, t, device),), scalars, constexprs, t.num_warps, token_major
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,7 +265,7 @@ def masked_gather_fwd(x: torch.Tensor, idx: torch.Tensor, pos: Optional[torch.Te
         return out
     if pos is not None:
         pos = _pos_2d(pos, N, D)
-    plan_masked_gather(x, idx, pos, out, DeviceSpec.of(x.device)).launch()
+    plan_masked_gather(x, idx, pos, out, device_spec(x.device)).launch()
     return out
 
 
@@ -269,7 +283,7 @@ def masked_gather_bwd(grad_out: torch.Tensor, idx: torch.Tensor, n: int, dtype: 
     grad_x = _grad_x_like(B, n, D, dtype, grad_out.device, token_major and D > 1)
     if grad_out.numel() == 0:
         return grad_x
-    plan_masked_scatter(grad_out, idx, grad_x, DeviceSpec.of(grad_out.device)).launch()
+    plan_masked_scatter(grad_out, idx, grad_x, device_spec(grad_out.device)).launch()
     return grad_x
 
 

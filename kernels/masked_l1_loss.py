@@ -27,10 +27,13 @@ from .utils import (
     check_index,
     check_launchable,
     compute_dtype,
+    device_spec,
+    metadata,
     needs_int64,
     persistent_programs,
     round_to,
     row_tiling,
+    spec_of,
 )
 
 LN_EPS = reference.LN_EPS
@@ -217,48 +220,50 @@ def _tiling(d: int, elem_bytes: int, device: DeviceSpec):
     return row_tiling(d, elem_bytes, device, block_d_cap=32 * max(1, 16 // elem_bytes), programs_per_sm=10)
 
 
-def _plan_args(pred, target, idx, device: DeviceSpec):
-    B, K, D = pred.shape
-    t = _tiling(D, min(pred.element_size(), target.element_size()), device)
-    n_tiles = cdiv(B * K, t.block_r)
-    constexprs = dict(D=D, COMPUTE=compute_dtype(_loss_dtype(pred, target)),
-                      BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
-    return t, n_tiles, constexprs
-
-
 def plan_masked_l1_loss(pred, target, idx, partial, device: DeviceSpec, eps: float = LN_EPS, label: str = "",
                         group: str = "") -> LaunchPlan:  # fmt: skip
     """The forward launch: ``partial[p]`` = program p's sum of ``|pred - layer_norm(target)[idx]|``.
 
     ``pred`` [B,K,D], ``target`` [B,N,D], ``idx`` [B,K], ``partial`` [forward_programs(...)] in the
-    loss dtype: tensors or :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read).
+    loss dtype: tensors or :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read; cached
+    on them).
     """
-    B, K, D = pred.shape
-    t, n_tiles, constexprs = _plan_args(pred, target, idx, device)
-    constexprs["INDEX_64"] = needs_int64(pred, target, idx)
-    args = (pred, target, idx, partial, B * K, K, n_tiles, eps, *pred.stride(), *target.stride(), *idx.stride())
-    # The one store per program is the partial sum (a scalar by nature).
-    return LaunchPlan(_masked_l1_loss_fwd_kernel, (partial.shape[0],), args, constexprs, t.num_warps, num_stages=1, label=label,
+    scalars, constexprs, warps, _ = _config(metadata(pred), metadata(target), metadata(idx), None, device)
+    args = (pred, target, idx, partial, *scalars[:3], eps, *scalars[4:])
+    # The one store per program is its partial sum (a scalar by nature).
+    return LaunchPlan(_masked_l1_loss_fwd_kernel, (partial.shape[0],), args, constexprs, warps, label=label,
                       group=group, vector_stores=False)  # fmt: skip
-
-
-def forward_programs(pred, target, device: DeviceSpec) -> int:
-    """Programs of the forward plan (= entries of its partial-sum buffer): resident capacity."""
-    B, K, D = pred.shape
-    t = _tiling(D, min(pred.element_size(), target.element_size()), device)
-    return persistent_programs(cdiv(B * K, t.block_r), t, device)
 
 
 def plan_masked_l1_loss_bwd(grad_out, pred, target, idx, grad_pred, device: DeviceSpec, eps: float = LN_EPS,
                             label: str = "", group: str = "") -> LaunchPlan:  # fmt: skip
     """The backward launch: ``grad_pred`` [B,K,D] (contiguous) = sign(pred - t_hat) * grad_out / numel."""
+    scalars, constexprs, warps, grid = _config(metadata(pred), metadata(target), metadata(idx), metadata(grad_pred),
+                                               device)  # fmt: skip
+    args = (pred, target, idx, grad_out, grad_pred, *scalars[:3], eps, *scalars[3:])
+    return LaunchPlan(_masked_l1_loss_bwd_kernel, grid, args, constexprs, warps, label=label, group=group)
+
+
+def forward_programs(pred, target, device: DeviceSpec) -> int:
+    """Programs of the forward plan (= entries of its partial-sum buffer): resident capacity."""
+    return _config(metadata(pred), metadata(target), None, None, device)[3][0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _config(pm, tm, im, gm, device: DeviceSpec):
+    """(n_rows, K, n_tiles, numel, strides...), constexprs, num_warps, persistent grid. The forward
+    plan skips ``numel`` (scalars[3]); ``im`` None: only the grid is wanted."""
+    pred, target, idx, grad_pred = (spec_of(m) for m in (pm, tm, im, gm))
     B, K, D = pred.shape
-    t, n_tiles, constexprs = _plan_args(pred, target, idx, device)
-    constexprs["INDEX_64"] = needs_int64(pred, target, idx, grad_pred)
-    args = (pred, target, idx, grad_out, grad_pred, B * K, K, n_tiles, eps, B * K * D, *pred.stride(),
-            *target.stride(), *idx.stride())  # fmt: skip
+    t = _tiling(D, min(pred.element_size(), target.element_size()), device)
+    n_tiles = cdiv(B * K, t.block_r)
     grid = (persistent_programs(n_tiles, t, device),)
-    return LaunchPlan(_masked_l1_loss_bwd_kernel, grid, args, constexprs, t.num_warps, num_stages=1, label=label, group=group)
+    if idx is None:
+        return None, None, t.num_warps, grid
+    scalars = (B * K, K, n_tiles, B * K * D, *pred.stride(), *target.stride(), *idx.stride())
+    constexprs = dict(D=D, COMPUTE=compute_dtype(_loss_dtype(pred, target)), BLOCK_R=t.block_r, BLOCK_D=t.block_d,
+                      INDEX_64=needs_int64(pred, target, idx, grad_pred))  # fmt: skip
+    return scalars, constexprs, t.num_warps, grid
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,7 +294,7 @@ def masked_l1_loss_fwd(
     acc = _loss_dtype(pred, target)
     if pred.numel() == 0:
         return torch.full((), float("nan"), dtype=acc, device=pred.device)
-    device = DeviceSpec.of(pred.device)
+    device = device_spec(pred.device)
     partial = torch.empty((forward_programs(pred, target, device),), dtype=acc, device=pred.device)
     plan_masked_l1_loss(pred, target, idx, partial, device, eps).launch()
     return partial.sum() / pred.numel()
@@ -301,7 +306,7 @@ def masked_l1_loss_bwd(
     grad_pred = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     if pred.numel() == 0:
         return grad_pred
-    plan_masked_l1_loss_bwd(grad_out.reshape(1), pred, target, idx, grad_pred, DeviceSpec.of(pred.device), eps).launch()
+    plan_masked_l1_loss_bwd(grad_out.reshape(1), pred, target, idx, grad_pred, device_spec(pred.device), eps).launch()
     return grad_pred
 
 

@@ -35,10 +35,13 @@ from .utils import (
     check_index,
     check_launchable,
     compute_dtype,
+    device_spec,
+    metadata,
     needs_int64,
     persistent_programs,
     round_to,
     row_tiling,
+    spec_of,
     tl_dtype,
 )
 
@@ -184,7 +187,16 @@ def plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token, out, d
                                   label: str = "", group: str = "") -> LaunchPlan:  # fmt: skip
     """The launch writing ``out`` [B, Kc+Kt, D] (contiguous) from ``ctx`` [B,Kc,D], ``ctx_idx``
     [B,Kc], ``tgt_idx`` [B,Kt], ``pos`` [N,D] and ``mask_token`` [D]: tensors or
-    :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read)."""
+    :class:`~.plan.TensorSpec` (shapes, strides and dtypes are read; cached on them)."""
+    metas = (metadata(t) for t in (ctx, ctx_idx, tgt_idx, pos, mask_token, out))
+    grid, scalars, constexprs, warps = _forward_config(*metas, device)
+    args = (ctx, ctx_idx, tgt_idx, pos, mask_token, out, *scalars)
+    return LaunchPlan(_assemble_predictor_input_kernel, grid, args, constexprs, warps, label=label, group=group)
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_config(cm, cim, tim, pm, mm, om, device: DeviceSpec):
+    ctx, ctx_idx, tgt_idx, pos, mask_token, out = (spec_of(m) for m in (cm, cim, tim, pm, mm, om))
     B, Kc, D = ctx.shape
     L = Kc + tgt_idx.shape[1]
     n_rows = B * L
@@ -193,22 +205,25 @@ def plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token, out, d
     # shared-memory layout conversion and 40 registers (12 resident programs per SM, not 16).
     t = _tiling(D, min(pos.element_size(), out.element_size()), device)
     n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
-    args = (ctx, ctx_idx, tgt_idx, pos, mask_token, out, n_rows, L, Kc, n_tiles, *ctx.stride(),
-            *ctx_idx.stride(), *tgt_idx.stride(), *pos.stride(), mask_token.stride(0))  # fmt: skip
+    scalars = (n_rows, L, Kc, n_tiles, *ctx.stride(), *ctx_idx.stride(), *tgt_idx.stride(), *pos.stride(),
+               mask_token.stride(0))  # fmt: skip
     constexprs = dict(
         D=D, CTX_DTYPE=tl_dtype(ctx.dtype), MASK_DTYPE=tl_dtype(mask_token.dtype),
         COMPUTE=compute_dtype(ctx.dtype, pos.dtype, mask_token.dtype),
         INDEX_64=needs_int64(ctx, ctx_idx, tgt_idx, pos, mask_token, out), BLOCK_R=t.block_r, BLOCK_D=t.block_d,
     )  # fmt: skip
-    grid = (persistent_programs(n_tiles, t, device),)
-    return LaunchPlan(_assemble_predictor_input_kernel, grid, args, constexprs, t.num_warps, label=label,
-                      group=group)  # fmt: skip
+    return (persistent_programs(n_tiles, t, device),), scalars, constexprs, t.num_warps
 
 
 def backward_programs(grad_out, grad_ctx, device: DeviceSpec) -> int:
     """Rows of the mask-token partial-sum buffer the backward plan writes (its grid's first axis)."""
-    B, L, D = grad_out.shape
-    t = _tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
+    return _backward_programs(grad_out.shape, grad_out.dtype, grad_ctx.dtype, device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_programs(shape, grad_dtype, ctx_dtype, device: DeviceSpec) -> int:
+    B, L, D = shape
+    t = _tiling(D, min(grad_dtype.itemsize, ctx_dtype.itemsize), device)
     n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
     return max(1, min(n_row_tiles, persistent_programs(n_row_tiles * n_d, t, device) // n_d))
 
@@ -217,17 +232,22 @@ def plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device: Devic
                                       group: str = "") -> LaunchPlan:  # fmt: skip
     """The backward launch: ``grad_ctx`` [B,Kc,D] (contiguous) <- the first Kc rows of ``grad_out``
     [B,L,D]; ``partial`` [backward_programs(...), D] <- per-program sums of the last L - Kc rows."""
+    grid, scalars, constexprs, warps = _backward_config(metadata(grad_out), metadata(grad_ctx), metadata(partial),
+                                                        device)  # fmt: skip
+    return LaunchPlan(_assemble_predictor_input_bwd_kernel, grid, (grad_out, grad_ctx, partial, *scalars),
+                      constexprs, warps, label=label, group=group)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_config(gm, cm, pm, device: DeviceSpec):
+    grad_out, grad_ctx, partial = (spec_of(m) for m in (gm, cm, pm))
     B, L, D = grad_out.shape
-    kc = grad_ctx.shape[1]
     t = _tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
     n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
-    programs = partial.shape[0]
-    args = (grad_out, grad_ctx, partial, B * L, L, kc, n_row_tiles, *grad_out.stride())
+    scalars = (B * L, L, grad_ctx.shape[1], n_row_tiles, *grad_out.stride())
     constexprs = dict(D=D, COMPUTE=tl_dtype(partial.dtype), INDEX_64=needs_int64(grad_out, grad_ctx, partial),
                       BLOCK_R=t.block_r, BLOCK_D=t.block_d)  # fmt: skip
-    # The partial sums are one row per program, written once: not a hot store.
-    return LaunchPlan(_assemble_predictor_input_bwd_kernel, (programs, n_d), args, constexprs, t.num_warps,
-                      label=label, group=group)  # fmt: skip
+    return (partial.shape[0], n_d), scalars, constexprs, t.num_warps
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,7 +290,7 @@ def assemble_predictor_input_fwd(ctx, ctx_idx, tgt_idx, pos, mask_token) -> torc
     if out.numel() == 0:
         return out
     token = mask_token.reshape(D)
-    plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, token, out, DeviceSpec.of(ctx.device)).launch()
+    plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, token, out, device_spec(ctx.device)).launch()
     return out
 
 
@@ -283,7 +303,7 @@ def assemble_predictor_input_bwd(
     acc_dtype = torch.float64 if torch.float64 in (grad_out.dtype, mask_dtype) else torch.float32
     if grad_out.numel() == 0:
         return grad_ctx, torch.zeros(D, dtype=mask_dtype, device=grad_out.device)
-    device = DeviceSpec.of(grad_out.device)
+    device = device_spec(grad_out.device)
     partial = torch.empty((backward_programs(grad_out, grad_ctx, device), D), dtype=acc_dtype, device=grad_out.device)
     plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device).launch()
     return grad_ctx, partial.sum(dim=0).to(mask_dtype)

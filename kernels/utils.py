@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .dispatch import HAS_TRITON, INTERPRET, tl, triton
-from .plan import DeviceSpec
+from .plan import DeviceSpec, TensorSpec
 
 # The interpreter converts fp32 -> bf16 by truncation (GPUs round to nearest even) and computes
 # tl.fma with two roundings. round_to / fma below fix both when interpreting, so CPU tests see the
@@ -172,3 +172,29 @@ def needs_int64(*tensors) -> bool:
         if extent + 1 > _INT32_MAX or t.numel() > _INT32_MAX:
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning on every eager call: cheap when the metadata repeats (a training step's shapes do).
+
+
+def metadata(t):
+    """(shape, strides, dtype) of a tensor or :class:`~.plan.TensorSpec` (None for None): a hashable
+    key for caching a planner's work, which depends on nothing else."""
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def spec_of(meta):
+    """The :class:`~.plan.TensorSpec` of a :func:`metadata` key (None for None)."""
+    return None if meta is None else TensorSpec(tuple(meta[0]), meta[2], tuple(meta[1]))
+
+
+_DEVICE_SPECS: dict = {}
+
+
+def device_spec(device: torch.device) -> DeviceSpec:
+    """``DeviceSpec.of(device)``, remembered per device (the interpreter switch is fixed at import)."""
+    spec = _DEVICE_SPECS.get(device)
+    if spec is None:
+        spec = _DEVICE_SPECS[device] = DeviceSpec.of(device)
+    return spec
