@@ -172,6 +172,8 @@ class BenchSetup:
     #: fast impl: meta.fused_optimizer / meta.target_working_copy (None = auto)
     fused_optimizer: Optional[bool] = None
     target_working_copy: Optional[bool] = None
+    #: > 0: step i uses the masks of step i mod mask_cycle (--mask-cycle)
+    mask_cycle: int = 0
     _masks: dict = field(default_factory=dict)
 
     def build_model(self):
@@ -183,7 +185,10 @@ class BenchSetup:
         return Schedules(**self.schedule_kw)
 
     def masks(self, step: int):
-        """(masks_enc, masks_pred) of ``step`` on the device (cached)."""
+        """(masks_enc, masks_pred) of ``step`` on the device (cached); with ``mask_cycle`` those of
+        ``step % mask_cycle``."""
+        if self.mask_cycle > 0:
+            step %= self.mask_cycle
         if step not in self._masks:
             enc, pred = self.collator.sample(self.batch, step)
             self._masks[step] = ([m.to(self.device) for m in enc], [m.to(self.device) for m in pred])
@@ -194,6 +199,16 @@ class BenchSetup:
         g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + step)
         shape = (self.batch, 3, self.frames, self.crop, self.crop)
         return torch.randn(shape, generator=g, device=self.device)
+
+    def attention_shapes(self, step: int) -> set[tuple[str, int]]:
+        """The (role, length) of the fast path's student attention calls at ``step``: the context
+        encoder on Kc_i tokens, the predictor on Kc_i + Kt_i, per mask config. cuDNN's attention
+        builds an execution graph for every new shape (forward and backward; the target's one
+        length is built once), so new ones per step tell what a short run pays that a long one,
+        whose finite set of mask lengths has been seen, does not."""
+        enc, pred = self.masks(step)
+        return ({("context", e.shape[1]) for e in enc}
+                | {("predictor", e.shape[1] + p.shape[1]) for e, p in zip(enc, pred)})
 
     def mask_lengths(self, steps) -> list[tuple[int, int]]:
         """Mean (Kc, Kt) per mask config over ``steps``."""
@@ -292,6 +307,7 @@ def _set_fast_options(setup: BenchSetup, args, meta=None) -> None:
                                   meta.fused_optimizer if meta is not None else None)
     setup.target_working_copy = _flag(getattr(args, "target_copy", None),
                                       meta.target_working_copy if meta is not None else None)
+    setup.mask_cycle = int(getattr(args, "mask_cycle", 0) or 0)
 
 
 def _setup_from_config(args, device: torch.device) -> BenchSetup:
@@ -498,10 +514,13 @@ class PhaseTimer:
         return out
 
 
-def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[float], float, object]:
-    """Per-step ms over ``indices`` (events without sync on CUDA), the wall time, the last loss."""
+def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[float], float, object, list[float]]:
+    """Per-step ms over ``indices`` (events without sync on CUDA), the wall time, the last loss and
+    the host's ms per step call (on CUDA: the time to queue the step, which reaches the step time
+    when the host, not the GPU, is the bottleneck; on CPU the step itself)."""
     device = setup.device
     loss = None
+    host = []
     sync(device)
     if device.type == "cuda":
         events = [torch.cuda.Event(enable_timing=True) for _ in range(len(indices) + 1)]
@@ -509,7 +528,9 @@ def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[floa
         events[0].record()
         for j, i in enumerate(indices):
             me, mp = setup.masks(i)
+            t = time.perf_counter()
             loss = step(clips_pool[i % len(clips_pool)], me, mp)
+            host.append((time.perf_counter() - t) * 1e3)
             events[j + 1].record()
         torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
@@ -523,7 +544,8 @@ def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[floa
             loss = step(clips_pool[i % len(clips_pool)], me, mp)
             ms.append((time.perf_counter() - t) * 1e3)
         wall = time.perf_counter() - t0
-    return ms, wall, loss
+        host = list(ms)
+    return ms, wall, loss, host
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -539,6 +561,186 @@ def _free(device) -> None:
         torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------------------------
+# diagnostics (what a slow step spends its time on; all optional except the cheap counters)
+# ----------------------------------------------------------------------------------------------
+
+
+class CudaGraphCounter:
+    """Counts what torch.compile's CUDA-graph trees do (the target with ``--cuda-graphs``):
+    ``recordings`` (graph captures; 1 after warm-up is the expectation, more are re-recordings,
+    e.g. when an input the graph treats as static moved), ``warmup_runs`` (eager runs before a
+    capture) and inductor's ``cudagraph_skips`` counter (a graph that fell back to no CUDA graph).
+    It wraps two methods of ``torch._inductor.cudagraph_trees.CUDAGraphTreeManager`` for the
+    life of the object (benchmark instrumentation, not for training code); ``available`` is False
+    when this torch lacks them."""
+
+    def __init__(self):
+        self.recordings = self.warmup_runs = 0
+        self._restore = None
+        try:
+            from torch._inductor import cudagraph_trees
+        except ImportError:
+            return
+        mgr = getattr(cudagraph_trees, "CUDAGraphTreeManager", None)
+        record, warm = getattr(mgr, "record_function", None), getattr(mgr, "run_eager", None)
+        if record is None or warm is None:
+            return
+        counter = self
+
+        def record_function(manager, *a, **kw):
+            counter.recordings += 1
+            return record(manager, *a, **kw)
+
+        def run_eager(manager, *a, **kw):
+            counter.warmup_runs += 1
+            return warm(manager, *a, **kw)
+
+        mgr.record_function, mgr.run_eager = record_function, run_eager
+
+        def restore():
+            mgr.record_function, mgr.run_eager = record, warm
+
+        self._restore = restore
+
+    @property
+    def available(self) -> bool:
+        return self._restore is not None
+
+    def snapshot(self) -> dict | None:
+        if not self.available:
+            return None
+        from torch._dynamo.utils import counters
+
+        return {"recordings": self.recordings, "warmup_runs": self.warmup_runs,
+                "skips": int(counters["inductor"].get("cudagraph_skips", 0))}
+
+    def close(self) -> None:
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
+
+
+def _compiled_attention_ops() -> list[dict] | None:
+    """Per compiled graph, the SDPA ops (and bmm: the math backend) inductor's code calls."""
+    try:
+        from vjepa_fast.compile import compiled_attention_ops
+    except ImportError:
+        return None
+    return list(compiled_attention_ops().values())
+
+
+_ATTENTION_KERNEL = ("attention", "attn", "fmha", "flash", "sdpa", "cudnn")
+
+
+def profile_steps(step, setup: BenchSetup, indices, clips_pool, top: int = 10) -> dict:
+    """``len(indices)`` steps under ``torch.profiler``, reduced to per-step figures:
+
+    * ``wall_ms`` (synchronised) against ``gpu_busy_ms`` (sum of GPU kernel durations): a gap
+      means the GPU waited (for the host, a graph capture, a cuDNN graph build, ...);
+    * ``attention_kernels_ms`` and the top kernels (name, ms and calls per step): which attention
+      kernels ran (cuDNN, flash, or gemm + softmax from the math backend) and where GPU time goes;
+    * ``attention_ops``: every CPU-side op whose name mentions attention, with its host ms per
+      step and its slowest single call (a cuDNN execution-graph build for a new shape shows as a
+      call of many ms where a cached one takes tens of microseconds);
+    * ``top_cpu_ops``: ops by self CPU time per step; ``cuda_graph_launches`` per step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = setup.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    n = len(indices)
+    sync(setup.device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for i in indices:
+            me, mp = setup.masks(i)
+            step(clips_pool[i % len(clips_pool)], me, mp)
+        sync(setup.device)
+    wall = (time.perf_counter() - t0) * 1e3 / n
+    kernels: dict[str, list[float]] = {}
+    attn_ops: dict[str, list[float]] = {}
+    graph_launches = 0
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(evt.name, []).append(evt.device_time_total / 1e3)
+        else:
+            if any(w in evt.name.lower() for w in ("attention", "sdpa")):
+                attn_ops.setdefault(evt.name, []).append(evt.cpu_time_total / 1e3)
+            graph_launches += evt.name == "cudaGraphLaunch"
+    busy = sum(sum(v) for v in kernels.values()) / n
+    attn_ms = sum(sum(v) for k, v in kernels.items() if any(w in k.lower() for w in _ATTENTION_KERNEL)) / n
+    by_total = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:top]
+    cpu = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return {
+        "steps": n, "wall_ms": round(wall, 3), "gpu_busy_ms": round(busy, 3) if cuda else None,
+        "attention_kernels_ms": round(attn_ms, 3) if cuda else None,
+        "top_kernels": [{"kernel": k[:120], "ms": round(sum(v) / n, 3), "calls": round(len(v) / n, 2)}
+                        for k, v in by_total],
+        "attention_ops": {k: {"calls": round(len(v) / n, 2), "cpu_ms": round(sum(v) / n, 3),
+                              "max_call_ms": round(max(v), 3)} for k, v in sorted(attn_ops.items())},
+        "top_cpu_ops": [{"op": e.key[:80], "self_cpu_ms": round(e.self_cpu_time_total / 1e3 / n, 3),
+                         "calls": round(e.count / n, 2)} for e in cpu],
+        "cuda_graph_launches": round(graph_launches / n, 2),
+    }
+
+
+def attention_shape_cost(model, setup: BenchSetup, reps: int = 3) -> dict:
+    """Wall ms (synchronised) of one attention forward + backward at a length this process has not
+    run before, then of the same call again, at the student's two shapes (context encoder on Kc,
+    predictor on Kc + Kt of the first mask config), for the run's backend and for flash: the price
+    of a new mask length (cuDNN builds an execution graph per new shape and caches it; flash has
+    nothing to build). Lengths are ``Kc + 8j + 1``: the official masks' lengths are multiples of 8,
+    so none of these was seen in the run. q, k, v are laid out as the blocks' qkv projection
+    leaves them."""
+    from vjepa_fast.attention import attention
+
+    enc_heads, pred_attn = model.encoder.num_heads, model.predictor.predictor_blocks[0].attn
+    enc_dim = model.encoder.embed_dim // enc_heads
+    pred_heads = pred_attn.num_heads
+    pred_dim = model.predictor.predictor_embed_dim // pred_heads
+    (kc, kt), *_ = setup.mask_lengths([1])
+    roles = {"context": (enc_heads, enc_dim, int(kc)), "predictor": (pred_heads, pred_dim, int(kc + kt))}
+    out: dict[str, dict] = {}
+    for role, (heads, head_dim, length) in roles.items():
+        out[role] = {}
+        for name in dict.fromkeys([get_attention_backend(), "flash"]):
+            times: dict[str, list[float]] = {"new": [], "again": []}
+            try:
+                for j in range(reps):
+                    n = length + 8 * j + 1
+                    qkv = torch.randn(setup.batch, n, 3, heads, head_dim, device=setup.device, dtype=setup.dtype,
+                                      requires_grad=True)
+                    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+                    grad = torch.randn_like(q)
+                    for which in ("new", "again"):
+                        sync(setup.device)
+                        t = time.perf_counter()
+                        attention(q, k, v, backend=name).backward(grad)
+                        sync(setup.device)
+                        times[which].append((time.perf_counter() - t) * 1e3)
+                out[role][name] = {"length": length, "new_ms": round(statistics.median(times["new"]), 3),
+                                   "again_ms": round(statistics.median(times["again"]), 3)}
+            except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+                out[role][name] = {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+    return out
+
+
+def new_attention_shapes(setup: BenchSetup, before, indices) -> list[int]:
+    """For each step of ``indices``, how many of its student attention shapes
+    (:meth:`BenchSetup.attention_shapes`) no earlier step of the run (``before``, then the earlier
+    ``indices``) had."""
+    seen: set = set()
+    for i in before:
+        seen |= setup.attention_shapes(i)
+    counts = []
+    for i in indices:
+        shapes = setup.attention_shapes(i)
+        counts.append(len(shapes - seen))
+        seen |= shapes
+    return counts
+
+
 def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float, str] | None) -> dict:
     device = setup.device
     model = setup.build_model()
@@ -550,7 +752,10 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
     else:
         flops, flop_error = count_flops(lambda: step(clips_pool[0], me, mp))
     compile_status = "off"
+    graphs = None
     if impl == "fast" and args.compile:
+        if getattr(step, "cuda_graphs", False) and device.type == "cuda":
+            graphs = CudaGraphCounter()
         compile_status = step.enable_compile()
     warm = list(range(1, 1 + args.warmup))
     timed = list(range(1 + args.warmup, 1 + args.warmup + args.steps))
@@ -560,22 +765,35 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         step(clips_pool[i % len(clips_pool)], me, mp)
     sync(device)
     warmup_s = time.perf_counter() - t_warm  # includes compilation when --compile
+    graphs_warm = graphs.snapshot() if graphs is not None else None
+    stats_warm = _compile_stats() if compile_status != "off" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     official_timer = getattr(step, "gpu_timer_ms", None)
     if official_timer is not None:
         official_timer.clear()
-    ms, wall, loss = timed_steps(step, setup, timed, clips_pool)
+    ms, wall, loss, host_ms = timed_steps(step, setup, timed, clips_pool)
     official_ms = statistics.median(official_timer) if official_timer else None
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    graphs_timed = graphs.snapshot() if graphs is not None else None
+    stats_timed = _compile_stats() if compile_status != "off" else None
+    next_step = timed[-1] + 1 if timed else 1 + args.warmup
     phases = {}
     if args.phase_steps > 0:
         timer = PhaseTimer(device)
-        start = timed[-1] + 1 if timed else 1 + args.warmup
-        for i in range(start, start + args.phase_steps):
+        for i in range(next_step, next_step + args.phase_steps):
             me, mp = setup.masks(i)
             step(clips_pool[i % len(clips_pool)], me, mp, phase=timer)
         phases = timer.summary()
+        next_step += args.phase_steps
+    profiled = None
+    if args.profile_steps > 0:
+        profiled = profile_steps(step, setup, list(range(next_step, next_step + args.profile_steps)), clips_pool)
+    if graphs is not None:
+        graphs.close()
+    shape_cost = attention_shape_cost(model, setup) if args.attn_shape_cost and impl == "fast" else None
+    before = ([0] if not args.no_flops else []) + warm
+    new_shapes = new_attention_shapes(setup, before, timed)
     mask_lengths = setup.mask_lengths(timed or [0])
     embeds = len(mask_lengths) if impl == "reference" else 1  # full-clip patch embeds per step
     sizes = (model, setup.batch, setup.frames, setup.crop)
@@ -592,7 +810,12 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "dtype": DTYPE_NAMES[setup.dtype],
         "attn_backend": get_attention_backend() if impl == "fast" else "sdpa-default",
         "kernels": kernels.kernel_backend(device) if impl == "fast" else "none",
-        "compile": compile_status, "compile_stats": _compile_stats() if compile_status != "off" else None,
+        "compile": compile_status, "compile_stats": stats_timed,
+        # Compilations during the timed steps (0 expected: anything else is a recompile per step).
+        "compiled_in_timed_steps": ({k: stats_timed[k] - stats_warm[k] for k in stats_timed}
+                                    if stats_timed and stats_warm else None),
+        "compiled_attention_ops": _compiled_attention_ops() if compile_status != "off" else None,
+        "cuda_graph_trees": {"after_warmup": graphs_warm, "after_timed": graphs_timed} if graphs else None,
         "fused_optimizer": getattr(step, "fused", None) is not None if impl == "fast" else None,
         "target_working_copy": getattr(step, "target_copy", None) is not None if impl == "fast" else None,
         "pack_context": bool(getattr(step.model, "pack_context", False)) if impl == "fast" else None,
@@ -601,6 +824,11 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "clip_grad": setup.clip_grad,
         "official_loggers": setup.official_loggers if impl == "reference" else None,
         "steps": len(ms), "warmup": args.warmup, "warmup_s": round(warmup_s, 2),
+        "mask_cycle": setup.mask_cycle or None,
+        # Student attention shapes first seen in a timed step (cuDNN builds a graph for each, forward
+        # and backward): mean per timed step.
+        "attn_new_shapes_per_step": round(statistics.mean(new_shapes), 3) if new_shapes else None,
+        "ms_host_step": round(statistics.median(host_ms), 4) if host_ms else None,
         "ms_step": round(med, 4), "ms_step_p20": round(_quantile(ms, 0.2), 4),
         "ms_step_p80": round(_quantile(ms, 0.8), 4), "ms_step_wall_mean": round(wall * 1e3 / len(ms), 4),
         "clips_s": round(setup.batch * 1e3 / med, 3),
@@ -613,6 +841,7 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "peak_tflops": round(peak[0], 3) if peak else None, "peak_source": peak[1] if peak else None,
         "peak_mem_gib": round(peak_mem, 3) if peak_mem is not None else None,
         "phases": phases, "mask_lengths_mean": [[round(kc, 1), round(kt, 1)] for kc, kt in mask_lengths],
+        "profile": profiled, "attn_shape_cost": shape_cost,
         "loss_last": float(loss) if loss is not None else None,
     }
     if flop_error and flop_error != "skipped":
@@ -707,6 +936,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-steps", type=int, default=5,
                    help="steps of the separate per-phase pass (0: skip)")
     p.add_argument("--no-flops", action="store_true", help="skip the FlopCounterMode step")
+    p.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                   help="N more steps under torch.profiler, reported as per-step figures: wall vs GPU-busy "
+                   "ms, attention kernels and ops (host ms, slowest call), top kernels and CPU ops")
+    p.add_argument("--attn-shape-cost", action="store_true",
+                   help="fast impl: time one attention fwd+bwd at a new length and again at the same "
+                   "length, at the context and predictor shapes, for the run's backend and flash")
+    p.add_argument("--mask-cycle", type=int, default=0, metavar="N",
+                   help="step i uses the masks of step i mod N (both impls): with --warmup >= N the timed "
+                   "steps see no new mask length, as a long run (finite set of lengths) eventually does")
     p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak measurement")
     p.add_argument("--peak-tflops", type=float, default=None, help="use this peak instead of measuring one")
     p.add_argument("--check-loss", type=int, default=0, metavar="N",

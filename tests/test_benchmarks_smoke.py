@@ -83,6 +83,25 @@ def test_train_step_both_reports_every_field(capsys, tmp_path):
     assert ratio["ms_ratio_fast_over_reference"] == pytest.approx(fast["ms_step"] / ref["ms_step"], rel=1e-3)
 
 
+def test_train_step_diagnostics(capsys):
+    """--mask-cycle, --profile-steps and --attn-shape-cost (what a slow GPU step is spent on)."""
+    rc = train_step.main(TINY + ["--impl", "fast", "--steps", "3", "--warmup", "3", "--phase-steps", "0",
+                                 "--no-mfu", "--mask-cycle", "3", "--profile-steps", "1", "--attn-shape-cost"])
+    assert rc == 0
+    (row,) = _json_lines(capsys.readouterr().out)
+    # Warm-up (steps 1-3) and the FLOP-count step 0 saw every mask of the cycle: nothing new when timed.
+    assert row["mask_cycle"] == 3 and row["attn_new_shapes_per_step"] == 0
+    prof = row["profile"]
+    assert prof["steps"] == 1 and prof["wall_ms"] > 0 and prof["top_cpu_ops"]
+    assert any("scaled_dot_product" in op for op in prof["attention_ops"]), prof["attention_ops"]
+    for role in ("context", "predictor"):
+        for cost in row["attn_shape_cost"][role].values():
+            assert cost["new_ms"] > 0 and cost["again_ms"] > 0, cost
+    # Without the cycle, the official masks bring new lengths in later steps (the counter can fail).
+    setup = train_step.make_setup(train_step.build_parser().parse_args(TINY))
+    assert sum(train_step.new_attention_shapes(setup, [0, 1, 2], range(3, 9))) > 0
+
+
 def test_check_loss_reference_and_fast_agree_fp32(capsys):
     rc = train_step.main(TINY + ["--check-loss", "5"])
     row = _json_lines(capsys.readouterr().out)[0]
