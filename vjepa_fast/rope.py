@@ -18,8 +18,9 @@ Semantics (facebookresearch/vjepa2 ``src/models/utils/modules.py``, ``RoPEAttent
 
 Numerics. The official code creates ω with ``dtype=x.dtype`` (the dtype of q/k), and its positions
 are int64, so ``pos·ω`` (an ``einsum`` of int64 and that dtype), the sin/cos and the rotation all run
-in the **activation dtype**: in bfloat16 under bf16 autocast (measured on the CPU with torch 2.13:
-``einsum(int64, bf16)`` returns bf16), where an angle near 30 carries an error of up to 0.06 rad.
+in the **activation dtype**: in bfloat16 under bf16 autocast (checked on the CPU with torch 2.13:
+``einsum(int64, bf16)`` returns bf16; not yet measured under CUDA autocast), where the angles of
+positions 0–32 are off by up to 0.034 rad (head_dim 64) and 0.078 rad (head_dim 80) from float64.
 This module does the same by default (``angle_dtype=None``), because the released weights were
 trained with it; ``angle_dtype=torch.float32`` computes ω, the angles, sin/cos and the rotation in
 float32 instead and rounds the rotated q/k once to their dtype. In float32 both are the same
