@@ -788,7 +788,11 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         next_step += args.phase_steps
     profiled = None
     if args.profile_steps > 0:
-        profiled = profile_steps(step, setup, list(range(next_step, next_step + args.profile_steps)), clips_pool)
+        try:
+            profiled = profile_steps(step, setup, list(range(next_step, next_step + args.profile_steps)),
+                                     clips_pool)
+        except Exception as e:  # noqa: BLE001 - the timing above stands without the profile
+            profiled = {"error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
     if graphs is not None:
         graphs.close()
     shape_cost = attention_shape_cost(model, setup) if args.attn_shape_cost and impl == "fast" else None
