@@ -338,3 +338,31 @@ def test_released_file_with_ten_mask_tokens(case_dir):
     with pytest.raises(CheckpointError, match="10 mask tokens but the predictor has 12"):
         load_vjepa2_checkpoint(twelve, released)
     assert load_vjepa2_checkpoint(twelve, released, strict=False).modules["predictor"].mask_tokens.kept_init == [10, 11]
+
+
+def test_encoder_and_probe_files(case_dir):
+    """One encoder from a released-format file (``target_encoder``, as the evals load it; the unused
+    position table dropped) and an official frozen-eval probe file (``classifiers`` is a list of
+    DDP-prefixed probes, one per grid-search setting)."""
+    from vjepa_fast.checkpoint_v2 import load_vjepa2_encoder, load_vjepa2_probe
+
+    case = load_case(case_dir)
+    released = released_format(read_checkpoint(case_dir / "checkpoint.pth.tar"))
+    model = build_case_model(case, case_dir)
+    report = load_vjepa2_encoder(model.encoder, released)  # the context encoder now holds the target's weights
+    assert report.what == "target_encoder" and report.dropped == ["pos_embed"]
+    other = case["other_res"]
+    with torch.no_grad():
+        assert rel(model.encoder(other["clip"]), other["target_encoder_out"]) <= OUT_TOL
+    probe = case["probe"]
+    other_probe = {k: torch.zeros_like(v) for k, v in probe["state_dict"].items()}
+    eval_file = {"classifiers": [{"module." + k: v for k, v in other_probe.items()},
+                                 {"module." + k: v for k, v in probe["state_dict"].items()}],
+                 "opt": [], "scaler": None, "epoch": 20}
+    clf = AttentiveClassifierV2(embed_dim=probe["embed_dim"], num_heads=probe["num_heads"], depth=probe["depth"],
+                                num_classes=probe["num_classes"])
+    load_vjepa2_probe(clf, eval_file, index=1)
+    with torch.no_grad():
+        assert rel(clf(probe["features"]), probe["logits"]) <= OUT_TOL
+    with pytest.raises(CheckpointError, match="index 2 is out of range"):
+        load_vjepa2_probe(clf, eval_file, index=2)
