@@ -111,3 +111,22 @@ def test_passthrough_commands_take_their_options_as_written(monkeypatch, capsys)
     with pytest.raises(SystemExit) as e:
         main(["make-demo-data", "--help"])
     assert e.value.code == 0 and "--n-train" in capsys.readouterr().out
+
+
+def test_checkpoint_messages_name_the_file_for_command_line_users(tmp_path, capsys):
+    """A probe checkpoint where a pretraining one belongs: the file is named, and no Python function
+    is suggested to a command-line user."""
+    import torch
+
+    probe = tmp_path / "jepa-probe.pth.tar"
+    torch.save({"classifier": {"w": torch.zeros(1)}, "epoch": 1, "vjepa_fast": {"config": {"eval_name": "x"}}}, probe)
+    index = tmp_path / "val.csv"
+    index.write_text("a.mp4 0\n")
+    assert main(["context-use", str(probe), str(index)]) == 2
+    err = capsys.readouterr().err
+    assert f"{probe} has no encoder, predictor, target_encoder (a probe checkpoint)" in err
+    assert "load_encoder" not in err and "checkpoint dict" not in err
+    rc = main(["pretrain", "--config", TINY, f"logging.folder={tmp_path}", *SMALL, "meta.load_checkpoint=true",
+               f"meta.read_checkpoint={probe.name}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"meta.read_checkpoint: {probe} has no encoder" in err and "load_encoder" not in err

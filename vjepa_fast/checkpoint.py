@@ -162,11 +162,14 @@ def load_encoder(
     *,
     key: str = "target_encoder",
     strict: bool = True,
+    source: str | None = None,
 ) -> str:
     """Load one encoder (default: the EMA target, as the official eval does). Falls back from
     ``target_encoder`` to ``encoder``; a file with neither is an error naming the keys it has.
-    Returns the key it loaded."""
-    source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint dict"
+    ``source``: the file name for messages when ``checkpoint`` is an already read dict. Returns the
+    key it loaded."""
+    if source is None:
+        source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint dict"
     ckpt = read_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else dict(checkpoint)
     chosen = key if key in ckpt else ("encoder" if key == "target_encoder" and "encoder" in ckpt else None)
     if chosen is None:

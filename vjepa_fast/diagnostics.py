@@ -80,7 +80,7 @@ def checkpoint_context_use(
     ``num_clips`` clips of a video index, centre-cropped at the training resolution, with masks from
     the run's own mask generators (``seed`` picks the draw). Losses are averaged over batches of
     ``batch_size`` (the position median is taken within each batch)."""
-    from .checkpoint import load_vjepa_checkpoint, read_checkpoint  # noqa: PLC0415
+    from .checkpoint import load_vjepa_checkpoint, not_pretraining_checkpoint, read_checkpoint  # noqa: PLC0415
     from .config import PretrainConfig  # noqa: PLC0415
     from .eval_data import ProbeVideoEvalTransform, collate_video  # noqa: PLC0415
     from .masks import build_mask_collator  # noqa: PLC0415
@@ -90,13 +90,16 @@ def checkpoint_context_use(
     if batch_size < 2:
         raise ValueError(f"batch_size must be >= 2 (each clip borrows another clip's context), got {batch_size}")
     ckpt = read_checkpoint(checkpoint)
+    bad = not_pretraining_checkpoint(ckpt, str(checkpoint), "context-use")
+    if bad:
+        raise ValueError(bad)
     saved = ckpt.get("vjepa_fast", {}).get("config")
     if saved is None:
         raise ValueError(f"{checkpoint} has no vjepa_fast.config (not one of our pretraining checkpoints); "
                          "build the model yourself and call context_use()")
     cfg = PretrainConfig.from_dict(saved, source=f"{checkpoint}:vjepa_fast.config")
     model = build_model_from_config(cfg)
-    load_vjepa_checkpoint(model, ckpt)
+    load_vjepa_checkpoint(model, ckpt, source=str(checkpoint))
     model.eval()
     d = cfg.data
     ds = VideoDataset(str(index), frames_per_clip=d.num_frames, frame_step=d.sampling_rate, num_clips=1,
@@ -106,7 +109,8 @@ def checkpoint_context_use(
         raise ValueError(f"{index} lists {len(ds)} clip(s); context_use needs at least 2")
     subset = torch.utils.data.Subset(ds, range(n))
     masks = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
-                                patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=seed, rank=0)
+                                patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=seed, rank=0,
+                                truncation=d.mask_truncation)
     sums, count = torch.zeros(3, dtype=torch.float64), 0
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate_video)
     for step, (x, _) in enumerate(loader):

@@ -121,7 +121,7 @@ def load_encoder_for_embed(checkpoint: str, key: str, layers: Sequence[int] | No
     from .vision_transformer import VisionTransformer  # noqa: PLC0415
 
     ckpt = read_checkpoint(checkpoint)
-    spec = infer_encoder_spec(ckpt, key=key)
+    spec = infer_encoder_spec(ckpt, key=key, source=str(checkpoint))
     depth = spec["depth"]
     out_layers = None
     if layers:
@@ -133,7 +133,7 @@ def load_encoder_for_embed(checkpoint: str, key: str, layers: Sequence[int] | No
                             tubelet_size=spec["tubelet_size"], embed_dim=spec["embed_dim"], depth=depth,
                             num_heads=spec["num_heads"], mlp_ratio=spec.get("mlp_ratio", 4.0),
                             uniform_power=spec.get("uniform_power", True), out_layers=out_layers)
-    load_encoder(vit, ckpt, key=key)
+    load_encoder(vit, ckpt, key=key, source=str(checkpoint))
     for p in vit.parameters():
         p.requires_grad_(False)
     return vit.eval(), spec

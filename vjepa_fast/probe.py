@@ -1002,7 +1002,7 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
     ckpt = read_checkpoint(checkpoint_path)
     spec = infer_encoder_spec(ckpt, source=str(checkpoint_path))
     pretrained = _build_from_spec(spec)
-    load_encoder(pretrained, ckpt, key="target_encoder")
+    load_encoder(pretrained, ckpt, key="target_encoder", source=str(checkpoint_path))
     torch.manual_seed(seed)
     random_init = _build_from_spec(spec)  # the official V1 init (trunc-normal 0.02, no rescale)
     encoders = {"pretrained": FrozenEncoder(pretrained).to(dev), "random": FrozenEncoder(random_init).to(dev)}
