@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections import OrderedDict, defaultdict
 from typing import Iterable, List, Optional, Sequence
 
@@ -44,7 +45,9 @@ import torch
 from . import reference
 from .dispatch import kernel_backend, tl, triton
 from .multi_tensor import (
+    ALIGN_BYTES,
     MultiTensorTables,
+    address_rows,
     check_roles,
     multi_tensor_blocks,
     split_launches,
@@ -231,6 +234,11 @@ def plan_fused_ema(
     ``one_minus_m``: the last three) are placeholders. Raises ValueError / TypeError as
     :func:`~.multi_tensor.check_roles`.
     """
+    return [plan for _, plan in _ema_launches(targets, sources, device, m_from_ptr=m_from_ptr, label=label)]
+
+
+def _ema_launches(targets, sources, device: DeviceSpec, *, m_from_ptr: bool, label: str = ""):
+    """plan_fused_ema's plans, each with the indices of the tensors it covers."""
     check_roles({"targets": targets, "sources": sources})
     plans = []
     for (dtypes, aligned), ids in split_launches([targets, sources]).items():
@@ -242,7 +250,7 @@ def plan_fused_ema(
         from_ptr = m_from_ptr or compute == tl.float64  # fp64 storage: fp32 kernel scalars would lose bits
         m_dtype = torch.float64 if compute == tl.float64 else torch.float32
         m_arg = TensorSpec((2,), m_dtype) if from_ptr else tables.chunk_count  # a pointer never read
-        plans.append(LaunchPlan(
+        plans.append((ids, LaunchPlan(
             _fused_ema_kernel, (tables.n_programs,),
             (tables.addrs[0], tables.addrs[1], tables.chunk_tensor, tables.chunk_start, tables.chunk_count,
              m_arg, 0.0, 1.0),
@@ -250,7 +258,7 @@ def plan_fused_ema(
                  M_FROM_PTR=from_ptr, ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk, BLOCK=block,
                  enable_fp_fusion=False),  # t*m and (1-m)*s rounded separately, like the official mul_/add_
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
-        ))  # fmt: skip
+        )))  # fmt: skip
     return plans
 
 
@@ -273,6 +281,13 @@ def plan_fused_adamw_ema(
     coefficient table of this step) is a placeholder. Raises ValueError / TypeError on mismatched
     lists, sizes, layouts or dtypes.
     """
+    return [plan for _, plan in _adamw_launches(params, grads, exp_avgs, exp_avg_sqs, ema_params, group_ids,
+                                                device, label=label)]  # fmt: skip
+
+
+def _adamw_launches(params, grads, exp_avgs, exp_avg_sqs, ema_params, group_ids, device: DeviceSpec, *,
+                    label: str = ""):  # fmt: skip
+    """plan_fused_adamw_ema's plans, each with the indices of the tensors it covers."""
     named = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     has_ema = len(ema_params) > 0
     if has_ema:
@@ -291,7 +306,7 @@ def plan_fused_adamw_ema(
         coef_dtype = torch.float64 if compute == tl.float64 else torch.float32
         coef = TensorSpec((max(group_ids) + 1, _N_COEF), coef_dtype)
         t_addr = tables.addrs[4] if has_ema else tables.addrs[0]
-        plans.append(LaunchPlan(
+        plans.append((ids, LaunchPlan(
             _fused_adamw_ema_kernel, (tables.n_programs,),
             (*tables.addrs[:4], t_addr, tables.group, tables.chunk_tensor, tables.chunk_start,
              tables.chunk_count, coef),
@@ -301,7 +316,7 @@ def plan_fused_adamw_ema(
                  BLOCK=block,
                  enable_fp_fusion=False),  # PyTorch's op-by-op rounding; the lerp's fma is explicit
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
-        ))  # fmt: skip
+        )))  # fmt: skip
     return plans
 
 
@@ -310,35 +325,59 @@ def plan_fused_adamw_ema(
 
 
 class _PlanCache:
-    """LRU of planned launches (tables already on the device).
+    """A small LRU (of planned launches with their tables on the device).
 
-    The key holds every tensor's address, the sizes of the first role and the launch's flags, so a
-    step whose tensors keep their storage (parameters, optimizer state, the allocator's reused
-    gradient blocks) finds its plans without re-checking or re-uploading anything. Tensors are
-    validated when first seen at a set of addresses; a tensor later replaced by one of another dtype
-    or layout at the same address and size is not detected.
+    Two levels per kernel. By *addresses* (every tensor's address, the first role's sizes, the
+    launch's flags): a step whose tensors keep their storage finds its plans without re-checking or
+    re-uploading anything. On a miss the tensors are validated and looked up by *layout* (sizes,
+    dtypes, which bases are 16-byte aligned, groups): gradients that the allocator handed out at
+    other addresses reuse the chunk tables and only upload new address rows. Tensors are validated
+    when first seen at a set of addresses; one later replaced by another of a different dtype or
+    layout at the same address and size is not detected.
     """
 
     def __init__(self, size: int = 16):
         self.size = size
-        self._d: OrderedDict[tuple, list[LaunchPlan]] = OrderedDict()
+        self._d: OrderedDict = OrderedDict()
 
-    def get(self, key: tuple) -> Optional[list[LaunchPlan]]:
+    def get(self, key: tuple):
         hit = self._d.get(key)
         if hit is not None:
             self._d.move_to_end(key)
         return hit
 
-    def put(self, key: tuple, plans: list[LaunchPlan]) -> None:
-        self._d[key] = plans
+    def put(self, key: tuple, value) -> None:
+        self._d[key] = value
         while len(self._d) > self.size:
             self._d.popitem(last=False)
 
 
-_EMA_PLANS = _PlanCache()
-_ADAMW_PLANS = _PlanCache()
+_EMA_PLANS, _EMA_LAYOUTS = _PlanCache(), _PlanCache()
+_ADAMW_PLANS, _ADAMW_LAYOUTS = _PlanCache(), _PlanCache()
 _ptr = torch.Tensor.data_ptr
 _numel = torch.Tensor.numel
+_dtype = operator.attrgetter("dtype")
+
+
+def _device_plans(named: dict, addr_roles: list, flags: tuple, layouts: _PlanCache, plan) -> list[LaunchPlan]:
+    """Plans for tensors at addresses not seen before (see :class:`_PlanCache`): validated, then the
+    launches of the same layout with new address rows (the first ``len(addr_roles)`` arguments), or
+    ``plan(device_spec)`` -> [(ids, LaunchPlan)] with its tables moved to the device."""
+    check_roles(named)
+    device = _check_devices(named)
+    roles = list(named.values())
+    layout = (device, flags, tuple(map(_numel, roles[0])), *(tuple(map(_dtype, r)) for r in roles),
+              tuple(_ptr(t) % ALIGN_BYTES == 0 for r in roles for t in r))  # fmt: skip
+    launches = layouts.get(layout)
+    if launches is None:
+        launches = [(ids, p.with_args(*tables_to(p.args, device))) for ids, p in plan(DeviceSpec.of(device))]
+        layouts.put(layout, launches)
+        return [p for _, p in launches]
+    plans = []
+    for ids, p in launches:
+        rows = tables_to(address_rows(addr_roles, ids), device)
+        plans.append(p.with_args(*rows, *p.args[len(rows):]))
+    return plans
 
 
 def _check_devices(named: dict[str, Sequence[torch.Tensor]]) -> torch.device:
@@ -367,11 +406,11 @@ def fused_ema_launch(
            tuple(map(_numel, targets)))  # fmt: skip
     plans = _EMA_PLANS.get(key)
     if plans is None:
-        named = {"targets": targets, "sources": sources}
-        check_roles(named)
-        device = _check_devices(named)
-        planned = plan_fused_ema(targets, sources, DeviceSpec.of(device), m_from_ptr=momentum is not None)
-        plans = [p.with_args(*tables_to(p.args, device)) for p in planned]
+        from_ptr = momentum is not None
+        plans = _device_plans(
+            {"targets": targets, "sources": sources}, [targets, sources], (from_ptr,), _EMA_LAYOUTS,
+            lambda dev: _ema_launches(targets, sources, dev, m_from_ptr=from_ptr),
+        )
         _EMA_PLANS.put(key, plans)
     for plan in plans:
         coef = plan.args[5]
@@ -405,10 +444,11 @@ def fused_adamw_ema_launch(
         named = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
         if ema_params:
             named["ema_params"] = ema_params
-        check_roles(named)
-        device = _check_devices(named)
-        plans = [p.with_args(*tables_to(p.args, device))
-                 for p in plan_fused_adamw_ema(*roles, group_ids, DeviceSpec.of(device))]
+        if len(group_ids) != len(params):
+            raise ValueError(f"group_ids has {len(group_ids)} entries for {len(params)} params")
+        addr_roles = [params, grads, exp_avgs, exp_avg_sqs, ema_params if ema_params else params]
+        plans = _device_plans(named, addr_roles, (tuple(map(int, group_ids)),), _ADAMW_LAYOUTS,
+                              lambda dev: _adamw_launches(*roles, group_ids, dev))
         _ADAMW_PLANS.put(key, plans)
     for plan in plans:
         coef = coeffs.to(torch.float64) if plan.constexprs["COMPUTE"] == tl.float64 else coeffs

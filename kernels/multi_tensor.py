@@ -190,6 +190,14 @@ class MultiTensorTables:
         return (*self.addrs, self.group, self.chunk_tensor, self.chunk_start, self.chunk_count)
 
 
+def address_rows(roles: Sequence[Sequence], ids: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Host rows of the addresses of tensors ``ids`` of each role (int64, each row 16-byte aligned):
+    a launch's address tables for tensors that moved, its chunk tables unchanged."""
+    rows = [[role[i].data_ptr() for i in ids] for role in roles]
+    addrs = torch.tensor(rows, dtype=torch.int64, device="cpu")
+    return tuple(_pack(list(addrs.unbind(0)), torch.int64))
+
+
 def tables_to(args: Sequence, device: torch.device) -> tuple:
     """``args`` with every CPU tensor replaced by the same view of its buffer copied to ``device``
     (each buffer copied once, through pinned memory, ``non_blocking``: no host-device sync).

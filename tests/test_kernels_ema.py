@@ -297,7 +297,7 @@ def _adamw_inputs(sizes, seed=0, ema_dtype=torch.float32):
     exp_avgs = [0.1 * torch.randn(n, generator=g) for n in sizes]
     exp_avg_sqs = [torch.rand(n, generator=g) for n in sizes]
     ema = [p.to(ema_dtype) + 0.01 for p in params]
-    return [params, grads, exp_avgs, exp_avg_sqs, ema]
+    return [[t.to(DEVICE) for t in role] for role in (params, grads, exp_avgs, exp_avg_sqs, ema)]
 
 
 @pytest.mark.skipif(not INTERPRET, reason="launches CPU-table plans in the Triton interpreter")
@@ -335,17 +335,19 @@ def test_gpu_configuration_matches_the_interpreter_configuration(ema_dtype, monk
         assert torch.equal(t, e)
 
 
-def test_launch_reuses_plans_and_replans_when_tensors_move(monkeypatch):
+def test_launch_reuses_plans_and_tables_when_tensors_move(monkeypatch):
+    """Same tensors: the cached plans; tensors at new addresses (gradients reallocated): the same
+    chunk tables with new address rows; new sizes: a new plan. Every call gives the official result."""
     import vjepa_fast.kernels.ema as ema_module
 
     planned = []
-    real = ema_module.plan_fused_ema
+    real = ema_module._ema_launches
 
     def spy(*args, **kwargs):
         planned.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ema_module, "plan_fused_ema", spy)
+    monkeypatch.setattr(ema_module, "_ema_launches", spy)
     targets = [torch.randn(n, device=DEVICE) for n in (37, 640, 12)]
     sources = [torch.randn_like(t) for t in targets]
     expected = [t.clone() for t in targets]
@@ -355,12 +357,34 @@ def test_launch_reuses_plans_and_replans_when_tensors_move(monkeypatch):
         _official_ema(expected, sources, m)
     assert planned == [1]  # the second step found its plans
     assert all(t._version > v for t, v in zip(targets, versions))  # in-place writes are visible to autograd
-    moved = [s.clone() for s in sources]  # new storage: new tables, same values
+    moved = [s.clone() for s in sources]  # new storage, same values
     fused_ema_(targets, moved, 0.999)
     _official_ema(expected, sources, 0.999)
-    assert planned == [1, 1]
+    assert planned == [1]  # same layout: address rows only
     for t, e in zip(targets, expected):
         assert torch.equal(t, e)  # fp32 storage: bit-identical to the official formula
+    longer = [torch.randn(n + 4, device=DEVICE) for n in (37, 640, 12)]
+    fused_ema_(longer, [x.clone() for x in longer], 0.5)
+    assert planned == [1, 1]
+
+
+def test_adamw_with_reallocated_gradients_reuses_tables(monkeypatch):
+    import vjepa_fast.kernels.ema as ema_module
+
+    planned = []
+    real = ema_module._adamw_launches
+    monkeypatch.setattr(ema_module, "_adamw_launches", lambda *a, **k: planned.append(1) or real(*a, **k))
+    sizes = [70_001, 4096, 7, 384]
+    ours, ref = _adamw_inputs(sizes), _adamw_inputs(sizes)
+    kw = dict(lr=1e-3, weight_decay=[0.05, 0.0], momentum=0.998, group_ids=[0, 1, 1, 0])
+    for step in (1, 2, 3):
+        grads = [torch.randn(n, generator=torch.Generator().manual_seed(step)).to(DEVICE) for n in sizes]
+        fused_adamw_ema_(ours[0], grads, *ours[2:], step=step, **kw)  # new gradient tensors each step
+        reference.adamw_ema_(ref[0], grads, *ref[2:], step=step, **kw)
+    assert planned == [1]
+    for a, b in zip(ours, ref):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
 
 
 def test_aot_plans_cover_the_vjepa_parameter_sets():
