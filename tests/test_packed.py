@@ -169,29 +169,37 @@ def _packed_qkv(lengths, heads=4, head_dim=8, batch=2):
 
 def test_split_documents_have_strides_of_their_own_length(monkeypatch):
     """cuDNN keys its attention-graph cache on the q/k/v shapes *and strides* and builds a graph
-    on every miss. A document's tensors must therefore look the same whatever the other documents'
-    lengths: a slice of the packed q would carry the packed total in its batch stride, and every
-    new total (every step in training) would be a new key."""
-    seen = []
+    on every miss; its backward graph also bakes in the output gradient's strides, which torch
+    2.11's key does not hold. A document's q, k, v and output gradient must therefore look the
+    same whatever the other documents' lengths: slices of the packed tensors would carry the
+    packed total in their batch stride, making every new total (every training step) a new key,
+    and a gradient with another total would be read through a cached graph's stale strides."""
+    seen, grads = [], []
 
     def recording_attention(q, k, v, backend=None):
         seen.append(tuple((tuple(t.shape), t.stride()) for t in (q, k, v)))
-        return real(q, k, v, backend)
+        out = real(q, k, v, backend)
+        out.register_hook(lambda g: grads.append((tuple(g.shape), g.stride())))
+        return out
 
     real = packed.attention
     monkeypatch.setattr(packed, "attention", recording_attention)
     first = {}
     for lengths in [(5, 7), (5, 9, 3)]:
         seen.clear()
-        q, k, v = _packed_qkv(lengths)
+        grads.clear()
+        q, k, v = (t.detach().requires_grad_() for t in _packed_qkv(lengths))
         out = document_attention(q, k, v, Packing(lengths, impl="split"))
         assert rel(out, naive_document_attention(q, k, v, lengths)) <= 1e-6
-        first[lengths] = seen[0]
+        out.backward(torch.randn_like(out))
+        # Hooks run in backward order: the first document's gradient arrives last.
+        first[lengths] = (seen[0], grads[-1])
     assert first[(5, 7)] == first[(5, 9, 3)]
-    # The one-document case (nothing to split) passes the projection's own layout, as the
-    # per-mask path does; a multi-document packing gives each document the token-major layout.
+    # Both in the token-major layout a projection writes ([B, n, heads, head_dim] storage).
     heads, head_dim = 4, 8
-    assert first[(5, 7)][0][1] == (5 * heads * head_dim, head_dim, heads * head_dim, 1)
+    token_major = (5 * heads * head_dim, head_dim, heads * head_dim, 1)
+    (q_layout, *_), grad_layout = first[(5, 7)]
+    assert q_layout[1] == token_major and grad_layout[1] == token_major
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex backward needs CUDA")

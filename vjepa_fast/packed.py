@@ -14,15 +14,19 @@ matmuls (and so float rounding) differs.
   :func:`vjepa_fast.attention.attention`, so the global backend switch (cuDNN, flash,
   flash-attn, ...) applies: the same attention calls as the per-mask path, and it traces under
   ``torch.compile`` with symbolic document lengths. Each document's q, k and v are first copied
-  into a tensor of their own (token-major, ``[B, n, heads, head_dim]`` storage), so their
-  strides depend on that document's length alone. A slice of the packed q would carry the packed
-  total in its batch stride, and cuDNN's attention caches one execution graph per (shape,
-  strides) and builds a new one on every miss (``aten/src/ATen/native/cudnn/MHA.cpp``: the key
-  holds the q/k/v strides): with the total in the key, the official ViT-L masks give 1,382
-  distinct keys in 2,000 steps (seed 0, batch 24), each built forward and backward, and still
-  growing, against 121 with each document's own length, as in the per-mask path
-  (``benchmarks/results/gpu_measure/README.md``). The copies cost one read and write of q, k, v
-  per layer; the outputs are concatenated token-major, so the block's head merge is a view.
+  into a tensor of their own (token-major, ``[B, n, heads, head_dim]`` storage), and so is the
+  gradient of its output in the backward, so every tensor its attention sees has strides that
+  depend on that document's length alone. A slice of the packed tensors would carry the packed
+  total in its batch stride, and PyTorch's cuDNN attention (``aten/src/ATen/native/cudnn/MHA.cpp``)
+  caches one execution graph per key of q/k/v shapes and strides, building a new one, forward
+  and backward, on every miss: with the total in the key, the official ViT-L masks give 1,382
+  distinct keys in 2,000 steps (seed 0, batch 24), still growing, against 121 with each
+  document's own length, as in the per-mask path (``benchmarks/results/gpu_measure/README.md``).
+  The gradient copy is needed for correctness, not speed: the backward graph is built with the
+  output gradient's strides, which the key of torch 2.11's generation does not hold in full
+  (PyTorch pull request 191576 added them, mid-2026), so a gradient laid out with another total
+  would silently reuse a graph built for the first. The copies cost one read and write of q, k, v and of the output gradient per layer; the
+  outputs are concatenated token-major, so the block's head merge is a view.
 * ``mask``: one SDPA call with a boolean block-diagonal ``[L, L]`` mask. A dense mask rules out
   SDPA's flash kernel and does the masked-out work, so this is a reference, not a fast path.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a document ``BlockMask`` built once per
@@ -137,6 +141,20 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+class _GradInOwnStorage(torch.autograd.Function):
+    """Identity; its backward hands on the gradient in storage of its own (:func:`_own_storage`).
+    Applied to a document's attention output, whose gradient is otherwise a slice of the packed
+    gradient (see the module docstring for why that must not reach cuDNN's backward)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _own_storage(grad)
+
+
 def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing) -> torch.Tensor:
     """Non-causal attention on [B, heads, L, head_dim] where token i sees token j only if both lie in
     the same document of ``packing``; default 1/sqrt(head_dim) scale."""
@@ -147,7 +165,8 @@ def document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packin
             return attention(q, k, v)
         outs = []
         for qi, ki, vi in zip(*(t.split(packing.lengths, dim=2) for t in (q, k, v))):
-            outs.append(attention(*(_own_storage(t) for t in (qi, ki, vi))).transpose(1, 2))
+            out = attention(*(_own_storage(t) for t in (qi, ki, vi)))
+            outs.append(_GradInOwnStorage.apply(out).transpose(1, 2))
         return torch.cat(outs, dim=1).transpose(1, 2)
     if packing.impl == "mask":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=packing.dense_mask)
