@@ -196,8 +196,8 @@ def _strip(hf_sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def hf_to_encoder(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``encoder.*`` (prefix already stripped to ``encoder.``-relative names or not) →
-    our encoder state dict."""
+    """The ``encoder.*`` tensors of a Hugging Face state dict (``vjepa2.`` already stripped; other keys
+    are ignored) → our encoder state dict (the query/key/value rows concatenated into ``qkv``)."""
     sd = _strip(hf_sd, "encoder.")
     out: dict[str, torch.Tensor] = {}
     used = _blocks_from_hf(sd, "layer", "blocks", out)
@@ -214,7 +214,8 @@ def hf_to_encoder(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def hf_to_predictor(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``predictor.*`` → our predictor state dict (the stacked mask tokens unstacked)."""
+    """The ``predictor.*`` tensors of a Hugging Face state dict → our predictor state dict (the stacked
+    mask tokens unstacked into ``mask_tokens.{j}``)."""
     sd = _strip(hf_sd, "predictor.")
     out: dict[str, torch.Tensor] = {}
     used = _blocks_from_hf(sd, "layer", "predictor_blocks", out)
