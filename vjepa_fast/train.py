@@ -527,6 +527,10 @@ class Trainer:
         self.out = out or (lambda s: print(s, flush=True))
         self.is_main = self.rank == 0
         if preflight:
+            if is_distributed():
+                # Every rank checks the same files: none may look before the previous run's rank 0
+                # has written its checkpoint (several runs in one launch share the process group).
+                torch.distributed.barrier()
             problems = pretrain_problems(cfg, world_size=self.world_size, own_source=source is None)
             if problems:
                 raise PreflightError(problems, f"pretraining ({cfg.logging.folder})")
