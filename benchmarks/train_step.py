@@ -514,7 +514,8 @@ class PhaseTimer:
         return out
 
 
-def timed_steps(step, setup: BenchSetup, indices, clips_pool) -> tuple[list[float], float, object, list[float]]:
+def timed_steps(step, setup: BenchSetup, indices,
+                clips_pool) -> tuple[list[float], float, object, list[float]]:
     """Per-step ms over ``indices`` (events without sync on CUDA), the wall time, the last loss and
     the host's ms per step call (on CUDA: the time to queue the step, which reaches the step time
     when the host, not the GPU, is the bottleneck; on CPU the step itself)."""
@@ -709,8 +710,8 @@ def attention_shape_cost(model, setup: BenchSetup, reps: int = 3) -> dict:
             try:
                 for j in range(reps):
                     n = length + 8 * j + 1
-                    qkv = torch.randn(setup.batch, n, 3, heads, head_dim, device=setup.device, dtype=setup.dtype,
-                                      requires_grad=True)
+                    qkv = torch.randn(setup.batch, n, 3, heads, head_dim, device=setup.device,
+                                      dtype=setup.dtype, requires_grad=True)
                     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
                     grad = torch.randn_like(q)
                     for which in ("new", "again"):

@@ -399,8 +399,11 @@ def test_bench_attention_smoke(table, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("forced, fused_ops", [("math", set()), ("flash", {"_scaled_dot_product_flash_attention_for_cpu",
-                                                                         "_scaled_dot_product_flash_attention_for_cpu_backward"})])
+@pytest.mark.parametrize("forced, fused_ops", [
+    ("math", set()),
+    ("flash", {"_scaled_dot_product_flash_attention_for_cpu",
+               "_scaled_dot_product_flash_attention_for_cpu_backward"}),
+])
 def test_forced_backend_survives_inductor_with_symbolic_lengths(forced, fused_ops):
     """A backend forced through ``sdpa_kernel`` (what ``attention`` does) is the one inductor's
     generated code calls, forward and backward, with the token dim symbolic as in the compiled
@@ -417,7 +420,8 @@ def test_forced_backend_survives_inductor_with_symbolic_lengths(forced, fused_op
     _fresh_dynamo()
     before = set(compiled_attention_ops())
     w = torch.randn(48, 48, requires_grad=True)
-    with attention_backend(forced), torch._inductor.config.patch({"cpp.vec_isa_ok": False, "compile_threads": 1}):
+    cpu_fast_compile = {"cpp.vec_isa_ok": False, "compile_threads": 1}
+    with attention_backend(forced), torch._inductor.config.patch(cpu_fast_compile):
         compiled = torch.compile(block, backend="inductor", fullgraph=True)
         for length in (40, 33, 57):
             x = torch.randn(2, length, 48)

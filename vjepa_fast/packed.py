@@ -25,8 +25,9 @@ matmuls (and so float rounding) differs.
   The gradient copy is needed for correctness, not speed: the backward graph is built with the
   output gradient's strides, which the key of torch 2.11's generation does not hold in full
   (PyTorch pull request 191576 added them, mid-2026), so a gradient laid out with another total
-  would silently reuse a graph built for the first. The copies cost one read and write of q, k, v and of the output gradient per layer; the
-  outputs are concatenated token-major, so the block's head merge is a view.
+  would silently reuse a graph built for the first. The copies cost one read and write of q, k,
+  v and of the output gradient per layer; the outputs are concatenated token-major, so the
+  block's head merge is a view.
 * ``mask``: one SDPA call with a boolean block-diagonal ``[L, L]`` mask. A dense mask rules out
   SDPA's flash kernel and does the masked-out work, so this is a reference, not a fast path.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a document ``BlockMask`` built once per
