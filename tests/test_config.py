@@ -515,7 +515,7 @@ def test_every_unknown_and_invalid_key_is_reported_at_once(tmp_path):
     raw["optimization"]["is_anneal"] = True
     raw["mask"][0]["full_complement"] = False
     raw["data"]["batch_size"] = 0                   # invalid values
-    raw["model"]["model_name"] = "vit_giant_xformers"
+    raw["model"]["model_name"] = "vit_enormous"
     raw["optimization"]["lr"] = "fast"              # wrong type
     path = _write(tmp_path, raw)
     with pytest.raises(ConfigError) as ei:
@@ -527,7 +527,7 @@ def test_every_unknown_and_invalid_key_is_reported_at_once(tmp_path):
         "optimization.is_anneal", "folder", "cpus_per_task", "data.batch_size", "model.model_name"]
     msg = str(err)
     assert msg.startswith(f"{path}: 10 problems:")
-    assert "unknown key 'data.fps'" in msg and "'model.model_name': 'vit_giant_xformers'" in msg
+    assert "unknown key 'data.fps'" in msg and "'model.model_name': 'vit_enormous'" in msg
     assert "key 'optimization.lr' expects float, got str 'fast'" in msg
     assert err.key == err.problems[0].key and isinstance(err, ValueError)
 
