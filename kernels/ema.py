@@ -258,6 +258,7 @@ def _ema_launches(targets, sources, device: DeviceSpec, *, m_from_ptr: bool, lab
                  M_FROM_PTR=from_ptr, ALIGNED=aligned, VEC=vector_elems(sizes), CHUNK=chunk, BLOCK=block,
                  enable_fp_fusion=False),  # t*m and (1-m)*s rounded separately, like the official mul_/add_
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
+            bytes_moved=sum(t.numel() * (2 * t.element_size() + s.element_size()) for t, s in zip(*sub)),
         )))  # fmt: skip
     return plans
 
@@ -316,6 +317,9 @@ def _adamw_launches(params, grads, exp_avgs, exp_avg_sqs, ema_params, group_ids,
                  BLOCK=block,
                  enable_fp_fusion=False),  # PyTorch's op-by-op rounding; the lerp's fma is explicit
             num_warps=num_warps, label=label, vector_loads=aligned, vector_stores=aligned,
+            # p, m, v (and the EMA target) read and written, the gradient read
+            bytes_moved=sum(row[0].numel() * (row[1].element_size() + 2 * sum(t.element_size() for t in (
+                row[0], row[2], row[3], *row[4:]))) for row in zip(*sub)),
         )))  # fmt: skip
     return plans
 

@@ -99,7 +99,9 @@ class LaunchPlan:
     compile to one kernel variant (``tests/test_kernels_sm90.py`` checks their JIT cache keys).
     ``vector_loads`` / ``vector_stores``: the kernel's hot global loads / stores move contiguous data
     and must compile to 128-bit accesses; False only where the data is not contiguous by nature (a
-    per-program partial sum written as one scalar, say).
+    per-program partial sum written as one scalar, say). ``bytes_moved``: the launch's minimal
+    global traffic (each byte read or written once; 0 = not stated), for expected times in reports
+    and to tell launches too short to fill a GPU from badly shaped ones.
     """
 
     kernel: Any
@@ -112,6 +114,7 @@ class LaunchPlan:
     group: str = ""
     vector_loads: bool = True
     vector_stores: bool = True
+    bytes_moved: int = 0
 
     @property
     def n_programs(self) -> int:

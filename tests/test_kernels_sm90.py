@@ -10,7 +10,8 @@ for every launch each kernel module plans at the V-JEPA shapes (its ``aot_plans(
 * plans that differ only in mask lengths share one JIT cache key, so training never compiles a new
   variant mid-run;
 * the grid fills its last wave of resident programs to >= 80 % (or runs >= 8 waves, where a
-  partial last wave costs little), persistent grids included.
+  partial last wave costs little), persistent grids included; launches whose whole traffic moves in
+  under 10 us at the H200's measured copy bandwidth are exempt (launch latency dominates them).
 
 Skips only when triton is not installed (macOS, Windows).
 """
@@ -95,7 +96,8 @@ def test_mask_lengths_do_not_change_the_compiled_variant(report):
 def test_grids_fill_their_waves(report):
     def efficient(r):
         waves = r["waves"]
-        return waves >= 8 or waves / math.ceil(waves) >= 0.8
+        tiny = r.get("us_at_copy_bw") is not None and r["us_at_copy_bw"] < 10
+        return tiny or waves >= 8 or waves / math.ceil(waves) >= 0.8
 
     bad = [r for r in report if r.get("compiled") and not efficient(r)]
     assert not bad, "grid leaves most of a wave idle (waves / ceil(waves) < 0.8, under 8 waves):\n" + _fmt(bad)

@@ -28,9 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+#: Device-to-device copy bandwidth measured on an H200 (benchmarks/results/gpu_measure/, 2026-11-30):
+#: the time a launch's minimal traffic would take at the memory ceiling.
+H200_COPY_BYTES_PER_S = 4.19e12
+
 COLUMNS = [
     ("kernel", 28), ("config", 44), ("grid", 12), ("warps", 5), ("regs", 4), ("spill", 5), ("stack", 5),
-    ("smem", 6), ("occ", 5), ("waves", 6), ("ld", 3), ("st", 3), ("div64", 5), ("group", 30),
+    ("smem", 6), ("occ", 5), ("waves", 6), ("us@bw", 7), ("ld", 3), ("st", 3), ("div64", 5), ("group", 30),
 ]  # fmt: skip
 
 
@@ -47,7 +51,9 @@ def rows(kernel_filter: str | None = None) -> list[dict]:
             row = aot.compile_plan(plan).row()
         except Exception as exc:  # report the failure as a row: the test asserts on "compiled"
             row = {"kernel": name, "config": plan.label, "compiled": False, "error": f"{type(exc).__name__}: {exc}"}
-        row.update(group=plan.group, vector_loads=plan.vector_loads, vector_stores=plan.vector_stores)
+        row.update(group=plan.group, vector_loads=plan.vector_loads, vector_stores=plan.vector_stores,
+                   bytes_moved=plan.bytes_moved,
+                   us_at_copy_bw=round(plan.bytes_moved / H200_COPY_BYTES_PER_S * 1e6, 2) if plan.bytes_moved else None)
         row["compile_s"] = round(time.perf_counter() - t0, 3)
         out.append(row)
     return out
@@ -60,6 +66,7 @@ def _cell(row: dict, key: str) -> str:
         "grid": "x".join(map(str, row["grid"])), "spill": row["spill_bytes"], "stack": row["stack_bytes"],
         "smem": row["smem_bytes"], "occ": row["occupancy"], "ld": row["hot_load_bits"],
         "st": row["hot_store_bits"], "div64": "yes" if row["int64_div"] else "no",
+        "us@bw": row.get("us_at_copy_bw") or "-",
     }.get(key, row.get(key, ""))  # fmt: skip
     return str(value)
 
@@ -88,7 +95,8 @@ def main(argv=None) -> int:
         for r in data:
             print(json.dumps(r))
     else:
-        print("vjepa-fast Triton kernels compiled for sm_90a (132 SMs), real V-JEPA shapes; ld/st: hot access bits")
+        print("vjepa-fast Triton kernels compiled for sm_90a (132 SMs), real V-JEPA shapes; ld/st: hot access bits;"
+              " us@bw: minimal traffic at the H200's measured 4.19 TB/s copy")
         print(table(data))
     return 0 if all(r.get("compiled") for r in data) else 1
 
