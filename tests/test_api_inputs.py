@@ -92,3 +92,8 @@ def test_channels_and_image_models_name_their_own_shape():
     with pytest.raises(ValueError, match=r"\[B, C=3, H=64, W=64\] \(an image model: num_frames 1\).*got \(2, 3, 1, 64, 64\)"):
         image(torch.randn(2, 3, 1, 64, 64), enc, pred)
     assert torch.isfinite(image(torch.randn(2, 3, 64, 64), enc, pred).loss)
+
+
+def test_encoder_shape_errors_say_what_c_must_be(model):
+    with pytest.raises(ValueError, match=r"video encoder expects \[B, C=3, T, H, W\] \(C = in_chans\), got \(1, 12, 4, 64, 64\)"):
+        model.encoder(torch.randn(1, 12, 4, 64, 64))

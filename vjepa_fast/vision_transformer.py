@@ -331,7 +331,8 @@ class VisionTransformer(nn.Module):
     def _grid_of(self, x: torch.Tensor) -> tuple[int, int, int]:
         if self.is_video:
             if x.dim() != 5 or x.shape[1] != self.patch_embed.proj.in_channels:
-                raise ValueError(f"video encoder expects [B, C, T, H, W], got {tuple(x.shape)}")
+                raise ValueError(f"video encoder expects [B, C={self.patch_embed.proj.in_channels}, T, H, W] "
+                                 f"(C = in_chans), got {tuple(x.shape)}")
             _, _, T, H, W = x.shape
             if T % self.tubelet_size or H % self.patch_size or W % self.patch_size:
                 raise ValueError(
@@ -340,7 +341,8 @@ class VisionTransformer(nn.Module):
                 )
             return T // self.tubelet_size, H // self.patch_size, W // self.patch_size
         if x.dim() != 4 or x.shape[1] != self.patch_embed.proj.in_channels:
-            raise ValueError(f"image encoder expects [B, C, H, W], got {tuple(x.shape)}")
+            raise ValueError(f"image encoder expects [B, C={self.patch_embed.proj.in_channels}, H, W] (C = in_chans), "
+                             f"got {tuple(x.shape)}")
         _, _, H, W = x.shape
         if H % self.patch_size or W % self.patch_size:
             raise ValueError(f"input {tuple(x.shape)}: H, W must be divisible by patch_size {self.patch_size}")
