@@ -171,7 +171,7 @@ def clones(tmp_path_factory, demo_data, pretrained):
 
 def _needs_a_run(argv: list[str]) -> bool:
     joined = " ".join(argv)
-    return (argv[0] in ("probe", "context-use") or "runs/" in joined or "meta.load_checkpoint=true" in joined
+    return (argv[0] in ("probe", "context-use", "embed") or "runs/" in joined or "meta.load_checkpoint=true" in joined
             or (argv[0] == "check-config" and "configs/evals/" in joined))
 
 
@@ -230,7 +230,7 @@ def test_readme_command_runs_as_written(line, clones, stubs, monkeypatch, capsys
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(cli, "DEMO_DATA", cwd / "data" / "demo")  # the demo's defaults: the clone's folders
     monkeypatch.setattr(cli, "DEMO_RUN", cwd / "runs" / "demo_digits")
-    known = {"demo", "pretrain", "probe", "check-config", "context-use", "plot", "profile", "make-demo-data"}
+    known = {"demo", "pretrain", "probe", "check-config", "context-use", "plot", "profile", "make-demo-data", "embed"}
     if argv[0] not in known:  # a subcommand this test has no stand-in for: its arguments must parse
         cli.build_parser().parse_args(argv)
         return
