@@ -8,7 +8,7 @@ compared (max abs difference) so the speed-up is for the same numbers.
 
 Memory (``--memory``): ``embed`` runs in a fresh process on one short and one long video (same frame
 size, synthetic H.264 / MPEG-4 written frame by frame), and reports the peak RSS of the main process and
-of its decoding worker (``ru_maxrss``). One JSON object per line.
+of its decoding worker (``ru_maxrss``), as the ``vjepa-fast embed`` command runs it. One JSON object per line.
 
     python benchmarks/bench_embed.py [--videos 8] [--frames 128] [--size 160] [--memory --long-frames 6000]
 """
@@ -86,7 +86,8 @@ def reference(ckpt: str, paths: list[str], frame_step: int, decoder: str, device
 
 _CHILD = """
 import json, resource, sys
-from vjepa_fast.embed import embed_videos
+from vjepa_fast.embed import embed_videos, fix_mmap_threshold
+fix_mmap_threshold()  # as the vjepa-fast embed command does
 r = embed_videos(sys.argv[1], sys.argv[2], sys.argv[3], frame_step=int(sys.argv[4]), batch_size=int(sys.argv[5]),
                  num_workers=1, progress=False)
 print(json.dumps({"windows": r.windows, "seconds": round(r.seconds, 2),
