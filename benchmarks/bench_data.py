@@ -10,6 +10,7 @@ the crop box only) and its "gather" method (meant for the GPU; timed on the CPU 
 One JSON object per line.
 
     python benchmarks/bench_data.py [--seconds 2] [--crop 224] [--demo-dir data/demo] [--decoders pyav,decord]
+                                    [--decode-only]
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def main(argv=None):
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--demo-dir", default=None, help="existing demo data (default: generate a small set)")
+    p.add_argument("--decode-only", action="store_true", help="skip the augmentation measurements")
     p.add_argument("--decoders", default=None,
                    help="comma-separated decoders to time (default: every one that works here)")
     a = p.parse_args(argv)
@@ -154,7 +156,8 @@ def main(argv=None):
         for name, idx, fstp in sources:
             for decoder in names:
                 bench_decode(name, idx, 16, fstp, a.seconds, decoder)
-            bench_augment(name, idx, 16, fstp, a.crop, a.seconds, a.batch)
+            if not a.decode_only:
+                bench_augment(name, idx, 16, fstp, a.crop, a.seconds, a.batch)
 
 
 if __name__ == "__main__":
