@@ -124,7 +124,7 @@ def test_bad_input_shapes_name_the_shape():
     enc = tiny_encoder()
     with pytest.raises(ValueError, match=r"\(2, 3, 7, 64, 64\)"):
         enc(torch.randn(2, 3, 7, 64, 64))
-    with pytest.raises(ValueError, match=r"\[B, C, T, H, W\]"):
+    with pytest.raises(ValueError, match=r"\[B, C=3, T, H, W\]"):
         enc(torch.randn(2, 3, 64, 64))
     with pytest.raises(ValueError, match="mask indices"):
         enc(torch.randn(2, 3, 8, 64, 64), masks=torch.arange(5))
