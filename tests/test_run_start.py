@@ -285,3 +285,16 @@ def test_mask_truncation_reaches_the_collator(tmp_path):
                                    patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=rand.cfg.meta.seed,
                                    truncation="random")
     assert all(torch.equal(a, b) for a, b in zip(rand.masks.sample(2, 5)[0], ref.sample(2, 5)[0]))
+
+
+def test_attention_backend_and_kernels_that_cannot_run_here_are_refused(tmp_path, monkeypatch):
+    from vjepa_fast import kernels
+    from vjepa_fast.preflight import runtime_problems
+
+    cfg = cfg_for(tmp_path, "meta.device=cpu", "meta.attn_backend=cudnn", "meta.kernels=triton")
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    problems = runtime_problems(cfg.meta)
+    assert problems[0] == "meta.attn_backend='cudnn' does not run on cpu (there: auto, math, flash)"
+    if kernels.HAS_TRITON:
+        assert problems[1].startswith("meta.kernels='triton' needs a CUDA device (this run: cpu)")
+    assert runtime_problems(cfg_for(tmp_path, "meta.device=cpu", "meta.attn_backend=math").meta) == []

@@ -6,7 +6,8 @@ value, so that a run can refuse to start with every problem in one :class:`Prefl
 ``check-config`` can print them all. Nothing here writes a file; checkpoints are read with
 ``mmap`` (keys, shapes and scalars only), so checking a multi-GB checkpoint is cheap.
 
-What a pretraining run checks (:func:`pretrain_problems`): the device exists; the index files exist
+What a pretraining run checks (:func:`pretrain_problems`): the device, attention backend and kernels
+exist here (:func:`runtime_problems`); the index files exist
 and every line parses; the data give at least one full batch; ``model.in_chans`` fits decoded
 (RGB) videos; and how the run starts (:func:`plan_pretrain_start`): a resume checkpoint is a
 pretraining checkpoint, its geometry, model and masks match the config (or
@@ -42,6 +43,7 @@ __all__ = [
     "RESUME_CHECKED_KEYS",
     "config_changes",
     "device_problems",
+    "runtime_problems",
     "index_problems",
     "mask_problems",
     "plan_pretrain_start",
@@ -88,6 +90,35 @@ def device_problems(device: str, key: str = "meta.device") -> list[str]:
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         return [f"{key}={device!r} but MPS is not available here; use {key}=auto or cpu"]
     return []
+
+
+def runtime_problems(meta, prefix: str = "meta") -> list[str]:
+    """``meta.device``, ``meta.attn_backend`` and ``meta.kernels`` name things this machine has: the
+    device exists, the attention backend runs on it (and its package is installed), Triton kernels
+    have a CUDA device or the interpreter. Otherwise the first attention call or kernel launch fails."""
+    from . import kernels  # noqa: PLC0415
+    from .attention import EXTERNAL_BACKENDS, TUNED, available_backends, backend_installed  # noqa: PLC0415
+
+    problems = device_problems(meta.device, f"{prefix}.device")
+    if problems:
+        return problems
+    device = torch.device("cuda" if meta.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if meta.device == "auto" else meta.device)
+    backend = meta.attn_backend
+    if backend not in ("auto", TUNED):
+        if backend in EXTERNAL_BACKENDS and not backend_installed(backend):
+            problems.append(f"{prefix}.attn_backend={backend!r} needs the {EXTERNAL_BACKENDS[backend]!r} package, "
+                            "which is not installed")
+        elif backend not in available_backends(device):
+            problems.append(f"{prefix}.attn_backend={backend!r} does not run on {device.type} "
+                            f"(there: {', '.join(available_backends(device))})")
+    if meta.kernels == "triton":
+        if not kernels.HAS_TRITON:
+            problems.append(f"{prefix}.kernels='triton' but triton cannot be imported; use {prefix}.kernels=auto")
+        elif device.type != "cuda" and not kernels.INTERPRET:
+            problems.append(f"{prefix}.kernels='triton' needs a CUDA device (this run: {device}); use "
+                            f"{prefix}.kernels=auto, or TRITON_INTERPRET=1 to run them in the interpreter")
+    return problems
 
 
 def index_problems(paths: Sequence[str], key: str, num_classes: int | None = None) -> tuple[list[str], int]:
@@ -323,7 +354,7 @@ def pretrain_problems(cfg: PretrainConfig, *, world_size: int = 1, own_source: b
     ``own_source``: the run decodes the configured videos (not clips passed in by the caller);
     ``plan``: also check the start (resume / init_from / folder)."""
     d = cfg.data
-    problems = device_problems(cfg.meta.device) + mask_problems(cfg)
+    problems = runtime_problems(cfg.meta) + mask_problems(cfg)
     ipe = cfg.optimization.ipe
     if own_source and not d.synthetic:
         if cfg.model.in_chans != 3:
@@ -418,7 +449,7 @@ def probe_problems(cfg: EvalConfig) -> list[str]:
     from .vision_transformer import build_encoder  # noqa: PLC0415
 
     d, pre = cfg.data, cfg.pretrain
-    problems = device_problems(cfg.meta.device)
+    problems = runtime_problems(cfg.meta)
     if cfg.is_video:
         for key in ("dataset_train", "dataset_val"):
             path = getattr(d, key)

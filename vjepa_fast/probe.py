@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from .attentive_probe import AttentiveClassifier
 from .checkpoint import CheckpointError, atomic_save, clean_state_dict, load_encoder, read_checkpoint
 from .config import EvalConfig
-from .preflight import PreflightError, device_problems, plan_probe_start
+from .preflight import PreflightError, plan_probe_start, runtime_problems
 from .schedules import CosineWD, WarmupCosineLR
 from .vision_transformer import VIT_PRESETS, VisionTransformer, build_encoder
 
@@ -553,7 +553,7 @@ class ProbeEvaluation:
         # Before anything is built: a finished run's results are never overwritten, a resume with
         # nothing left to train is refused, the device exists.
         problems, self.start_notes = plan_probe_start(cfg, head_specs(cfg.optimization))
-        problems = device_problems(cfg.meta.device, "meta.device") + problems
+        problems = runtime_problems(cfg.meta) + problems
         if problems:
             raise PreflightError(problems, f"probe run ({cfg.output_folder})")
         self.device = _resolve_device(cfg.meta.device)
