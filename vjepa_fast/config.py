@@ -16,9 +16,9 @@ Rules
 -----
 * Every key is either honoured by this project or listed in :data:`ACCEPTED_AND_IGNORED` with
   the reason it has no effect (mostly: it has no effect in the official code either).
-* An unknown key raises :class:`ConfigError` naming the file, the full dotted key and the
-  closest known key.  Wrong types and impossible values raise :class:`ConfigError` naming the
-  key and the value.
+* An unknown key is reported naming the file, the full dotted key and the closest known key;
+  wrong types and impossible values naming the key and the value.  Every problem of a file (and
+  its overrides) goes into one :class:`ConfigError` (``.problems`` lists them), not one per run.
 * Types are strict: an ``int`` field rejects ``"24"``, ``24.0`` and ``true``; a ``float`` field
   accepts ints, and also a string that parses as a number, because PyYAML reads ``1e-6``
   (no dot) as a string.  Two-element ranges (``ema``, ``aspect_ratio``, ...) must be lists of
