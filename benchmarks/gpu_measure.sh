@@ -11,20 +11,25 @@
 # Name the commit measured: the GPU machine's copy of the tree carries a .git that reported the last
 # landed commit, not the working tree's (seen 2026-11-30), so every JSON line takes VJEPA_FAST_COMMIT.
 #
-# Stages (budget in seconds, cut to what is left of DEADLINE; "took" = measured on an H200 on
-# 2026-11-30, benchmarks/results/gpu_measure/):
-#   env        environment + the two ceilings: bf16 matmul TFLOP/s and device copy GB/s   40  took 7-8
-#   kernels    Triton kernels on CUDA vs their references at real V-JEPA shapes         100  took 51-53
-#   vitl       train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager        120  took 49
-#   attn       attention backends at the ViT-L shapes -> the tuned table                  45  took 8
-#   vitl_all   the fast path with every option (compile, CUDA-graphed target, tuned
-#              attention, packed context, sparse embed; fused AdamW+EMA and bf16 target
-#              copy by default)                                                          170  ran out: 140 s
-#                                                             of compilation in 3 warm-up steps, then ~0.63 s/step
-#   loss       50-step loss curves, reference vs fully optimised fast path, same start  100  ran out
-#   vith       ViT-H/16: reference vs fast, every option                                120  not reached
-#   kbench     kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy      60  gather only: 16
-# A bare machine took about 30 s to start (device time, not in DEADLINE).
+# Stages, most important first (budget in seconds, cut to what is left of DEADLINE; "took" =
+# measured on an H200 on 2026-11-30, benchmarks/results/gpu_measure/):
+#   env          environment + the two ceilings: bf16 matmul TFLOP/s, device copy GB/s    40  took 7-8
+#   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        100  took 51-53
+#   vitl         train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager       120  took 49
+#   vitl_steady  the same with the warm-up steps' masks reused (no new attention shapes)   90  ~50 (est.)
+#   ablate       fast eager, one option at a time, profiled: default (+ the cost of a new
+#                attention shape), flash attention, packed context, sparse embed         150  ~100 (est.)
+#   attn         attention backends at the ViT-L shapes -> the tuned table                 45  took 8
+#   vitl_all     the fast path with every option (compile, CUDA-graphed target, tuned
+#                attention, packed context, sparse embed; fused AdamW+EMA and the bf16
+#                target copy by default), profiled                                       220  ran out at
+#                170 before the packed-attention fix: 140 s of compilation, then ~0.63 s/step
+#   loss         20-step loss check, reference vs fast eager with packed context + sparse   60  ~30 (est.)
+#   loss_all     50-step loss check, every option (compiled)                              150  ran out at 99
+#   vith         ViT-H/16: reference vs fast, every option                                120  not reached
+#   kbench       kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy       60  gather: 16
+# A bare machine took about 30 s to start (device time, not in DEADLINE). What does not fit one call
+# runs in a second with ONLY="...".
 #
 # Files under $OUT (the GPU machine returns at most 8): results.jsonl (every JSON line: environment,
 # train steps, loss check, tests), summary.txt (the table printed last), measure.log (all output),
@@ -63,7 +68,9 @@ if [[ "$SIZE" == tiny ]]; then
        --frames 8 --crop 64 --batch 2 --dtype fp32)
     H=("${L[@]}")
     STEPS=(--steps 2 --warmup 1 --phase-steps 1)
+    ABL=(--impl fast --no-flops --no-mfu --warmup 1 --steps 2 --phase-steps 1)
     CHECK=3
+    CHECK_EAGER=2
     ATTN=(--model tiny --device cpu)
     OPTS=(--pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
     ENV_ARGS=(--device cpu --small)
@@ -74,7 +81,9 @@ else
     L=(--model vit_large --batch 24 --frames 16 --crop 224 --dtype bf16)
     H=(--model vit_huge --batch 24 --frames 16 --crop 224 --dtype bf16)
     STEPS=(--steps 20 --warmup 5 --phase-steps 5)
+    ABL=(--impl fast --no-flops --no-mfu --warmup 3 --steps 10 --phase-steps 3)
     CHECK=50
+    CHECK_EAGER=20
     ATTN=(--model vit_large --batch 24)
     OPTS=(--compile --cuda-graphs --pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
     ENV_ARGS=()
@@ -82,7 +91,7 @@ else
 fi
 
 # The later train-step stages read the tuned attention table, so asking for them runs attn too.
-if [[ -n "${ONLY:-}" && " $ONLY " =~ \ (vitl_all|loss|vith)\  ]]; then ONLY="attn $ONLY"; fi
+if [[ -n "${ONLY:-}" && " $ONLY " =~ \ (vitl_all|loss_all|vith)\  ]]; then ONLY="attn $ONLY"; fi
 
 say() { echo "$@" | tee -a "$MLOG"; }
 
@@ -123,9 +132,21 @@ stage kernels 100 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,pred
     --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
     ${KTESTS[@]+"${KTESTS[@]}"}
 stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
+# Steady state: the timed steps reuse the warm-up steps' masks, so no step meets an attention shape
+# for the first time (cuDNN builds an execution graph per new shape; a long run has seen them all).
+stage vitl_steady 90 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both --mask-cycle 3
+# One option at a time, eager, with a profile (wall vs GPU busy, attention ops' host time) and the
+# price of a new attention shape: what each option and each backend costs on its own.
+stage ablate 150 bash -c "rc=0; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --profile-steps 2 --attn-shape-cost || rc=1; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --attn flash --profile-steps 2 || rc=1; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --pack-context --profile-steps 2 || rc=1; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --sparse-embed || rc=1; exit \$rc"
 stage attn 45 "$PY" "$REPO/benchmarks/bench_attention.py" "${ATTN[@]}" --out "$LOGS/attention_table.json"
-stage vitl_all 170 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}"
-stage loss 100 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK" "${OPTS[@]}"
+stage vitl_all 220 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}" --profile-steps 2
+# The packed and sparse paths against the reference, eager (no compilation: cheap), then compiled.
+stage loss 60 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK_EAGER" --pack-context --sparse-embed
+stage loss_all 150 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK" "${OPTS[@]}"
 stage vith 120 "$PY" "${TS[@]}" "${H[@]}" "${STEPS[@]}" --impl both "${OPTS[@]}"
 if [[ "$SIZE" == tiny && ( -z "${ONLY:-}" || " $ONLY " == *" kbench "* ) ]]; then
     say "== kbench: skipped (needs CUDA)"

@@ -48,6 +48,8 @@ def _options(row: dict) -> str:
             opts.append(name)
     if row.get("attn_backend"):
         opts.append(f"attn={row['attn_backend']}")
+    if row.get("mask_cycle"):
+        opts.append(f"masks/{row['mask_cycle']}")
     return ",".join(opts) or "-"
 
 
@@ -75,16 +77,31 @@ def summary(stages_path: Path, results_path: Path, logs: Path | None) -> str:
         for r in steps:
             cs = r.get("compile_stats") or {}
             cs = cs if isinstance(cs, dict) else {}
+            prof = r.get("profile") or {}
             body.append([
-                str(r.get("model")), r["impl"], _options(r) if r["impl"] == "fast" else "official structure",
+                str(r.get("model")), r["impl"],
+                _options(r) if r["impl"] == "fast" else "official structure" + (
+                    f",masks/{r['mask_cycle']}" if r.get("mask_cycle") else ""),
                 _fmt(r.get("ms_step")), _fmt(r.get("clips_s")),
                 _fmt(100 * r["mfu"] if r.get("mfu") is not None else None),
                 _fmt(r.get("peak_mem_gib")), _fmt(r.get("warmup_s")),
+                _fmt(r.get("ms_host_step")), _fmt(r.get("attn_new_shapes_per_step"), 2),
+                f"{_fmt(prof.get('gpu_busy_ms'))}/{_fmt(prof.get('wall_ms'))}" if prof else "-",
                 "/".join(_fmt(cs.get(k)) for k in ("target", "student", "recompiles", "graph_breaks")),
             ])
         out.append("")
         out.append(_table(["model", "impl", "options", "ms/step", "clips/s", "MFU %", "peak GiB",
-                           "warmup s", "compiled target/student/recompiles/breaks"], body))
+                           "warmup s", "host ms", "new attn/step", "GPU busy/wall ms",
+                           "compiled target/student/recompiles/breaks"], body))
+    for r in steps:
+        cost = r.get("attn_shape_cost") or {}
+        for role, per_backend in cost.items():
+            for backend, c in per_backend.items():
+                if "error" in c:
+                    out.append(f"new attention shape, {role} {backend}: {c['error']}")
+                else:
+                    out.append(f"new attention shape, {role} L={c['length']} {backend}: first call "
+                               f"{c['new_ms']} ms, again {c['again_ms']} ms")
     ratios = [r for r in rows if r.get("impl") == "ratio"]
     for r in ratios:
         out.append(f"{r.get('model')}: fast is {_fmt(r.get('speedup_fast_vs_reference'), 3)}x the reference "
