@@ -12,10 +12,11 @@ produced for it.
 Two layouts of ``x``. Token rows contiguous (stride along D = 1): tiles of rows x D-columns, 128-bit
 loads and stores. The patch embedding's own output, the transposed Conv3d result
 (``flatten(2).transpose(1, 2)``: strides ``(N*D, 1, N)``), has no contiguous run along D; there the
-kernel tiles *token-major*: 32 or more tokens per tile, and the lanes of a warp run over 32 gathered tokens of one
-feature, which for sorted, clustered mask indices touch a few 32-byte sectors per instruction
-instead of 32, and the tile is transposed on chip for the contiguous 128-bit output stores (the
-backward does the mirror image: contiguous loads, token-major scattered stores).
+kernel tiles *token-major*: 32 tokens x 32 features per tile, the 32 lanes of a warp on 32 gathered
+tokens of one feature (neighbours in memory when the sorted mask keeps runs of tokens), one 2-byte
+load per element (inherent to gathering from this layout), and the tile is transposed on chip for
+the contiguous 128-bit output stores. The backward is the mirror image: contiguous 128-bit loads,
+token-major scattered stores into a gradient with x's strides.
 
 Launches are planned (:func:`plan_masked_gather`, :func:`plan_masked_scatter`: pure functions of
 metadata and a :class:`~.plan.DeviceSpec`) and then run (``plan.launch()``); :func:`aot_plans` lists
