@@ -8,7 +8,9 @@ compared (max abs difference) so the speed-up is for the same numbers.
 
 Memory (``--memory``): ``embed`` runs in a fresh process on one short and one long video (same frame
 size, synthetic H.264 / MPEG-4 written frame by frame), and reports the peak RSS of the main process and
-of its decoding worker (``ru_maxrss``), as the ``vjepa-fast embed`` command runs it. One JSON object per line.
+of its decoding worker (``ru_maxrss``), and the worker's largest RSS in each quarter of the run (sampled
+every 0.25 s: flat when memory does not grow with the video), as the ``vjepa-fast embed`` command runs it.
+One JSON object per line.
 
     python benchmarks/bench_embed.py [--videos 8] [--frames 128] [--size 160] [--memory --long-frames 6000]
 """
@@ -85,14 +87,32 @@ def reference(ckpt: str, paths: list[str], frame_step: int, decoder: str, device
 
 
 _CHILD = """
-import json, resource, sys
+import json, os, resource, sys, threading, time
 from vjepa_fast.embed import embed_videos, fix_mmap_threshold
 fix_mmap_threshold()  # as the vjepa-fast embed command does
+samples = []  # (seconds, RSS MB of this process's children = the decoding worker)
+
+def sample():
+    t0 = time.perf_counter()
+    while True:
+        for pid in os.listdir("/proc"):
+            try:
+                st = open(f"/proc/{pid}/status").read()
+            except (OSError, ValueError):
+                continue
+            if f"PPid:\\t{os.getpid()}\\n" in st and "VmRSS:" in st:
+                samples.append((time.perf_counter() - t0, int(st.split("VmRSS:")[1].split()[0]) / 1024))
+        time.sleep(0.25)
+
+threading.Thread(target=sample, daemon=True).start()
 r = embed_videos(sys.argv[1], sys.argv[2], sys.argv[3], frame_step=int(sys.argv[4]), batch_size=int(sys.argv[5]),
                  num_workers=1, progress=False)
+span = max(t for t, _ in samples) if samples else 0
+quarters = [round(max([m for t, m in samples if q * span / 4 <= t <= (q + 1) * span / 4] or [0]), 1) for q in range(4)]
 print(json.dumps({"windows": r.windows, "seconds": round(r.seconds, 2),
                   "main_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "worker_rss_mb_max_per_quarter_of_run": quarters}))
 """
 
 
