@@ -226,3 +226,14 @@ def test_bench_embed_smoke(capsys):
     assert emb["max_abs_diff_vs_reference"] < 1e-5 and emb["speedup"] > 0
     mem = {r["video"]: r for r in rows if r.get("bench") == "embed_memory"}
     assert mem["long"]["windows"] == len(window_starts(64, 4, 2, 8)) and mem["short"]["main_peak_rss_mb"] > 0
+
+
+def test_progress_line_counts_videos(setup, tmp_path, capsys):
+    root, ckpt, vit, paths = setup
+    index = _write_index(tmp_path / "i.csv", [paths[0], str(tmp_path / "missing.mp4"), paths[1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedVideoWarning)
+        embed_videos(ckpt, index, tmp_path / "out", frame_step=2, num_workers=0, progress=True)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("embed: 3/3 videos, ") and "videos/s" in last and "windows/s" in last, last
+    assert last.endswith(", 1 skipped"), last

@@ -366,6 +366,8 @@ def embed_videos(
         rec = videos[v]
         return bool(rec.get("skipped")) or (rec.get("windows") is not None and rec["done"] >= rec["windows"])
 
+    n_finished = len(videos) - len(todo)  # kept up to date below (a scan per item would be O(videos))
+
     def encode() -> None:
         if not pending:
             return
@@ -382,7 +384,7 @@ def embed_videos(
         pending.clear()
 
     def flush() -> None:
-        nonlocal written
+        nonlocal written, n_finished
         if row_ids:
             ids = torch.tensor(row_ids, dtype=torch.int64)
             arrays = {"video": ids[:, 0], "window": ids[:, 1], "start": ids[:, 2],
@@ -392,6 +394,7 @@ def embed_videos(
             man["shards"].append({"file": name, "rows": len(row_ids)})
             for v, w, _ in row_ids:  # one video's windows arrive in order: done stays a prefix
                 videos[v]["done"] = w + 1
+            n_finished += sum(finished(v) for v in {v for v, _, _ in row_ids} if not videos[v].get("skipped"))
             written += len(row_ids)
             rows.clear()
             row_ids.clear()
@@ -405,6 +408,7 @@ def embed_videos(
             reason = item[2]
             videos[v]["skipped"] = reason
             skipped[paths[v]] = reason
+            n_finished += 1
             msg = f"skipping video {paths[v]}: {reason}"
             logger.warning(msg)
             warnings.warn(msg, SkippedVideoWarning, stacklevel=2)
@@ -414,7 +418,7 @@ def embed_videos(
                 encode()
             if len(row_ids) >= shard_rows:
                 flush()
-        bar.update(sum(finished(i) for i in range(len(videos))), written + len(row_ids) + len(pending), len(skipped))
+        bar.update(n_finished, written + len(row_ids) + len(pending), len(skipped))
     encode()
     flush()
     _finalize(out_dir, man, fmt, ext, meta, multi)
