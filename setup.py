@@ -23,7 +23,9 @@ setup(
     package_dir={"vjepa_fast": "vjepa_fast", "vjepa_fast.kernels": "kernels"},
     install_requires=install_requires,
     extras_require={
-        "video": ["decord", "av"],
+        # PyAV everywhere; decord only where it has wheels (data.decoder=auto falls back to PyAV);
+        # safetensors for vjepa-fast embed's default output
+        "video": ["av", "decord; platform_system == 'Linux' and platform_machine == 'x86_64'", "safetensors"],
         "demo": ["scikit-learn", "scikit-video", "pillow", "matplotlib"],
         "dev": ["pytest", "pytest-benchmark"],
         "hf": ["safetensors"],  # Hugging Face V-JEPA 2 checkpoints (vjepa_fast.hf_vjepa2)
