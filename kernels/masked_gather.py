@@ -190,7 +190,10 @@ def plan_masked_gather(x, idx, pos, out, device: DeviceSpec, label: str = "", gr
     """
     grid, scalars, constexprs, warps = _gather_config(metadata(x), metadata(idx), metadata(pos), metadata(out), device)
     args = (x, idx, x if pos is None else pos, out, *scalars)
-    return LaunchPlan(_masked_gather_kernel, grid, args, constexprs, warps, label=label, group=group)
+    # Token-major x: the loads of x are gathered tokens of one feature (2-byte loads by nature); the
+    # contiguous position rows beside them would otherwise make the PTX look vectorised.
+    return LaunchPlan(_masked_gather_kernel, grid, args, constexprs, warps, label=label, group=group,
+                      vector_loads=not _token_major(x))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1024)
