@@ -79,6 +79,7 @@ __all__ = [
     "PretrainConfig",
     "EvalDataConfig",
     "EvalHeadConfig",
+    "EvalClassifierConfig",
     "EvalOptimizationConfig",
     "EvalPretrainConfig",
     "EvalMetaConfig",
@@ -104,6 +105,9 @@ VIT_NUM_HEADS = {name: preset["num_heads"] for name, preset in VIT_PRESETS.items
 #: else silently runs float32; we reject anything else instead.
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_NAMES = ("video_classification_frozen", "image_classification_frozen")
+#: ``protocol`` values of eval files (ours): the frozen evaluation of the V1 code
+#: (facebookresearch/jepa) or of V-JEPA 2 (facebookresearch/vjepa2); see vjepa_fast.probe.
+EVAL_PROTOCOLS = ("v1", "v2")
 #: ``data.train_augmentation`` values of eval files (ours; see EvalDataConfig).
 TRAIN_AUGMENTATIONS = ("official", "crop", "none")
 #: ``data.mask_type`` values (official: anything other than ``multiblock3d`` selects the
@@ -937,9 +941,11 @@ class EvalHeadConfig:
     final_lr: Optional[float] = None
     weight_decay: Optional[float] = None
     final_weight_decay: Optional[float] = None
+    #: epochs of linear warmup from start_lr to lr (the V2 grids set it per probe)
+    warmup: Optional[float] = None
 
     def validate(self, p: str = "optimization.multihead[0]") -> None:
-        for name in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay"):
+        for name in ("lr", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup"):
             v = getattr(self, name)
             if v is not None:
                 _check(v >= 0 and math.isfinite(v), f"{p}.{name}", v, "must be a finite number >= 0")
@@ -947,7 +953,9 @@ class EvalHeadConfig:
 
 @dataclass
 class EvalOptimizationConfig:
-    attend_across_segments: bool = False
+    #: null = the protocol's: v1 false (the official V1 default), v2 true (V2's ClipAggregation
+    #: always concatenates the segments; false is refused there)
+    attend_across_segments: Optional[bool] = None
     num_epochs: int = 20
     #: video evals only (image evals read data.resolution, as the official code does)
     resolution: Optional[int] = None
@@ -967,6 +975,7 @@ class EvalOptimizationConfig:
     #: ours: several probes trained at once on one pass of the frozen encoder, e.g.
     #: ``[{lr: 1.0e-3, weight_decay: 0.01}, {lr: 3.0e-4, weight_decay: 0.1}]``; missing keys come
     #: from this section (start_lr / final_lr scaled by the head's lr / lr).  Empty = one probe.
+    #: The official V2 files call it ``multihead_kwargs`` (every key given per probe).
     multihead: List[EvalHeadConfig] = field(default_factory=list)
 
     def validate(self, p: str = "optimization") -> None:
@@ -997,8 +1006,16 @@ class EvalPretrainConfig:
     tight_silu: Optional[bool] = None  # ignored
     use_sdpa: Optional[bool] = None  # ignored
     patch_size: int = 16
+    #: V-JEPA 2 encoders: 3D RoPE in every block instead of a position table (any resolution and
+    #: frame count without interpolation)
+    use_rope: bool = False
+    #: blocks whose (final-norm) outputs are the features, concatenated along the tokens (official V2
+    #: ``wrapper_kwargs.out_layers``, e.g. [17, 19, 21, 23] for ViT-L); null = the last block
+    out_layers: Optional[List[int]] = None
     folder: Optional[str] = None  # required
-    checkpoint: Optional[str] = None  # required; file name inside folder
+    #: required; inside folder: a checkpoint file (ours, official V1 or V2, a released V2 file) or
+    #: a Hugging Face V-JEPA 2 folder (config.json + model.safetensors)
+    checkpoint: Optional[str] = None
     write_tag: str = "jepa"  # name of the probe's csv log / checkpoint
     #: ours: override the width / depth / heads of the ``model_name`` preset (custom encoders,
     #: e.g. the tiny test models); null = the preset's value.
@@ -1026,6 +1043,40 @@ class EvalPretrainConfig:
             _check(self.frame_step >= 1, f"{p}.frame_step", self.frame_step, "must be >= 1 or null")
         if self.clip_duration is not None:
             _check(self.clip_duration > 0, f"{p}.clip_duration", self.clip_duration, "must be > 0 or null")
+        if self.out_layers is not None:
+            layers = self.out_layers
+            ok = _check(len(layers) > 0, f"{p}.out_layers", layers, "must list at least one block or be null")
+            ok = ok and _check(all(b > a for a, b in zip(layers, layers[1:])), f"{p}.out_layers", layers,
+                               "must be strictly increasing (the outputs come in block order)")
+            if ok and known_model and sizes_ok:
+                depth = self.encoder_dims()[1]
+                _check(0 <= layers[0] and layers[-1] < depth, f"{p}.out_layers", layers,
+                       f"block indices must be in [0, {depth}) (the encoder's depth)")
+
+    def encoder_dims(self) -> Tuple[int, int, int]:
+        """(embed_dim, depth, num_heads) of the encoder described (preset, then overrides)."""
+        preset = VIT_PRESETS[self.model_name]
+        return (self.embed_dim or preset["embed_dim"], self.depth or preset["depth"],
+                self.num_heads or preset["num_heads"])
+
+
+@dataclass
+class EvalClassifierConfig:
+    """The attentive probe (the official V2 files' ``experiment.classifier``)."""
+    #: official ``num_probe_blocks``: v1 probes run the extra self-attention blocks over the query
+    #: after the cross-attention (V1 evals use 1), v2 probes run num_probe_blocks - 1 blocks over the
+    #: tokens first (V2 evals use 4)
+    num_probe_blocks: int = 1
+    #: null = v1: the encoder's heads (what the V1 eval builds), v2: 16 (the official default)
+    num_heads: Optional[int] = None
+    #: v2 probes: recompute the self-attention blocks' activations in the backward (the official
+    #: eval does, to save memory); off by default here (a third more probe compute)
+    use_activation_checkpointing: bool = False
+
+    def validate(self, p: str = "classifier") -> None:
+        _check(self.num_probe_blocks >= 1, f"{p}.num_probe_blocks", self.num_probe_blocks, "must be >= 1")
+        if self.num_heads is not None:
+            _check(self.num_heads >= 1, f"{p}.num_heads", self.num_heads, "must be >= 1 or null")
 
 
 @dataclass
@@ -1059,6 +1110,10 @@ class EvalConfig(_RootConfig):
     tasks_per_node: Optional[int] = None  # ignored
     tag: Optional[str] = None  # output sub-folder
     resume_checkpoint: bool = False
+    #: ours: v1 (facebookresearch/jepa) or v2 (facebookresearch/vjepa2) frozen evaluation: probe
+    #: module, optimiser groups, clipping, segments (see vjepa_fast.probe)
+    protocol: str = "v1"
+    classifier: EvalClassifierConfig = field(default_factory=EvalClassifierConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     optimization: EvalOptimizationConfig = field(default_factory=EvalOptimizationConfig)
     pretrain: EvalPretrainConfig = field(default_factory=EvalPretrainConfig)
@@ -1066,10 +1121,38 @@ class EvalConfig(_RootConfig):
 
     def _validate_fields(self) -> None:
         _check_required("eval_name", self.eval_name) and _check_choice("eval_name", self.eval_name, EVAL_NAMES)
+        _check_choice("protocol", self.protocol, EVAL_PROTOCOLS)
         _section(self.data.validate, video=self.is_video)
-        for section in (self.optimization, self.pretrain, self.meta):
+        for section in (self.optimization, self.pretrain, self.meta, self.classifier):
             _section(section.validate)
         _section(self._validate_geometry)
+        _section(self._validate_probe)
+
+    def _validate_probe(self) -> None:
+        if self.protocol == "v2" and self.optimization.attend_across_segments is False:
+            _check(False, "optimization.attend_across_segments", False,
+                   "protocol v2 always concatenates the segments of a view (V2's ClipAggregation); "
+                   "remove the key or set it true")
+        # v1's default (the encoder's own heads) is checked with the pretrain section
+        explicit = self.classifier.num_heads is not None or self.protocol == "v2"
+        if explicit and self.pretrain.model_name in VIT_PRESETS and self.probe_num_heads >= 1:
+            dim = self.pretrain.encoder_dims()[0]
+            _check(dim % self.probe_num_heads == 0, "classifier.num_heads", self.probe_num_heads,
+                   f"must divide the encoder's embed_dim={dim}")
+
+    @property
+    def attend_across_segments(self) -> bool:
+        """Whether the segments of a view are concatenated into one probe input (see the key)."""
+        if self.protocol == "v2":
+            return True
+        return bool(self.optimization.attend_across_segments)
+
+    @property
+    def probe_num_heads(self) -> int:
+        """Heads of the probe's attention: ``classifier.num_heads``, else v1 the encoder's, v2 16."""
+        if self.classifier.num_heads is not None:
+            return self.classifier.num_heads
+        return 16 if self.protocol == "v2" else self.pretrain.encoder_dims()[2]
 
     def _validate_geometry(self) -> None:
         res = self.resolution
