@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from vjepa_fast.masks import (
     MASK_CFG_DEFAULTS,
     MultiBlock3DMaskCollator,
+    MultiSeqMaskCollator,
     RandomTubeMaskCollator,
     build_mask_collator,
 )
@@ -407,3 +408,133 @@ def test_truncation_switch_is_validated_and_tube_masks_ignore_it():
     assert all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
     col = build_mask_collator("multiblock3d", OFFICIAL, crop_size=64, num_frames=8, truncation="random")
     assert col.truncation == "random"
+
+
+# ------------------------------------------------------------------------------------------------
+# V-JEPA 2: multi-length batches (MultiSeqMaskCollator)
+# ------------------------------------------------------------------------------------------------
+def _v2(cfgs=OFFICIAL, fpcs=(16, 16, 16), crop=112, **kw):
+    return MultiSeqMaskCollator(cfgs, list(fpcs), crop_size=crop, patch_size=16, tubelet_size=2, **kw)
+
+
+def test_v2_single_length_batch_gets_the_v1_collators_masks():
+    v2, v1 = _v2(seed=5, rank=1), _collator(OFFICIAL, crop=112, frames=16, seed=5, rank=1)
+    for step in (0, 3, 17):
+        (group,) = v2.sample_groups([16] * 6, step)
+        enc, pred = v1.sample(6, step)
+        assert group.fpc == 16 and group.rows == list(range(6))
+        for a, b in zip(group.masks_enc + group.masks_pred, enc + pred):
+            assert torch.equal(a, b)
+
+
+def test_v2_groups_follow_dataset_fpcs_order_and_skip_absent_lengths():
+    col = _v2(fpcs=(16, 8, 16, 4), seed=2)
+    assert col.fpcs == [16, 8, 4]
+    groups = col.sample_groups([8, 16, 8, 16, 16], step=4)
+    assert [(g.fpc, g.rows) for g in groups] == [(16, [1, 3, 4]), (8, [0, 2])]
+    for g in groups:
+        T, H, W = col.grid(g.fpc)
+        assert (T, H, W) == (g.fpc // 2, 7, 7)
+        for e, p in zip(g.masks_enc, g.masks_pred):
+            assert e.shape[0] == p.shape[0] == len(g.rows)
+            _rows_sorted_unique_in_range(e, T * H * W)
+            _rows_sorted_unique_in_range(p, T * H * W)
+    # The first length's masks are the V1 collator's; a later length's use a stream of its own.
+    v1_16 = _collator(OFFICIAL, crop=112, frames=16, seed=2).sample(3, 4)
+    v1_8 = _collator(OFFICIAL, crop=112, frames=8, seed=2).sample(2, 4)
+    own_8 = _collator(OFFICIAL, crop=112, frames=8, seed=2, stream_key=(1,)).sample(2, 4)
+    assert all(torch.equal(a, b) for a, b in zip(groups[0].masks_enc, v1_16[0]))
+    assert all(torch.equal(a, b) for a, b in zip(groups[1].masks_enc, own_8[0]))
+    assert not all(torch.equal(a, b) for a, b in zip(groups[1].masks_enc, v1_8[0]))
+    with pytest.raises(ValueError, match="32 frames.*dataset_fpcs has only"):
+        col.sample_groups([16, 32], 0)
+
+
+def test_v2_collate_fn_groups_samples_by_clip_length():
+    col = _v2(fpcs=(4, 8))
+    batch = [([torch.full((f, 2), float(b))], b, [np.arange(f)]) for b, f in enumerate([8, 4, 8, 4, 4])]
+    out = col(batch)
+    assert [len(o) for o in out] == [3, 3]
+    (clips4, labels4, _), enc4, pred4 = out[0]
+    (clips8, labels8, _), enc8, pred8 = out[1]
+    assert labels4.tolist() == [1, 3, 4] and labels8.tolist() == [0, 2]
+    assert clips4[0].shape == (3, 4, 2) and clips8[0].shape == (2, 8, 2)
+    assert len(enc4) == len(pred4) == len(OFFICIAL) and enc8[0].shape[0] == 2
+    assert col.step_count == 1
+
+
+@pytest.mark.parametrize("flag", ["full_complement", "pred_full_complement"])
+def test_v2_full_complement_options(flag):
+    plain, opt = _v2(seed=4), _v2([dict(SHORT, **{flag: True}), LONG], seed=4)
+    n = plain.grid(16)[0] * 49
+    for step in range(3):
+        (g0,), (g1,) = plain.sample_groups([16] * 5, step), opt.sample_groups([16] * 5, step)
+        kept, other = (g1.masks_enc[0], g1.masks_pred[0]) if flag == "full_complement" else (g1.masks_pred[0], g1.masks_enc[0])
+        assert torch.equal(kept, g0.masks_enc[0] if flag == "full_complement" else g0.masks_pred[0])
+        assert other.shape == (5, n - kept.shape[1])
+        _rows_sorted_unique_in_range(other, n)
+        for b in range(5):
+            assert sorted(set(kept[b].tolist()) | set(other[b].tolist())) == list(range(n))
+        for a, b in zip(g0.masks_enc[1:] + g0.masks_pred[1:], g1.masks_enc[1:] + g1.masks_pred[1:]):
+            assert torch.equal(a, b)  # the other mask config is untouched
+
+
+def test_v2_inv_block_swaps_context_and_targets():
+    plain, inv = _v2(seed=1), _v2([SHORT, dict(LONG, inv_block=True)], seed=1)
+    (a,), (b,) = plain.sample_groups([16] * 3, 2), inv.sample_groups([16] * 3, 2)
+    assert torch.equal(b.masks_enc[1], a.masks_pred[1]) and torch.equal(b.masks_pred[1], a.masks_enc[1])
+    assert torch.equal(b.masks_enc[0], a.masks_enc[0])
+
+
+def test_v2_random_truncation_applies_per_group():
+    earliest, rand = _v2(fpcs=(8, 16), seed=3), _v2(fpcs=(8, 16), seed=3, truncation="random")
+    for ge, gr in zip(earliest.sample_groups([8, 16, 16, 8, 16], 1), rand.sample_groups([8, 16, 16, 8, 16], 1)):
+        for e, r in zip(ge.masks_enc + ge.masks_pred, gr.masks_enc + gr.masks_pred):
+            assert e.shape == r.shape
+        assert not all(torch.equal(e, r) for e, r in zip(ge.masks_enc, gr.masks_enc))
+
+
+def _official_reference(cfg, B, grid, size, gen):
+    """The official per-sample placement loop written out (vjepa2 _MaskGenerator.__call__ order)."""
+    T, H, W = grid
+    t, h, w = size
+    ctxs = []
+    for _ in range(B):
+        while True:
+            m = torch.ones((T, H, W), dtype=torch.int32)
+            for _ in range(cfg["num_blocks"]):
+                top = torch.randint(0, H - h + 1, (1,), generator=gen)
+                left = torch.randint(0, W - w + 1, (1,), generator=gen)
+                start = torch.randint(0, T - t + 1, (1,), generator=gen)
+                m[start:start + t, top:top + h, left:left + w] = 0
+            if m.sum() > 0:
+                ctxs.append(torch.nonzero(m.flatten()).squeeze(1))
+                break
+    k = min(len(c) for c in ctxs)
+    return torch.stack([c[:k] for c in ctxs])
+
+
+def test_v2_official_position_draws_follow_the_official_loop():
+    ours = _v2(fpcs=(8,), crop=80, position_generator=torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(11)
+    for step in range(3):
+        (g,) = ours.sample_groups([8] * 4, step)
+        sizes = ours.collators[8].block_sizes(step)
+        for i, cfg in enumerate(OFFICIAL):  # mask configs in order, as the official collator calls them
+            ref = _official_reference(cfg, 4, ours.grid(8), sizes[i], gen)
+            assert torch.equal(g.masks_enc[i], ref)
+
+
+def test_v2_errors_name_the_value():
+    with pytest.raises(ValueError, match="dataset_fpcs"):
+        _v2(fpcs=())
+    with pytest.raises(ValueError, match="dataset_fpcs"):
+        _v2(fpcs=(16, 0))
+    with pytest.raises(ValueError, match="full_complement='yes'"):
+        _v2([dict(SHORT, full_complement="yes")])
+    with pytest.raises(ValueError, match="fpcs"):
+        _v2().sample_groups([], 0)
+    assert isinstance(build_mask_collator("multiblock3d", OFFICIAL, dataset_fpcs=[16], num_frames=16,
+                                          crop_size=112), MultiSeqMaskCollator)
+    with pytest.raises(ValueError, match="random_tube"):
+        build_mask_collator("random_tube", OFFICIAL, dataset_fpcs=[16])

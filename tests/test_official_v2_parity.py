@@ -12,6 +12,16 @@ Tolerances are the fixture README's: outputs, loss, probe logits and the other-r
 float32 noise of at most 4e-11 there), which get an absolute limit; after-states 1e-5 relative to
 the weights, and the encoder / predictor updates themselves 1e-3 (absolute 1 % of lr on the
 exact-zero-gradient elements, whose first AdamW move is noise).
+
+Masks: the case's come from the official collator after torch was seeded and used to build the
+models, a state the case does not record (only ``seed``), and a 2-sample batch carries too few bits
+to find it by search (a scan of the first 3e8 draws after ``manual_seed(7)`` gave only chance
+matches). So the forward checks use the case's masks, and our collator
+(:class:`~vjepa_fast.masks.MultiSeqMaskCollator`) is checked against what the case does fix: the
+grouping of the batch, the mask shapes, and that the case's masks are explained by the block sizes
+our collator draws at the case's step (the official counter's first value): every target kept is
+covered, and every context token kept is avoided, by ``num_blocks`` blocks of exactly that size.
+(The official collator's draws are reproduced exactly in tests/test_mask_stats.py.)
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ from vjepa_fast import (
 )
 from vjepa_fast.checkpoint import CheckpointError, clean_key, read_checkpoint
 from vjepa_fast.jepa import normalize_targets
+from vjepa_fast.masks import MultiSeqMaskCollator
 from vjepa_fast.optim import FusedAdamWEMA
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,6 +114,82 @@ def case_dir(request) -> Path:
 def test_case_files_present(case_dir):
     case = load_case(case_dir)
     assert len(case["clips"]) == len(case["masks_enc"]) == len(case["masks_pred"]) == len(case["group_fpcs"]) >= 1
+
+
+def case_collator(case: dict) -> MultiSeqMaskCollator:
+    cfg = case["config"]
+    return MultiSeqMaskCollator(cfg["mask"], cfg["dataset_fpcs"], crop_size=cfg["crop"], patch_size=cfg["patch"],
+                                tubelet_size=cfg["tubelet"])
+
+
+def test_collator_groups_the_case_batch(case_dir):
+    """The loader batch (samples of ``sample_fpcs`` frames, label = position) goes through our collate
+    function: the same groups, labels, clip shapes and mask counts as the case's."""
+    case = load_case(case_dir)
+    cfg = case["config"]
+    batch = [([torch.zeros(3, f, cfg["crop"], cfg["crop"])], b, [torch.arange(f)]) for b, f in enumerate(cfg["sample_fpcs"])]
+    out = case_collator(case)(batch)
+    assert len(out) == len(case["group_fpcs"])
+    for g, ((clips, labels, _), enc, pred) in enumerate(out):
+        assert torch.equal(labels, case["group_labels"][g])
+        assert clips[0].shape == case["clips"][g].shape
+        assert len(enc) == len(pred) == len(case["masks_enc"][g]) == len(cfg["mask"])
+        for i, (e, p) in enumerate(zip(enc, pred)):
+            assert e.shape[0] == p.shape[0] == case["masks_enc"][g][i].shape[0]
+
+
+def _placements(grid, size) -> list[frozenset]:
+    T, H, W = grid
+    t, h, w = size
+    return [frozenset((t0 + a) * H * W + (y0 + b) * W + x0 + c for a in range(t) for b in range(h) for c in range(w))
+            for t0 in range(T - t + 1) for y0 in range(H - h + 1) for x0 in range(W - w + 1)]
+
+
+def explained_by(enc: list[int], pred: list[int], grid, size, num_blocks: int, max_context_duration: int) -> bool:
+    """Whether some ``num_blocks`` blocks of ``size`` give a sample whose truncated (first-k) context
+    and targets are ``enc`` and ``pred``: every index below the last kept context index that is not
+    kept is covered, every index below the last kept target that is not kept is not, the kept
+    targets are covered and the kept context is not. Depth-first over the blocks that can cover the
+    first uncovered cell."""
+    T, H, W = grid
+    past = set(range(max_context_duration * H * W, T * H * W))  # never context (max_temporal_keep)
+    must = (set(pred) | {i for i in range(max(enc)) if i not in set(enc)}) - past
+    avoid = set(enc) | {i for i in range(max(pred)) if i not in set(pred)}
+    if must & avoid:
+        return False
+    allowed = [b for b in _placements(grid, size) if not b & avoid]
+
+    def cover(todo: frozenset, left: int) -> bool:
+        if not todo:
+            return True
+        if left == 0:
+            return False
+        cell = min(todo)
+        return any(cover(todo - b, left - 1) for b in allowed if cell in b)
+
+    return cover(frozenset(must), num_blocks)
+
+
+def test_case_masks_are_explained_by_the_collators_block_sizes(case_dir):
+    case = load_case(case_dir)
+    col = case_collator(case)
+    for g, fpc in enumerate(case["group_fpcs"]):
+        inner = col.collators[fpc]
+        sizes = inner.block_sizes(0)  # the case is the first batch: the official counters are at 0
+        for i, spec in enumerate(inner.specs):
+            enc, pred = case["masks_enc"][g][i], case["masks_pred"][g][i]
+            for b in range(enc.shape[0]):
+                args = (enc[b].tolist(), pred[b].tolist(), inner.grid)
+                assert explained_by(*args, sizes[i], spec.num_blocks, spec.max_context_duration), (
+                    f"group {g}, mask {i}, sample {b}: not made of {spec.num_blocks} blocks of {sizes[i]}")
+            # Not vacuous: some block size one row or column off does not explain them.
+            t, h, w = sizes[i]
+            others = [(t, h + a, w + c) for a, c in ((1, 0), (0, 1), (-1, 0), (0, -1))
+                      if 1 <= h + a <= inner.grid[1] and 1 <= w + c <= inner.grid[2]]
+            rejected = [o for o in others if not all(
+                explained_by(enc[b].tolist(), pred[b].tolist(), inner.grid, o, spec.num_blocks, spec.max_context_duration)
+                for b in range(enc.shape[0]))]
+            assert rejected, f"group {g}, mask {i}: every neighbouring size {others} explains the masks too"
 
 
 def test_forward_loss_and_gradients(case_dir, kernel_setting):

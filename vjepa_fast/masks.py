@@ -19,11 +19,22 @@ regenerated from its step.
 
 Token indices are flat indices into the ``(T', H', W')`` token grid in row-major order, with
 ``T' = num_frames // tubelet_size`` and ``H' = W' = crop_size // patch_size``.
+
+V-JEPA 2 (:class:`MultiSeqMaskCollator`, vjepa2 ``src/masks/multiseq_multiblock3d.py``) groups the
+samples of a batch by clip length and draws one set of multiblock masks per group on that length's
+grid, with the V2 options ``full_complement``, ``pred_full_complement`` and ``inv_block``.
+
+``position_generator`` (both multiblock collators, Python API only) draws block positions the
+official way instead: one ``torch.randint`` per block coordinate (top, left, start), sample by
+sample, from the given torch generator. With ``torch.default_generator`` seeded as the official run
+seeds it, the masks are the official collator's, draw for draw (tests/test_mask_stats.py reproduces
+the official V2 statistics exactly that way).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +42,8 @@ from torch.utils.data import default_collate, get_worker_info
 
 __all__ = [
     "MultiBlock3DMaskCollator",
+    "MultiSeqMaskCollator",
+    "MaskGroup",
     "RandomTubeMaskCollator",
     "build_mask_collator",
     "time_step_shares",
@@ -48,9 +61,11 @@ MASK_CFG_DEFAULTS: dict = {
     "max_temporal_keep": 1.0,
     "max_keep": None,
 }
-# V2 configs carry these collator options inside each mask entry; only their official V1
-# behaviour (off) is implemented, so a truthy value must be refused rather than ignored.
-_V2_FLAGS_OFF_ONLY = ("full_complement", "pred_full_complement", "inv_block")
+# V2 configs carry these collator options inside each mask entry. The V1 collator has no such
+# options (off is its behaviour), so a truthy value there is refused rather than ignored; the V2
+# collator (MultiSeqMaskCollator) implements them.
+V2_MASK_FLAGS = ("full_complement", "pred_full_complement", "inv_block")
+_V2_FLAGS_OFF_ONLY = V2_MASK_FLAGS
 
 # Separate RNG streams per use, so adding one never shifts the draws of another.
 _STREAM_POS = 1
@@ -212,7 +227,8 @@ class _BlockSpec:
         for flag in _V2_FLAGS_OFF_ONLY:
             if cfg.get(flag):
                 raise ValueError(
-                    f"mask config {idx}: {flag}={cfg[flag]!r} is not supported (V1 semantics only)"
+                    f"mask config {idx}: {flag}={cfg[flag]!r} is an option of the V-JEPA 2 collator "
+                    "(MultiSeqMaskCollator; in a config: set data.dataset_fpcs), not of the V1 one"
                 )
         c = {**MASK_CFG_DEFAULTS, **{k: v for k, v in cfg.items() if k in MASK_CFG_DEFAULTS}}
 
@@ -264,6 +280,13 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
     ``(seed, rank, step, generator)``: the lengths, block sizes and positions are those of the
     default; only which indices survive the cut changes. The default draws nothing more and is
     bit-identical to the collator without the option.
+
+    ``position_generator``: a ``torch.Generator`` to draw block positions from the official way
+    (per sample, per block ``torch.randint`` for top, left and start, in that order, a sample redrawn
+    at once when its context is empty), instead of the keyed numpy streams. Each call then consumes
+    that generator, so the masks depend on the call order, not only on ``(seed, rank, step)``.
+    ``stream_key`` (ints) is appended to the keys of the numpy streams; the V2 collator gives each
+    clip length but the first its own, so groups drawn at one step are independent.
     """
 
     def __init__(
@@ -276,6 +299,8 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         seed: int = 0,
         rank: int = 0,
         truncation: str = "earliest",
+        position_generator: torch.Generator | None = None,
+        stream_key: Sequence[int] = (),
     ):
         if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
             raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
@@ -285,6 +310,10 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         self.truncation = _check_truncation(truncation)
         self.seed = _check_seed("seed", seed)
         self.rank = _check_seed("rank", rank)
+        if position_generator is not None and not isinstance(position_generator, torch.Generator):
+            raise ValueError(f"position_generator must be a torch.Generator or None, got {position_generator!r}")
+        self.position_generator = position_generator
+        self.stream_key = tuple(_check_seed("stream_key entry", k) for k in stream_key)
         self._step = 0
         self._worker_calls = 0
 
@@ -323,7 +352,9 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
                 f"mask config {g}: the block drawn at step {step} ({t}x{h}x{w}) covers the whole grid, "
                 "so no context can remain; lower spatial_scale/temporal_scale"
             )
-        rng = _rng(self.seed, _STREAM_POS, step, g, self.rank)
+        if self.position_generator is not None:
+            return self._draw_official(spec, B, t, h, w)
+        rng = _rng(self.seed, _STREAM_POS, step, g, self.rank, *self.stream_key)
         ctx = self._draw(rng, spec, B, t, h, w)
         # Redraw only the samples whose blocks swallowed every context token, as the official
         # per-sample `while empty_context` loop does; the common path never enters this loop.
@@ -338,9 +369,38 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
 
     def _draw(self, rng: np.random.Generator, spec: _BlockSpec, B: int, t: int, h: int, w: int) -> np.ndarray:
         T, H, W = self.grid
-        nb = spec.num_blocks
         # Same start ranges as the official randint(0, dim - size + 1) per block.
-        starts = rng.integers(0, (T - t + 1, H - h + 1, W - w + 1), size=(B, nb, 3))
+        starts = rng.integers(0, (T - t + 1, H - h + 1, W - w + 1), size=(B, spec.num_blocks, 3))
+        return self._context_from_starts(spec, starts, t, h, w)
+
+    def _draw_official(self, spec: _BlockSpec, B: int, t: int, h: int, w: int) -> np.ndarray:
+        """The official placement loop: per sample, per block, ``randint`` top, left, start (in that
+        order) from ``position_generator``; a sample whose context came out empty is redrawn before
+        the next sample's draws, as the official ``while empty_context`` does."""
+        T, H, W = self.grid
+        gen = self.position_generator
+        ranges = (H - h + 1, W - w + 1, T - t + 1)
+        out = np.empty((B, self.num_tokens), dtype=bool)
+        for b in range(B):
+            for _ in range(_MAX_RESAMPLE_ROUNDS):
+                starts = np.empty((1, spec.num_blocks, 3), dtype=np.int64)
+                for k in range(spec.num_blocks):
+                    top, left, start = (int(torch.randint(0, r, (1,), generator=gen)) for r in ranges)
+                    starts[0, k] = (start, top, left)
+                ctx = self._context_from_starts(spec, starts, t, h, w)
+                if ctx.any():
+                    out[b] = ctx[0]
+                    break
+            else:
+                raise RuntimeError(f"context still empty after {_MAX_RESAMPLE_ROUNDS} redraws (block {t}x{h}x{w})")
+        return out
+
+    def _context_from_starts(self, spec: _BlockSpec, starts: np.ndarray, t: int, h: int, w: int) -> np.ndarray:
+        """Bool ``[B, N]`` context (True) of blocks of size ``(t, h, w)`` at ``starts`` ``[B, nb, 3]``
+        (each row ``(t0, y0, x0)``): the complement of their union, minus the frames past
+        ``max_context_duration``."""
+        T, H, W = self.grid
+        B, nb = starts.shape[:2]
         t0, y0, x0 = (starts[..., i, None] for i in range(3))  # each [B, nb, 1]
         in_t = (np.arange(T) >= t0) & (np.arange(T) < t0 + t)  # [B, nb, T]
         in_y = (np.arange(H) >= y0) & (np.arange(H) < y0 + h)  # [B, nb, H]
@@ -357,7 +417,7 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
     def sample(self, batch_size: int, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Masks for one batch: per generator int64 ``[B, Kc]`` context and ``[B, Kt]`` target indices.
 
-        A pure function of ``(seed, rank, step, batch_size)``.
+        A pure function of ``(seed, rank, step, batch_size)`` (without ``position_generator``).
         """
         masks_enc, masks_pred = [], []
         for g, (spec, ctx) in enumerate(zip(self.specs, self.context_grids(batch_size, step))):
@@ -370,10 +430,148 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
                 masks_enc.append(_to_long(_first_k(ctx, kc)))
                 masks_pred.append(_to_long(_first_k(tgt, kt)))
             else:
-                rng = _rng(self.seed, _STREAM_TRUNCATE, int(step), g, self.rank)
+                rng = _rng(self.seed, _STREAM_TRUNCATE, int(step), g, self.rank, *self.stream_key)
                 masks_enc.append(_to_long(_random_k(ctx, kc, rng)))
                 masks_pred.append(_to_long(_random_k(tgt, kt, rng)))
         return masks_enc, masks_pred
+
+
+def _complement(idx: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Per row, the sorted token ids of ``range(num_tokens)`` not in ``idx`` ``[B, K]`` (distinct ids):
+    int64 ``[B, num_tokens - K]``."""
+    B, K = idx.shape
+    keep = np.ones((B, num_tokens), dtype=bool)
+    keep[np.arange(B)[:, None], idx.numpy()] = False
+    return _to_long(np.nonzero(keep)[1].reshape(B, num_tokens - K))
+
+
+@dataclass
+class MaskGroup:
+    """The masks of one clip-length group of a V2 batch: ``fpc`` frames per clip, ``rows`` the
+    positions in the batch of the group's samples (ascending), and per mask config int64
+    ``masks_enc[i]`` ``[B_g, Kc]`` / ``masks_pred[i]`` ``[B_g, Kt]`` token ids on the group's grid."""
+
+    fpc: int
+    rows: list[int]
+    masks_enc: list[torch.Tensor]
+    masks_pred: list[torch.Tensor]
+
+
+class MultiSeqMaskCollator(_StepCounterMixin):
+    """V-JEPA 2 multi-length masking (vjepa2 ``src/masks/multiseq_multiblock3d.py``).
+
+    The samples of a batch are grouped by clip length; groups come in the order of the distinct
+    lengths of ``dataset_fpcs`` (first occurrence: ``[16, 64, 16]`` gives 16 then 64), lengths absent
+    from the batch are skipped, and each present group gets one set of multiblock-3D masks (one per
+    mask config) drawn on its own grid ``(fpc // tubelet, H', W')`` and truncated to the group's
+    minimum, as :class:`MultiBlock3DMaskCollator` (``truncation`` as there). Then, per mask config,
+    the V2 options: ``full_complement`` (targets = every token not in the truncated context, so
+    ``N - Kc`` of them), else ``pred_full_complement`` (context = every token not in the truncated
+    targets), and ``inv_block`` (context and targets swapped: predict the rest from the blocks).
+
+    Seeding: block sizes of every group at step ``s`` come from the step, as in V1 (and as the
+    official per-group counter for a batch with one clip length, which is every official config:
+    ``[16, 16, 16]``, ``[64, 64, 64]``). With several lengths the official counter of a length
+    counts only the batches that held it; here every group uses the step, so the sizes drawn are
+    other ones from the same distribution. Positions: keyed numpy streams per ``(seed, rank, step,
+    mask config)``, plus the length's index among the distinct lengths for all but the first, so a
+    batch with one length gets exactly the masks of :class:`MultiBlock3DMaskCollator` at that
+    length; or the official draws from ``position_generator`` (see there).
+
+    ``sample_groups(fpcs, step)`` takes the clip length of each sample of the batch, in batch order;
+    as a ``collate_fn`` (``__call__``), the official interface: samples ``(clips, label,
+    clip_indices)`` grouped by ``len(clip_indices[-1])``, and per present group
+    ``(default_collate(group), masks_enc, masks_pred)``.
+    """
+
+    def __init__(
+        self,
+        cfgs_mask: Sequence[Mapping],
+        dataset_fpcs: Sequence[int],
+        crop_size=224,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        seed: int = 0,
+        rank: int = 0,
+        truncation: str = "earliest",
+        position_generator: torch.Generator | None = None,
+    ):
+        if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
+            raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
+        if isinstance(dataset_fpcs, (str, Mapping)) or not isinstance(dataset_fpcs, Sequence) or not dataset_fpcs:
+            raise ValueError(f"dataset_fpcs={dataset_fpcs!r} must be a non-empty list of clip lengths (frames)")
+        for f in dataset_fpcs:
+            if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
+                raise ValueError(f"dataset_fpcs={list(dataset_fpcs)!r}: every clip length must be an int >= 1")
+        self.fpcs = list(dict.fromkeys(int(f) for f in dataset_fpcs))
+        self.flags: list[dict[str, bool]] = []
+        plain = []
+        for i, cfg in enumerate(cfgs_mask):
+            if not isinstance(cfg, Mapping):
+                raise ValueError(f"mask config {i} must be a mapping, got {type(cfg).__name__}")
+            flags = {}
+            for name in V2_MASK_FLAGS:
+                v = cfg.get(name, False)
+                if not isinstance(v, (bool, np.bool_)):
+                    raise ValueError(f"mask config {i}: {name}={v!r} must be true or false")
+                flags[name] = bool(v)
+            self.flags.append(flags)
+            plain.append({k: v for k, v in cfg.items() if k not in V2_MASK_FLAGS})
+        self.collators = {
+            fpc: MultiBlock3DMaskCollator(
+                plain, crop_size=crop_size, num_frames=fpc, patch_size=patch_size, tubelet_size=tubelet_size,
+                seed=seed, rank=rank, truncation=truncation, position_generator=position_generator,
+                stream_key=(gid,) if gid else (),
+            )
+            for gid, fpc in enumerate(self.fpcs)
+        }
+        self.truncation = truncation
+        self.seed, self.rank = int(seed), int(rank)
+        self._step = 0
+        self._worker_calls = 0
+
+    def grid(self, fpc: int) -> tuple[int, int, int]:
+        """The token grid ``(T', H', W')`` of clips of ``fpc`` frames."""
+        return self._collator(fpc).grid
+
+    def _collator(self, fpc: int) -> MultiBlock3DMaskCollator:
+        if fpc not in self.collators:
+            raise ValueError(f"a clip of {fpc} frames, but dataset_fpcs has only {self.fpcs}")
+        return self.collators[fpc]
+
+    def group_rows(self, fpcs: Sequence[int]) -> list[tuple[int, list[int]]]:
+        """``[(fpc, rows), ...]``: the batch positions of each clip length present in ``fpcs`` (the
+        length of each sample), in ``dataset_fpcs`` order."""
+        rows: dict[int, list[int]] = {f: [] for f in self.fpcs}
+        for b, f in enumerate(fpcs):
+            self._collator(int(f))
+            rows[int(f)].append(b)
+        return [(f, r) for f, r in rows.items() if r]
+
+    def sample_groups(self, fpcs: Sequence[int], step: int) -> list[MaskGroup]:
+        """The masks of one batch whose sample b has ``fpcs[b]`` frames: one :class:`MaskGroup` per
+        clip length present, in ``dataset_fpcs`` order (see the class docstring)."""
+        if isinstance(fpcs, (str, Mapping)) or not isinstance(fpcs, Sequence) or len(fpcs) == 0:
+            raise ValueError(f"fpcs={fpcs!r} must list the clip length of every sample of the batch")
+        step = _check_seed("step", step)
+        out = []
+        for fpc, rows in self.group_rows(fpcs):
+            col = self.collators[fpc]
+            enc, pred = col.sample(len(rows), step)
+            for i, flags in enumerate(self.flags):
+                if flags["full_complement"]:
+                    pred[i] = _complement(enc[i], col.num_tokens)
+                elif flags["pred_full_complement"]:
+                    enc[i] = _complement(pred[i], col.num_tokens)
+                if flags["inv_block"]:
+                    enc[i], pred[i] = pred[i], enc[i]
+            out.append(MaskGroup(fpc, rows, enc, pred))
+        return out
+
+    def __call__(self, batch):
+        fpcs = [len(sample[-1][-1]) for sample in batch]
+        groups = self.sample_groups(fpcs, self._call_step())
+        return [(default_collate([batch[b] for b in g.rows]), g.masks_enc, g.masks_pred) for g in groups]
 
 
 class RandomTubeMaskCollator(_StepCounterMixin):
@@ -442,14 +640,25 @@ class RandomTubeMaskCollator(_StepCounterMixin):
 MASK_COLLATORS = {"multiblock3d": MultiBlock3DMaskCollator, "random_tube": RandomTubeMaskCollator}
 
 
-def build_mask_collator(mask_type: str = "multiblock3d", cfgs_mask: Sequence[Mapping] | None = None, **kw):
+def build_mask_collator(mask_type: str = "multiblock3d", cfgs_mask: Sequence[Mapping] | None = None,
+                        dataset_fpcs: Sequence[int] | None = None, **kw):
     """Pick the collator the way the official trainer does from ``mask_type``.
 
     ``random_tube`` takes its ``ratio`` from ``kw`` (default 0.9); ``cfgs_mask`` is ignored for it,
-    as the official code ignores it too.
+    as the official code ignores it too. With ``dataset_fpcs`` (V-JEPA 2): the
+    :class:`MultiSeqMaskCollator` (``kw`` without ``num_frames``: each group has its own length);
+    V2 has no random-tube collator.
     """
     if mask_type not in MASK_COLLATORS:
         raise ValueError(f"unknown mask_type={mask_type!r}; expected one of {', '.join(map(repr, MASK_COLLATORS))}")
+    if dataset_fpcs is not None:
+        if mask_type != "multiblock3d":
+            raise ValueError(f"mask_type={mask_type!r} with dataset_fpcs: V-JEPA 2 multi-length batches only "
+                             "have the multiblock3d collator")
+        if cfgs_mask is None:
+            raise ValueError("the V-JEPA 2 collator needs cfgs_mask (the YAML `mask` list)")
+        kw.pop("num_frames", None)
+        return MultiSeqMaskCollator(cfgs_mask, dataset_fpcs, **kw)
     if mask_type == "multiblock3d":
         if cfgs_mask is None:
             raise ValueError("mask_type='multiblock3d' needs cfgs_mask (the YAML `mask` list)")
