@@ -445,10 +445,9 @@ def plan_probe_start(cfg: EvalConfig, specs: Sequence | None = None) -> tuple[li
 
 def probe_problems(cfg: EvalConfig) -> list[str]:
     """Every problem that would stop the probe run ``cfg`` before its first epoch."""
-    from .probe import encoder_kwargs, head_specs  # noqa: PLC0415
-    from .vision_transformer import build_encoder  # noqa: PLC0415
+    from .probe import head_specs, pretrained_problems  # noqa: PLC0415
 
-    d, pre = cfg.data, cfg.pretrain
+    d = cfg.data
     problems = runtime_problems(cfg.meta)
     if cfg.is_video:
         for key in ("dataset_train", "dataset_val"):
@@ -465,26 +464,6 @@ def probe_problems(cfg: EvalConfig) -> list[str]:
             for split in ("train", "val"):
                 if not os.path.isdir(os.path.join(root, split)):
                     problems.append(f"data.root_path / data.image_folder: no {split}/ folder in {root}")
-    path = Path(cfg.pretrained_path)
-    if not path.is_file():
-        problems.append(f"pretrained checkpoint not found: {path} (pretrain.folder={pre.folder!r} + "
-                        f"pretrain.checkpoint={pre.checkpoint!r})")
-    else:
-        ckpt = _read(path, "pretrain.checkpoint", problems, mmap=True)
-        if ckpt is not None:
-            key = pre.checkpoint_key
-            chosen = key if key in ckpt else ("encoder" if key == "target_encoder" and "encoder" in ckpt else None)
-            if chosen is None:
-                hint = " (a probe checkpoint?)" if "classifier" in ckpt else ""
-                problems.append(f"pretrain.checkpoint_key={key!r}: {path} has no {key!r}{hint}; "
-                                f"keys: {', '.join(map(str, ckpt))}")
-            else:
-                with torch.device("meta"):
-                    enc = build_encoder(pre.model_name, **encoder_kwargs(cfg))
-                found, _ = state_problems(enc.state_dict(), clean_state_dict(ckpt[chosen]))
-                if found:
-                    problems.append(f"pretrain: the {chosen} of {path} does not fit the encoder the pretrain "
-                                    "section describes (model_name, embed_dim, depth, patch_size, tubelet_size, "
-                                    "frames_per_clip):\n    " + "\n    ".join(found))
+    problems += pretrained_problems(cfg)  # file or Hugging Face folder, V1 or V2 (RoPE) encoder
     problems += plan_probe_start(cfg, head_specs(cfg.optimization))[0]
     return problems

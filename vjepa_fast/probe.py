@@ -1,32 +1,47 @@
-"""Frozen-backbone attentive-probe evaluation (official V1 ``evals/*_classification_frozen``).
+"""Frozen-backbone attentive-probe evaluation: the official V1 (facebookresearch/jepa) and V-JEPA 2
+(facebookresearch/vjepa2) ``evals/{video,image}_classification_frozen`` protocols (``protocol: v1|v2``).
 
-``main_probe(cfg)`` trains and evaluates attentive probes on a frozen encoder, as the official eval:
+``main_probe(cfg)`` trains and evaluates attentive probes on a frozen encoder, as the official evals:
 
-* **encoder**: built for the probe's resolution (``optimization.resolution`` for video,
-  ``data.resolution`` for images) with ``pretrain.frames_per_clip`` frames, loaded from
-  ``pretrain.folder/pretrain.checkpoint`` (``pretrain.checkpoint_key``, default ``target_encoder``,
-  falling back to ``encoder``; official or our checkpoints). A ``pos_embed`` of another size is not
-  loaded: the encoder keeps the sin-cos table of its own size, as the official loader does.
-  Frozen: ``eval()``, no grads, run under ``torch.inference_mode``.
+* **encoder** (:mod:`vjepa_fast.eval_encoder`): built for the probe's resolution
+  (``optimization.resolution`` for video, ``data.resolution`` for images) with
+  ``pretrain.frames_per_clip`` frames, loaded from ``pretrain.folder/pretrain.checkpoint``: our or the
+  official V1/V2 checkpoints, the released V2 files, a Hugging Face V-JEPA 2 folder
+  (``pretrain.checkpoint_key``, default ``target_encoder``, falling back to ``encoder``). A V1
+  ``pos_embed`` of another size is not loaded: the encoder keeps the sin-cos table of its own size,
+  as the official loader does; RoPE encoders (``pretrain.use_rope``) need none. ``pretrain.out_layers``:
+  the features are the listed blocks' normed outputs concatenated along the tokens (V2's multilevel
+  wrapper). Frozen: ``eval()``, no grads, run under ``torch.inference_mode``.
 * **video protocol** (``F x S x V``): every sample gives S segments x V spatial views; all clips go
-  through the encoder in one batch; with ``attend_across_segments`` the S segments' tokens of a view
-  are concatenated (``[B, S*N, D]``) and each view gets one probe forward, else each (view, segment)
-  does; prediction = mean of the per-view softmaxes, loss = mean of the per-view cross-entropies.
-  Training uses 1 view (and S segments only when attending across segments). An image encoder
-  (``pretrain.frames_per_clip: 1``) encodes every frame and concatenates all tokens of a view
-  (official ``FrameAggregation``).
+  through the encoder in one batch; with ``attend_across_segments`` (v2: always) the S segments' tokens
+  of a view are concatenated (``[B, S*N, D]``) and each view gets one probe forward, else each (view,
+  segment) does; prediction = mean of the per-view softmaxes. Training uses 1 view (and S segments
+  only when attending across segments). An image encoder (``pretrain.frames_per_clip: 1``) encodes
+  every frame and concatenates all tokens of a view (official V1 ``FrameAggregation``).
 * **image protocol**: images are repeated ``pretrain.frames_per_clip`` times along time for a video
-  encoder (the official forward pre-hook); fed as they are to an image encoder.
-* **probes**: the official :class:`~vjepa_fast.attentive_probe.AttentiveClassifier` (depth 1, the
-  encoder's head count); AdamW with the official groups (decay / bias + 1-D without decay),
-  warmup-cosine lr and cosine wd to ``optimization.final_weight_decay`` (1e-6, the official
-  function default) stepped before every iteration, grad-norm clip 1.0. ``optimization.multihead``
-  trains several probes (an lr x wd grid) on the same encoder pass; each reports, and the best
-  (highest final val top-1) is reported as "best".
+  encoder (the official forward pre-hook; V2 files call it ``img_as_video_nframes``); fed as they are
+  to an image encoder.
+* **probes** (:class:`ProbeHeads`), one per ``optimization.multihead`` entry (or one), all trained on
+  the same encoder pass, each with its own AdamW, warmup-cosine lr and cosine wd stepped before every
+  iteration, and GradScaler under float16:
+
+  - ``v1``: :class:`~vjepa_fast.attentive_probe.AttentiveClassifier` (``classifier.num_probe_blocks``,
+    default 1; heads default the encoder's); groups decay / bias + 1-D without decay; wd cosine to
+    ``final_weight_decay`` (1e-6, the official function default); grad-norm clip 1.0; loss = mean CE;
+  - ``v2``: :class:`~vjepa_fast.attentive_probe.AttentiveClassifierV2` (the V2 files use 4 blocks and
+    16 heads; heads default 16); one group, weight decay on every parameter; no clipping; loss = the
+    sum of the per-view mean CEs (V2 back-propagates each view's loss). The official V2 grids
+    (``multihead_kwargs``) are 20 probes of lr x wd (3 for Diving48 / Jester, 21 with warmups for IN1K).
+
+  Every probe is reported each epoch (CSV, results JSON); the reported figure is the best probe's
+  (highest val top-1 at the last epoch; the official V2 log prints the max over the probes each epoch).
 * **outputs** in ``pretrain.folder/{eval_name}/{tag}``: ``{write_tag}_r0.csv`` (one row per epoch and
-  probe), ``{write_tag}-results.json``, ``{write_tag}-latest.pth.tar`` (official keys
-  ``classifier, opt, scaler, epoch, batch_size, world_size, lr`` for the best probe, plus every probe
-  under ``vjepa_fast`` for an exact resume), and ``{write_tag}-confusion.png`` (<= 20 classes).
+  probe), ``{write_tag}-results.json``, ``{write_tag}-latest.pth.tar`` and ``{write_tag}-confusion.png``
+  (<= 20 classes). The checkpoint has the official keys: v1 ``classifier, opt, scaler, epoch,
+  batch_size, world_size, lr`` for the best probe; v2 ``classifiers, opt, scaler`` lists of every
+  probe plus ``epoch, batch_size, world_size`` (what V2's eval resumes from and
+  :func:`vjepa_fast.checkpoint_v2.load_vjepa2_probe` reads); every probe's state for an exact resume
+  under ``vjepa_fast``. An official V2 eval checkpoint resumes too.
 
 Speed: the encoder runs once per batch for all probes, under ``inference_mode`` and bf16 autocast on
 accelerators; per-step metrics stay on the device (one read-back per ``meta.log_every`` steps and
@@ -45,8 +60,12 @@ Deviations from the official eval (see also :mod:`vjepa_fast.eval_data`):
 * a missing resume checkpoint starts from scratch with a message (official: silently); a
   corrupt one, one whose probes differ from the config, or one with no epoch left to train is an
   error, and so is a new run whose tag holds a finished run's results (official: overwritten).
-  The results JSON records the resolution, frames per clip, frame step, segments x views, the
-  pretrained checkpoint and key, and the whole config.
+  The results JSON records the protocol, resolution, frames per clip, frame step, segments x views,
+  feature blocks, the probe's blocks and heads, the pretrained checkpoint, key and load report, and
+  the whole config;
+* v2: the probes' self-attention blocks are not activation-checkpointed unless
+  ``classifier.use_activation_checkpointing`` (official: always; the same numbers, less memory);
+* V2's action-anticipation protocol (EK100: encoder + predictor) is not implemented.
 """
 from __future__ import annotations
 
@@ -56,7 +75,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -65,20 +84,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attentive_probe import AttentiveClassifier
-from .checkpoint import CheckpointError, atomic_save, clean_state_dict, load_encoder, read_checkpoint
+from .attentive_probe import AttentiveClassifier, AttentiveClassifierV2
+from .checkpoint import (CheckpointError, atomic_save, clean_state_dict, load_encoder, load_module_state,
+                         read_checkpoint)
 from .config import EvalConfig
+from .eval_encoder import FrozenEncoder, build_frozen_encoder, encoder_kwargs, pretrained_problems
 from .preflight import PreflightError, plan_probe_start, runtime_problems
 from .schedules import CosineWD, WarmupCosineLR
-from .vision_transformer import VIT_PRESETS, VisionTransformer, build_encoder
+from .vision_transformer import VIT_PRESETS, VisionTransformer
 
 __all__ = [
     "HeadSpec",
     "head_specs",
+    "best_head",
     "probe_param_groups",
+    "build_probe",
     "ProbeHeads",
     "FrozenEncoder",
     "build_frozen_encoder",
+    "encoder_kwargs",
+    "pretrained_problems",
     "encode_batch",
     "EpochMetrics",
     "train_epoch",
@@ -104,25 +129,33 @@ def _print(s: str) -> None:
 # ====================================================================================================
 # probes, optimizers, schedules
 # ====================================================================================================
+PROTOCOLS = ("v1", "v2")
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """Optimisation settings of one probe."""
+    """Optimisation settings of one probe: peak ``lr`` reached from ``start_lr`` by a linear warmup of
+    ``warmup`` epochs, then a cosine to ``final_lr``; weight decay along a half cosine from
+    ``weight_decay`` to ``final_weight_decay`` (official ``WarmupCosineSchedule`` / ``CosineWDSchedule``,
+    the same formulas in V1 and in V2's multi-head eval)."""
 
     lr: float = 1e-3
     start_lr: float = 1e-3
     final_lr: float = 0.0
     weight_decay: float = 0.01
     final_weight_decay: float = 1e-6
+    warmup: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"lr={self.lr:g},wd={self.weight_decay:g}"
+        # the V2 image grid has probes that differ only in their warmup (and start lr)
+        return f"lr={self.lr:g},wd={self.weight_decay:g}" + (f",warmup={self.warmup:g}" if self.warmup else "")
 
 
 def head_specs(opt) -> list[HeadSpec]:
     """Probe settings from an ``optimization`` section: one probe, or one per ``multihead`` entry
     (missing keys from the section; start_lr / final_lr scaled by ``head.lr / lr``)."""
-    base = HeadSpec(opt.lr, opt.start_lr, opt.final_lr, opt.weight_decay, opt.final_weight_decay)
+    base = HeadSpec(opt.lr, opt.start_lr, opt.final_lr, opt.weight_decay, opt.final_weight_decay, opt.warmup)
     if not opt.multihead:
         return [base]
     out = []
@@ -135,26 +168,61 @@ def head_specs(opt) -> list[HeadSpec]:
             final_lr=base.final_lr * ratio if h.final_lr is None else h.final_lr,
             weight_decay=base.weight_decay if h.weight_decay is None else h.weight_decay,
             final_weight_decay=base.final_weight_decay if h.final_weight_decay is None else h.final_weight_decay,
+            warmup=base.warmup if h.warmup is None else h.warmup,
         ))
     return out
 
 
-def probe_param_groups(classifier: nn.Module) -> list[dict]:
-    """Official eval groups: weights with decay; biases and 1-D tensors without (``WD_exclude``)."""
+def best_head(val_top1: Sequence[float]) -> int:
+    """Index of the reported probe of a grid: the highest val top-1, the first on a tie (NaN, an
+    empty val set, never wins)."""
+    scores = [v if v == v else -math.inf for v in val_top1]
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def probe_param_groups(classifier: nn.Module, protocol: str = "v1") -> list[dict]:
+    """AdamW groups of one probe. ``v1`` (official V1 eval): weights with decay; biases and 1-D
+    tensors without (``WD_exclude``). ``v2`` (V2 eval ``init_opt``): one group, weight decay on every
+    parameter, biases and LayerNorms included."""
     named = list(classifier.named_parameters())
+    if protocol == "v2":
+        return [{"params": [p for _, p in named]}]
     return [
         {"params": [p for n, p in named if "bias" not in n and p.dim() != 1]},
         {"params": [p for n, p in named if "bias" in n or p.dim() == 1], "WD_exclude": True, "weight_decay": 0.0},
     ]
 
 
-class ProbeHeads(nn.Module):
-    """``K`` attentive probes trained together on the same frozen features.
+def build_probe(protocol: str, *, embed_dim: int, num_heads: int, depth: int, num_classes: int,
+                activation_checkpointing: bool = False) -> nn.Module:
+    """One attentive probe of ``protocol``: V1 :class:`AttentiveClassifier` or V2
+    :class:`AttentiveClassifierV2` (official eval settings otherwise: MLP ratio 4, qkv bias,
+    LayerNorm eps 1e-5)."""
+    if protocol == "v2":
+        return AttentiveClassifierV2(embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes,
+                                     activation_checkpointing=activation_checkpointing)
+    if protocol != "v1":
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return AttentiveClassifier(embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes)
 
-    Each probe has its own AdamW (official groups), warmup-cosine lr, cosine wd and (float16 only)
-    GradScaler. Features are ``[B, V', L, D]`` (``V'`` probe inputs per sample, e.g. spatial views);
-    a probe sees all ``B*V'`` inputs in one call. ``train_step`` / ``eval_step`` return device tensors
-    only (no host sync).
+
+class ProbeHeads(nn.Module):
+    """``K`` attentive probes trained together on the same frozen features, each on its own.
+
+    Each probe has its own AdamW, warmup-cosine lr and cosine wd (from its :class:`HeadSpec`,
+    stepped before every training iteration, as both official evals do) and, under float16, its own
+    GradScaler; one probe's loss, gradients and steps never touch another's. ``protocol``:
+
+    * ``v1`` (official V1 eval): :class:`AttentiveClassifier`; groups decay / no decay; gradient norm
+      clipped to ``clip_grad`` (1.0); loss = mean cross-entropy over the ``B·V'`` probe inputs;
+    * ``v2`` (official V2 eval): :class:`AttentiveClassifierV2`; one group with weight decay on every
+      parameter; no clipping; loss = sum over the V' inputs of a sample of their mean cross-entropies
+      (V2 back-propagates each view's loss; training has one view, where both rules agree).
+
+    Features are ``[B, V', L, D]`` (``V'`` probe inputs per sample, e.g. spatial views); a probe sees
+    all ``B·V'`` inputs in one call; prediction = mean of the per-input softmaxes. ``warmup``: when
+    given, the warmup (epochs) of every probe instead of each spec's own. ``train_step`` /
+    ``eval_step`` return device tensors only (no host sync).
     """
 
     def __init__(
@@ -166,28 +234,36 @@ class ProbeHeads(nn.Module):
         num_classes: int,
         ipe: int,
         num_epochs: int,
-        warmup: float = 0.0,
+        warmup: float | None = None,
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
-        clip_grad: float = 1.0,
+        clip_grad: float | None = 1.0,
         depth: int = 1,
+        protocol: str = "v1",
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         if not specs:
             raise ValueError("at least one probe spec is needed")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if warmup is not None:
+            specs = [replace(s, warmup=warmup) for s in specs]
         self.specs = list(specs)
+        self.protocol = protocol
         self.num_classes = int(num_classes)
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
-        self.clip_grad = clip_grad
+        self.clip_grad = clip_grad if protocol == "v1" else None  # V2 never clips
         self.heads = nn.ModuleList(
-            AttentiveClassifier(embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes)
+            build_probe(protocol, embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes,
+                        activation_checkpointing=activation_checkpointing)
             for _ in self.specs
         ).to(self.device)
         fused = True if self.device.type == "cuda" else None
-        self.optimizers = [torch.optim.AdamW(probe_param_groups(h), fused=fused) for h in self.heads]
+        self.optimizers = [torch.optim.AdamW(probe_param_groups(h, protocol), fused=fused) for h in self.heads]
         t_max = int(num_epochs * ipe)
-        self.lr_fns = [WarmupCosineLR(int(warmup * ipe), s.start_lr, s.lr, s.final_lr, t_max) for s in self.specs]
+        self.lr_fns = [WarmupCosineLR(int(s.warmup * ipe), s.start_lr, s.lr, s.final_lr, t_max) for s in self.specs]
         self.wd_fns = [CosineWD(s.weight_decay, s.final_weight_decay, t_max) for s in self.specs]
         use_scaler = amp_dtype == torch.float16
         self.scalers = [torch.amp.GradScaler(self.device.type, enabled=use_scaler) for _ in self.specs]
@@ -226,18 +302,37 @@ class ProbeHeads(nn.Module):
             c5 = c1.new_zeros(())
         return c1, c5, pred
 
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, B: int, V: int) -> torch.Tensor:
+        """Training loss of one probe from its logits ``[B·V', C]`` (sample-major), see the class doc."""
+        y = labels.repeat_interleave(V)
+        if self.protocol == "v2" and V > 1:
+            per_view = F.cross_entropy(logits.float(), y, reduction="none").view(B, V).mean(0)
+            return per_view.sum()
+        # mean over B*V' == mean over views of the per-view mean CE (official V1)
+        return F.cross_entropy(logits.float(), y)
+
+    @torch.no_grad()
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Every probe's logits (eval mode, no grad) for features ``[B, V', L, D]``: ``[K, B, V', C]``."""
+        B, V = feats.shape[:2]
+        x = feats.flatten(0, 1)
+        out = []
+        for head in self.heads:
+            head.eval()
+            with self.autocast():
+                out.append(head(x).float().view(B, V, -1))
+        return torch.stack(out)
+
     def train_step(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         B, V = feats.shape[:2]
         x = feats.flatten(0, 1)
-        y = labels.repeat_interleave(V)
         self._schedule_step()
         losses, c1s, c5s = [], [], []
         for head, opt, scaler in zip(self.heads, self.optimizers, self.scalers):
             head.train()
             with self.autocast():
                 logits = head(x)
-            # mean over B*V' == mean over views of the per-view mean CE (official)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = self._loss(logits, labels, B, V)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
             if self.clip_grad:
@@ -255,14 +350,11 @@ class ProbeHeads(nn.Module):
     @torch.no_grad()
     def eval_step(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         B, V = feats.shape[:2]
-        x = feats.flatten(0, 1)
         y = labels.repeat_interleave(V)
         losses, c1s, c5s, preds = [], [], [], []
-        for head in self.heads:
-            head.eval()
-            with self.autocast():
-                logits = head(x)
-            losses.append(F.cross_entropy(logits.float(), y))
+        for logits in self.logits(feats):
+            logits = logits.flatten(0, 1)
+            losses.append(F.cross_entropy(logits, y))
             c1, c5, pred = self._metrics(logits, labels, B, V)
             c1s.append(c1)
             c5s.append(c5)
@@ -278,9 +370,14 @@ class ProbeHeads(nn.Module):
             "opts": [o.state_dict() for o in self.optimizers],
             "scalers": [s.state_dict() if s.is_enabled() else None for s in self.scalers],
             "iteration": self.iteration,
+            "protocol": self.protocol,
         }
 
     def load_state(self, state: dict, source: str = "checkpoint") -> None:
+        saved = state.get("protocol", "v1")
+        if saved != self.protocol:
+            raise CheckpointError(f"{source}: its probes were trained with protocol {saved}, the config says "
+                                  f"{self.protocol}; use another tag or resume_checkpoint: false")
         specs = [HeadSpec(**s) for s in state["specs"]]
         if specs != self.specs:
             raise CheckpointError(
@@ -295,78 +392,25 @@ class ProbeHeads(nn.Module):
                 s.load_state_dict(sd)
         self.iteration = int(state["iteration"])
 
+    def load_official_v2(self, ckpt: dict, source: str = "checkpoint") -> None:
+        """The probes and optimizers of an official V2 eval checkpoint (``classifiers``, ``opt``,
+        ``scaler`` lists, one entry per probe of the grid, in the config's order)."""
+        probes = ckpt["classifiers"]
+        if self.protocol != "v2" or len(probes) != len(self.heads):
+            raise CheckpointError(f"{source} holds {len(probes)} official V2 probes; the config trains "
+                                  f"{len(self.heads)} {self.protocol} probe(s)")
+        for h, sd in zip(self.heads, probes):
+            load_module_state(h, sd, what="probe", source=source)
+        for o, sd in zip(self.optimizers, ckpt.get("opt") or []):
+            o.load_state_dict(sd)
+        for s, sd in zip(self.scalers, ckpt.get("scaler") or []):
+            if sd is not None and s.is_enabled():
+                s.load_state_dict(sd)
+
 
 # ====================================================================================================
-# frozen encoder
+# frozen features
 # ====================================================================================================
-class FrozenEncoder(nn.Module):
-    """A frozen ViT with the official eval's input handling:
-
-    * video encoder + images ``[M, 3, H, W]``: each image repeated ``num_frames`` times along time
-      (the official forward pre-hook);
-    * image encoder + clips ``[M, 3, T, H, W]``: every frame encoded on its own, tokens concatenated
-      in time order (official ``FrameAggregation``) -> ``[M, T*N, D]``.
-    """
-
-    def __init__(self, vit: VisionTransformer):
-        super().__init__()
-        self.vit = vit.eval()
-        for p in self.vit.parameters():
-            p.requires_grad_(False)
-        self.embed_dim, self.num_heads = vit.embed_dim, vit.num_heads
-        self.eval()
-
-    def train(self, mode: bool = True):  # always frozen in eval mode
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
-        if vit.is_video and x.dim() == 4:
-            x = x.unsqueeze(2).repeat(1, 1, vit.num_frames, 1, 1)
-        elif not vit.is_video and x.dim() == 5:
-            M, C, T, H, W = x.shape
-            tok = vit(x.transpose(1, 2).reshape(M * T, C, H, W))
-            return tok.reshape(M, T * tok.shape[1], tok.shape[2])
-        return vit(x)
-
-    def tokens_per_input(self, frames: int | None, resolution: int) -> int:
-        """Tokens of one encoder input: a clip of ``frames`` frames, or an image (``frames=None``)."""
-        vit = self.vit
-        spatial = (resolution // vit.patch_size) ** 2
-        if vit.is_video:
-            t = vit.num_frames if frames is None else frames
-            return (t // vit.tubelet_size) * spatial
-        return spatial * (1 if frames is None else frames)
-
-
-def encoder_kwargs(cfg: EvalConfig) -> dict:
-    pre = cfg.pretrain
-    kw = dict(img_size=cfg.resolution, patch_size=pre.patch_size, num_frames=pre.frames_per_clip,
-              tubelet_size=pre.tubelet_size, uniform_power=pre.uniform_power)
-    for name in ("embed_dim", "depth", "num_heads"):
-        if getattr(pre, name) is not None:
-            kw[name] = getattr(pre, name)
-    return kw
-
-
-def build_frozen_encoder(cfg: EvalConfig, device: torch.device | str = "cpu", *,
-                         checkpoint: str | os.PathLike | dict | None = None) -> FrozenEncoder:
-    """Build ``pretrain.model_name`` for the probe resolution and load it from
-    ``checkpoint`` (default ``pretrain.folder/pretrain.checkpoint``) with ``pretrain.checkpoint_key``."""
-    pre = cfg.pretrain
-    path = cfg.pretrained_path if checkpoint is None else checkpoint
-    if not isinstance(path, dict) and not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"pretrained checkpoint not found: {path} (pretrain.folder={pre.folder!r} + "
-            f"pretrain.checkpoint={pre.checkpoint!r})")
-    vit = build_encoder(pre.model_name, **encoder_kwargs(cfg))
-    key = load_encoder(vit, path, key=pre.checkpoint_key)
-    frozen = FrozenEncoder(vit).to(device)
-    #: where the weights came from, for the results record
-    frozen.loaded_from = {"checkpoint": str(path) if not isinstance(path, dict) else None, "key": key}
-    return frozen
-
-
 def encode_batch(encoder: nn.Module, x: torch.Tensor, *, attend_across_segments: bool = True,
                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Frozen features of one batch, shaped for the probes: ``[B, V', L, D]``.
@@ -502,6 +546,13 @@ class ProbeResult:
     segments_x_views: list[int] | None = None
     pretrained_checkpoint: str | None = None
     checkpoint_key: str | None = None
+    #: the protocol (v1 / v2), the encoder blocks the features come from (null: the last), the
+    #: probe's blocks and heads, and what loading the encoder reported (e.g. dropped position tables)
+    protocol: str = "v1"
+    out_layers: list[int] | None = None
+    probe_blocks: int | None = None
+    probe_heads: int | None = None
+    encoder_load_report: str | None = None
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -571,10 +622,13 @@ class ProbeEvaluation:
         self.frozen: FrozenEncoder = enc
         self.specs = head_specs(cfg.optimization)
         self.ipe = len(self.train_loader)
+        # v1 probes default to the loaded encoder's heads (what the V1 eval builds), v2 to 16
+        self.probe_heads = cfg.classifier.num_heads or (16 if cfg.protocol == "v2" else enc.num_heads)
         self.heads = ProbeHeads(
-            self.specs, embed_dim=enc.embed_dim, num_heads=enc.num_heads, num_classes=cfg.data.num_classes,
-            ipe=self.ipe, num_epochs=cfg.optimization.num_epochs, warmup=cfg.optimization.warmup,
-            device=self.device, amp_dtype=self.amp)
+            self.specs, embed_dim=enc.embed_dim, num_heads=self.probe_heads, num_classes=cfg.data.num_classes,
+            ipe=self.ipe, num_epochs=cfg.optimization.num_epochs, device=self.device, amp_dtype=self.amp,
+            depth=cfg.classifier.num_probe_blocks, protocol=cfg.protocol,
+            activation_checkpointing=cfg.classifier.use_activation_checkpointing)
         self.cache: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {"train": None, "val": None}
         self._check_cache_size()
 
@@ -596,7 +650,7 @@ class ProbeEvaluation:
                 if not os.path.isfile(path):
                     raise FileNotFoundError(f"data.{key}: index file not found: {path}")
             S = d.num_segments
-            self.train_segments = S if o.attend_across_segments else 1
+            self.train_segments = S if cfg.attend_across_segments else 1
             common = dict(frames_per_clip=d.frames_per_clip, frame_step=d.frame_step,
                           duration=cfg.pretrain.clip_duration, random_clip_sampling=True,
                           allow_clip_overlap=True, seed=seed, decoder=d.decoder)
@@ -635,7 +689,7 @@ class ProbeEvaluation:
         S = self.train_segments if train else d.num_segments
         V = 1 if train else d.num_views_per_segment
         N = enc.tokens_per_input(d.frames_per_clip, cfg.resolution)
-        if cfg.optimization.attend_across_segments or not enc.vit.is_video:
+        if cfg.attend_across_segments or not enc.vit.is_video:
             return V, S * N
         return V * S, N
 
@@ -658,7 +712,7 @@ class ProbeEvaluation:
         for x, y in loader.epoch(epoch, sequential=sequential):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            yield encode_batch(self.encoder, x, attend_across_segments=self.cfg.optimization.attend_across_segments,
+            yield encode_batch(self.encoder, x, attend_across_segments=self.cfg.attend_across_segments,
                                amp_dtype=self.amp), y
 
     def _build_cache(self, split: str) -> None:
@@ -689,6 +743,18 @@ class ProbeEvaluation:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _checkpoint(self, epoch: int, best: int, history: list[dict]) -> dict:
         st = self.heads.state()
+        extra = {"probes": st, "best_head": best, "history": history, "config": self.cfg.to_dict(),
+                 "num_classes": self.cfg.data.num_classes}
+        if self.cfg.protocol == "v2":  # the official V2 eval's latest.pt keys: every probe of the grid
+            return {
+                "classifiers": st["classifiers"],
+                "opt": st["opts"],
+                "scaler": st["scalers"] if self.heads.scalers[0].is_enabled() else None,
+                "epoch": int(epoch),
+                "batch_size": self.cfg.optimization.batch_size,
+                "world_size": 1,
+                "vjepa_fast": extra,
+            }
         return {
             "classifier": st["classifiers"][best],
             "opt": st["opts"][best],
@@ -697,8 +763,7 @@ class ProbeEvaluation:
             "batch_size": self.cfg.optimization.batch_size,
             "world_size": 1,
             "lr": self.specs[best].lr,
-            "vjepa_fast": {"probes": st, "best_head": best, "history": history, "config": self.cfg.to_dict(),
-                           "num_classes": self.cfg.data.num_classes},
+            "vjepa_fast": extra,
         }
 
     def _resume(self, path: Path) -> tuple[int, list[dict]]:
@@ -710,7 +775,10 @@ class ProbeEvaluation:
         if extra and "probes" in extra:
             self.heads.load_state(extra["probes"], source=str(path))
             history = list(extra.get("history", []))
-        else:  # an official probe checkpoint: one classifier + its optimizer
+        elif "classifiers" in ckpt:  # an official V2 eval checkpoint: every probe of the grid
+            self.heads.load_official_v2(ckpt, source=str(path))
+            history = []
+        else:  # an official V1 probe checkpoint: one classifier + its optimizer
             if len(self.heads) != 1:
                 raise CheckpointError(f"{path} holds one official probe; the config trains {len(self.heads)}")
             if "classifier" not in ckpt:
@@ -735,15 +803,19 @@ class ProbeEvaluation:
         b = heads[best]
         cfg, d = self.cfg, self.cfg.data
         loaded = getattr(self.frozen, "loaded_from", None) or {}
+        # images: how often each is repeated along time for a video encoder
+        frames = d.frames_per_clip if cfg.is_video else (self.frozen.image_frames if self.frozen.vit.is_video else None)
         return ProbeResult(best_head=best, top1=b["val_top1"], top5=b["val_top5"], heads=heads, epochs=epoch,
                            history=history, output_folder=paths["folder"], checkpoint=paths["ckpt"],
                            log=paths["csv"], results_json=paths["json"], confusion_png=confusion_png,
                            seconds=seconds, num_epochs=cfg.optimization.num_epochs, resolution=cfg.resolution,
-                           frames_per_clip=d.frames_per_clip if cfg.is_video else None,
+                           frames_per_clip=frames,
                            frame_step=d.frame_step if cfg.is_video else None,
                            segments_x_views=[d.num_segments, d.num_views_per_segment] if cfg.is_video else None,
                            pretrained_checkpoint=loaded.get("checkpoint"), checkpoint_key=loaded.get("key"),
-                           config=cfg.to_dict())
+                           protocol=cfg.protocol, out_layers=self.frozen.vit.out_layers,
+                           probe_blocks=cfg.classifier.num_probe_blocks, probe_heads=self.probe_heads,
+                           encoder_load_report=loaded.get("report"), config=cfg.to_dict())
 
     def run(self) -> ProbeResult:
         cfg, o = self.cfg, self.cfg.optimization
@@ -758,7 +830,13 @@ class ProbeEvaluation:
             self.out(f"note: {note}")
         t_start = time.perf_counter()
         enc_name = f"{cfg.pretrain.model_name} ({self.frozen.embed_dim}-d, {len(self.frozen.vit.blocks)} blocks)"
-        self.out(f"probe eval {cfg.eval_name} | encoder {enc_name} @ {cfg.resolution}px | {K} probe(s): "
+        levels = self.frozen.vit.out_layers
+        feats = f", features of blocks {levels}" if levels is not None else ""
+        report = (getattr(self.frozen, "loaded_from", None) or {}).get("report")
+        if report:
+            self.out(f"encoder: {report}")
+        self.out(f"probe eval {cfg.eval_name} ({cfg.protocol} protocol, probes of {cfg.classifier.num_probe_blocks} "
+                 f"block(s) x {self.probe_heads} heads) | encoder {enc_name}{feats} @ {cfg.resolution}px | {K} probe(s): "
                  f"{', '.join(s.name for s in self.specs)} | {len(self.train_loader.dataset)} train / "
                  f"{len(self.val_loader.dataset)} val samples | ipe {self.ipe} | {o.num_epochs} epochs | "
                  f"device {self.device} {self.amp or torch.float32}")
@@ -800,7 +878,7 @@ class ProbeEvaluation:
                     history.append(row)
                     writer.writerow([row[c] if row[c] is not None else "" for c in columns])
                 fcsv.flush()
-                best = max(range(K), key=lambda i: (vas[i]["top1"], -i))
+                best = best_head([v["top1"] for v in vas])
                 atomic_save(self._checkpoint(epoch + 1, best, history), paths["ckpt"])
                 partial = self._result(history, epoch + 1, best, paths, None, time.perf_counter() - t_start)
                 _write_json(paths["json"], partial.to_dict())
@@ -810,7 +888,7 @@ class ProbeEvaluation:
         final_epoch = history[-1]["epoch"] if history else start_epoch
         if history:
             last = [h for h in history if h["epoch"] == final_epoch]
-            best = max(range(len(last)), key=lambda i: (last[i]["val_top1"], -i)) if last else 0
+            best = best_head([h["val_top1"] for h in last]) if last else 0
         png = None
         if confusion is not None:
             png = str(folder / f"{tag}-confusion.png")
@@ -1068,7 +1146,7 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
                 curve.append({"epoch": epoch + 1, "train_top1": [s["top1"] for s in tr.summary()],
                               "val_top1": [s["top1"] for s in va.summary()]})
             final = va.summary()
-            best = max(range(len(grid)), key=lambda i: (final[i]["top1"], -i))
+            best = best_head([f["top1"] for f in final])
             results["top1"][name][task] = final[best]["top1"]
             results["details"][f"{name}/{task}"] = {
                 "best_probe": grid[best].name, "per_probe_val_top1": {g.name: s["top1"] for g, s in zip(grid, final)},
