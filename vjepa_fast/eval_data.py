@@ -11,7 +11,12 @@ Video (official ``evals/video_classification_frozen``):
 * eval transform: :func:`vjepa_fast.transforms.eval_video_views` (3 spatial views, or the
   256/224 resize + centre crop for a single view).
 * clips: ``VideoDataset(num_clips=S, allow_clip_overlap=True)``; training uses S segments only when
-  ``attend_across_segments`` (else 1) and always one view.
+  ``attend_across_segments`` (else 1; the V2 protocol always attends across them) and always one view.
+
+V-JEPA 2's frozen evals (facebookresearch/vjepa2 ``evals/video_classification_frozen/utils.py`` and
+the image eval's transforms) use the same transforms, sampling and parameters as V1 (the files
+differ only in formatting and V1's FrameAggregation), so both protocols share this module; V2 reads
+the frame step from ``data.frame_step``, as we do for both.
 
 Images (official ``evals/image_classification_frozen``): torchvision-free ImageFolder; train =
 random-resized-crop (scale (0.08, 1), ratio (3/4, 4/3), bicubic) + horizontal flip p=0.5 + random
