@@ -56,7 +56,8 @@ def demo_dir(tmp_path_factory):
     return d
 
 
-def _v2_raw(folder: Path, demo_dir: Path | None = None, checkpoint: str = "checkpoint.pth.tar", **pretrain) -> dict:
+def _v2_raw(folder: Path, demo_dir: Path | None = None, checkpoint: str = "checkpoint.pth.tar",
+            **pretrain) -> dict:
     demo = demo_dir or Path("/nonexistent")
     return {
         "tag": "v2", "eval_name": "video_classification_frozen", "protocol": "v2",
@@ -89,7 +90,8 @@ def _v2_cfg(tmp_path: Path, demo_dir: Path | None = None, overrides=(), **pretra
 def test_v2_probe_reproduces_the_official_logits_through_the_protocol():
     probe = torch.load(V2_CASE, weights_only=True)["probe"]
     heads = ProbeHeads([HeadSpec()], embed_dim=probe["embed_dim"], num_heads=probe["num_heads"],
-                       depth=probe["depth"], num_classes=probe["num_classes"], ipe=1, num_epochs=1, protocol="v2")
+                       depth=probe["depth"], num_classes=probe["num_classes"], ipe=1, num_epochs=1,
+                       protocol="v2")
     # as the official V2 eval saves it: a list of DDP-wrapped probes, one per grid entry
     official = {"classifiers": [{f"module.{k}": v for k, v in probe["state_dict"].items()}],
                 "opt": [heads.optimizers[0].state_dict()], "scaler": None, "epoch": 1}
@@ -213,7 +215,8 @@ def test_grid_heads_train_independently_each_with_its_optimizer_and_schedules():
 def test_v2_steps_are_adamw_on_one_group_with_decay_everywhere_and_no_clipping():
     torch.manual_seed(0)
     spec = HeadSpec(lr=0.5, start_lr=0.5, weight_decay=0.3, final_weight_decay=0.3)
-    heads = ProbeHeads([spec], embed_dim=24, num_heads=3, depth=2, num_classes=4, ipe=1, num_epochs=4, protocol="v2")
+    heads = ProbeHeads([spec], embed_dim=24, num_heads=3, depth=2, num_classes=4, ipe=1, num_epochs=4,
+                       protocol="v2")
     with torch.no_grad():
         heads.heads[0].linear.weight.mul_(100)  # large logits: gradient norms far above V1's clip
     ref = copy.deepcopy(heads.heads[0])
@@ -259,7 +262,8 @@ def test_the_best_head_is_the_one_that_learns():
     # heads 0 and 2 cannot move (lr 0): whatever their init, the trained middle one must be reported
     specs = [HeadSpec(lr=0.0, start_lr=0.0), HeadSpec(lr=3e-3, start_lr=3e-3), HeadSpec(lr=0.0, start_lr=0.0)]
     torch.manual_seed(0)
-    heads = ProbeHeads(specs, embed_dim=24, num_heads=3, depth=2, num_classes=4, ipe=12, num_epochs=6, protocol="v2")
+    heads = ProbeHeads(specs, embed_dim=24, num_heads=3, depth=2, num_classes=4, ipe=12, num_epochs=6,
+                       protocol="v2")
     for epoch in range(6):
         train_epoch(heads, feature_batches(xt, yt, 16, shuffle=True, epoch=epoch))
     val = [s["top1"] for s in evaluate(heads, feature_batches(xv, yv, 48, shuffle=False)).summary()]
@@ -269,13 +273,15 @@ def test_the_best_head_is_the_one_that_learns():
 
 
 def test_per_head_warmup_and_names_of_the_v2_image_grid(tmp_path):
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "evals" / "v2_vitl16_in1k.yaml").read_text())
+    repo = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((repo / "configs" / "evals" / "v2_vitl16_in1k.yaml").read_text())
     cfg = load_config(_write(tmp_path, raw))
     specs = head_specs(cfg.optimization)
     assert len(specs) == 21 and len({s.name for s in specs}) == 21  # every probe told apart in the logs
-    assert specs[0] == HeadSpec(lr=1e-3, start_lr=1e-3, final_lr=0.0, weight_decay=1e-3, final_weight_decay=0.0)
-    assert specs[1] == HeadSpec(lr=5e-4, start_lr=2e-4, final_lr=0.0, weight_decay=8e-3, final_weight_decay=8e-3,
-                                warmup=5.0)
+    assert specs[0] == HeadSpec(lr=1e-3, start_lr=1e-3, final_lr=0.0, weight_decay=1e-3,
+                                final_weight_decay=0.0)
+    assert specs[1] == HeadSpec(lr=5e-4, start_lr=2e-4, final_lr=0.0, weight_decay=8e-3,
+                                final_weight_decay=8e-3, warmup=5.0)
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
@@ -295,7 +301,8 @@ def test_encoder_from_an_official_v2_checkpoint_at_another_size(tmp_path):
     with torch.inference_mode():
         out = enc(other["clip"])  # 16 frames at 32 x 80 px, where the model was trained at 8 x 64 x 64
     assert rel(out, other["target_encoder_out"]) <= 1e-5
-    assert enc.loaded_from["key"] == "target_encoder" and enc.loaded_from["checkpoint"].endswith("checkpoint.pth.tar")
+    assert enc.loaded_from["key"] == "target_encoder"
+    assert enc.loaded_from["checkpoint"].endswith("checkpoint.pth.tar")
     # a released-format file also carries a position table, which a RoPE encoder does not use
     ck = read_checkpoint(V2_CKPT)
     ck["target_encoder"]["module.backbone.pos_embed"] = torch.zeros(1, 64, 96)
@@ -322,7 +329,8 @@ def test_encoder_from_a_hugging_face_folder(tmp_path):
     assert pretrained_problems(cfg) == []
     enc = build_frozen_encoder(cfg)
     case = torch.load(HF_CASE, weights_only=True)
-    clip = (case["video_int8"].float() * case["video_scale"]).permute(0, 2, 1, 3, 4)  # [B, T, C, H, W] -> official
+    # Hugging Face's [B, T, C, H, W] -> the official [B, C, T, H, W]
+    clip = (case["video_int8"].float() * case["video_scale"]).permute(0, 2, 1, 3, 4)
     with torch.inference_mode():
         out = enc(clip)
     assert rel(out, case["encoder_out"]) <= 5e-6
@@ -349,10 +357,13 @@ def test_v2_probe_runs_through_the_cli_and_records_every_head(tmp_path, demo_dir
     assert "cached val features: (8, 2, 64, 96)" in out and "v2 protocol" in out
     folder = Path(cfg.output_folder)
     res = json.loads((folder / "jepa-results.json").read_text())
-    assert (res["protocol"], res["out_layers"], res["probe_blocks"], res["probe_heads"]) == ("v2", [1, 2], 2, 3)
+    record = (res["protocol"], res["out_layers"], res["probe_blocks"], res["probe_heads"])
+    assert record == ("v2", [1, 2], 2, 3)
     assert (res["resolution"], res["frames_per_clip"], res["segments_x_views"]) == (32, 8, [2, 2])
-    assert res["pretrained_checkpoint"].endswith("pre/checkpoint.pth.tar") and res["checkpoint_key"] == "target_encoder"
-    assert [h["name"] for h in res["heads"]] == ["lr=0.003,wd=0.01", "lr=0.001,wd=0.1,warmup=1", "lr=0,wd=0.8"]
+    assert res["pretrained_checkpoint"].endswith("pre/checkpoint.pth.tar")
+    assert res["checkpoint_key"] == "target_encoder"
+    names = ["lr=0.003,wd=0.01", "lr=0.001,wd=0.1,warmup=1", "lr=0,wd=0.8"]
+    assert [h["name"] for h in res["heads"]] == names
     assert all(h["val_top1"] is not None and h["train_loss"] is not None for h in res["heads"])
     assert len(res["history"]) == 2 * 3 and res["epochs"] == 2
     best = best_head([h["val_top1"] for h in res["heads"]])
@@ -370,6 +381,7 @@ def test_v2_probe_runs_through_the_cli_and_records_every_head(tmp_path, demo_dir
     # an official V2 eval checkpoint (no vjepa_fast extras) resumes for a third epoch
     del ck["vjepa_fast"]
     torch.save(ck, folder / "jepa-latest.pth.tar")
-    assert cli.main(["probe", "--config", str(path), "resume_checkpoint=true", "optimization.num_epochs=3"]) == 0
+    more = ["resume_checkpoint=true", "optimization.num_epochs=3"]
+    assert cli.main(["probe", "--config", str(path), *more]) == 0
     out = capsys.readouterr().out
     assert "resumed 3 probe(s)" in out and "at epoch 2" in out and "[epoch   3/3]" in out

@@ -44,8 +44,10 @@ __all__ = [
 ]
 
 #: settings of an encoder that must agree between a Hugging Face folder and the pretrain section
-_HF_FIELDS = (("embed_dim", "hidden_size"), ("depth", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
-              ("patch_size", "patch_size"), ("tubelet_size", "tubelet_size"))
+_HF_FIELDS = (
+    ("embed_dim", "hidden_size"), ("depth", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+    ("patch_size", "patch_size"), ("tubelet_size", "tubelet_size"),
+)
 
 
 class FrozenEncoder(nn.Module):
@@ -67,8 +69,9 @@ class FrozenEncoder(nn.Module):
         self.embed_dim, self.num_heads = vit.embed_dim, vit.num_heads
         self.image_frames = int(image_frames) if image_frames is not None else vit.num_frames
         if vit.is_video and (self.image_frames < vit.tubelet_size or self.image_frames % vit.tubelet_size):
-            raise ValueError(f"images are repeated {self.image_frames} times along time, which must be a multiple "
-                             f"of the encoder's tubelet_size {vit.tubelet_size} (pretrain.frames_per_clip)")
+            raise ValueError(f"images are repeated {self.image_frames} times along time, which must be a "
+                             f"multiple of the encoder's tubelet_size {vit.tubelet_size} "
+                             "(pretrain.frames_per_clip)")
         self.eval()
 
     def train(self, mode: bool = True):  # always frozen in eval mode
@@ -157,8 +160,8 @@ def pretrained_problems(cfg: EvalConfig) -> list[str]:
             problems.append(f"pretrain.checkpoint: no {WEIGHTS} or {WEIGHTS_INDEX} in {path}")
         found = _hf_mismatches(cfg, hf_cfg)
         if found:
-            problems.append(f"pretrain: the Hugging Face encoder in {path} is not the one the pretrain section "
-                            "describes:\n    " + "\n    ".join(found))
+            problems.append(f"pretrain: the Hugging Face encoder in {path} is not the one the pretrain "
+                            "section describes:\n    " + "\n    ".join(found))
         return problems
     if not path.is_file():
         return [f"pretrained checkpoint not found: {path} {where}"]
@@ -170,7 +173,8 @@ def pretrained_problems(cfg: EvalConfig) -> list[str]:
     chosen = key if key in ckpt else ("encoder" if key == "target_encoder" and "encoder" in ckpt else None)
     if chosen is None:
         hint = " (a probe checkpoint?)" if "classifier" in ckpt or "classifiers" in ckpt else ""
-        return [f"pretrain.checkpoint_key={key!r}: {path} has no {key!r}{hint}; keys: {', '.join(map(str, ckpt))}"]
+        keys = ", ".join(map(str, ckpt))
+        return [f"pretrain.checkpoint_key={key!r}: {path} has no {key!r}{hint}; keys: {keys}"]
     with torch.device("meta"):
         enc = build_encoder(pre.model_name, **encoder_kwargs(cfg))
     own = enc.state_dict()
@@ -190,12 +194,13 @@ def _load_hf_encoder(cfg: EvalConfig, folder: Path) -> tuple[VisionTransformer, 
 
     found = _hf_mismatches(cfg, read_hf_config(folder))
     if found:
-        raise CheckpointError(f"{folder}: the Hugging Face encoder is not the one the pretrain section describes: "
-                              + "; ".join(found))
+        raise CheckpointError(f"{folder}: the Hugging Face encoder is not the one the pretrain section "
+                              "describes: " + "; ".join(found))
     vit = load_hf_vjepa2(folder).encoder
     # the folder's encoder is built as Hugging Face describes it; the eval picks its feature blocks
     vit.out_layers = list(cfg.pretrain.out_layers) if cfg.pretrain.out_layers is not None else None
-    return vit, {"checkpoint": str(folder), "key": "hugging_face", "report": "Hugging Face folder: encoder loaded"}
+    return vit, {"checkpoint": str(folder), "key": "hugging_face",
+                 "report": "Hugging Face folder: encoder loaded"}
 
 
 def build_frozen_encoder(cfg: EvalConfig, device: torch.device | str = "cpu", *,

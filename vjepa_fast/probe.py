@@ -149,7 +149,8 @@ class HeadSpec:
     @property
     def name(self) -> str:
         # the V2 image grid has probes that differ only in their warmup (and start lr)
-        return f"lr={self.lr:g},wd={self.weight_decay:g}" + (f",warmup={self.warmup:g}" if self.warmup else "")
+        warmup = f",warmup={self.warmup:g}" if self.warmup else ""
+        return f"lr={self.lr:g},wd={self.weight_decay:g}{warmup}"
 
 
 def head_specs(opt) -> list[HeadSpec]:
@@ -199,7 +200,8 @@ def build_probe(protocol: str, *, embed_dim: int, num_heads: int, depth: int, nu
     :class:`AttentiveClassifierV2` (official eval settings otherwise: MLP ratio 4, qkv bias,
     LayerNorm eps 1e-5)."""
     if protocol == "v2":
-        return AttentiveClassifierV2(embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes,
+        return AttentiveClassifierV2(embed_dim=embed_dim, num_heads=num_heads, depth=depth,
+                                     num_classes=num_classes,
                                      activation_checkpointing=activation_checkpointing)
     if protocol != "v1":
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -256,14 +258,16 @@ class ProbeHeads(nn.Module):
         self.amp_dtype = amp_dtype
         self.clip_grad = clip_grad if protocol == "v1" else None  # V2 never clips
         self.heads = nn.ModuleList(
-            build_probe(protocol, embed_dim=embed_dim, num_heads=num_heads, depth=depth, num_classes=num_classes,
-                        activation_checkpointing=activation_checkpointing)
+            build_probe(protocol, embed_dim=embed_dim, num_heads=num_heads, depth=depth,
+                        num_classes=num_classes, activation_checkpointing=activation_checkpointing)
             for _ in self.specs
         ).to(self.device)
         fused = True if self.device.type == "cuda" else None
-        self.optimizers = [torch.optim.AdamW(probe_param_groups(h, protocol), fused=fused) for h in self.heads]
+        self.optimizers = [torch.optim.AdamW(probe_param_groups(h, protocol), fused=fused)
+                           for h in self.heads]
         t_max = int(num_epochs * ipe)
-        self.lr_fns = [WarmupCosineLR(int(s.warmup * ipe), s.start_lr, s.lr, s.final_lr, t_max) for s in self.specs]
+        self.lr_fns = [WarmupCosineLR(int(s.warmup * ipe), s.start_lr, s.lr, s.final_lr, t_max)
+                       for s in self.specs]
         self.wd_fns = [CosineWD(s.weight_decay, s.final_weight_decay, t_max) for s in self.specs]
         use_scaler = amp_dtype == torch.float16
         self.scalers = [torch.amp.GradScaler(self.device.type, enabled=use_scaler) for _ in self.specs]
@@ -804,7 +808,8 @@ class ProbeEvaluation:
         cfg, d = self.cfg, self.cfg.data
         loaded = getattr(self.frozen, "loaded_from", None) or {}
         # images: how often each is repeated along time for a video encoder
-        frames = d.frames_per_clip if cfg.is_video else (self.frozen.image_frames if self.frozen.vit.is_video else None)
+        frames = d.frames_per_clip if cfg.is_video else (
+            self.frozen.image_frames if self.frozen.vit.is_video else None)
         return ProbeResult(best_head=best, top1=b["val_top1"], top5=b["val_top5"], heads=heads, epochs=epoch,
                            history=history, output_folder=paths["folder"], checkpoint=paths["ckpt"],
                            log=paths["csv"], results_json=paths["json"], confusion_png=confusion_png,
@@ -835,8 +840,9 @@ class ProbeEvaluation:
         report = (getattr(self.frozen, "loaded_from", None) or {}).get("report")
         if report:
             self.out(f"encoder: {report}")
-        self.out(f"probe eval {cfg.eval_name} ({cfg.protocol} protocol, probes of {cfg.classifier.num_probe_blocks} "
-                 f"block(s) x {self.probe_heads} heads) | encoder {enc_name}{feats} @ {cfg.resolution}px | {K} probe(s): "
+        self.out(f"probe eval {cfg.eval_name} ({cfg.protocol} protocol, probes of "
+                 f"{cfg.classifier.num_probe_blocks} block(s) x {self.probe_heads} heads) | "
+                 f"encoder {enc_name}{feats} @ {cfg.resolution}px | {K} probe(s): "
                  f"{', '.join(s.name for s in self.specs)} | {len(self.train_loader.dataset)} train / "
                  f"{len(self.val_loader.dataset)} val samples | ipe {self.ipe} | {o.num_epochs} epochs | "
                  f"device {self.device} {self.amp or torch.float32}")
