@@ -5,6 +5,7 @@ Functional APIs (each picks Triton or the PyTorch reference per ``kernels/dispat
 * ``masked_gather(x, idx, pos=None)``: gather tokens, optionally adding the position table.
 * ``assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token)``: the predictor's input.
 * ``masked_l1_loss(pred, target, idx)``: the V-JEPA loss for one mask configuration.
+* ``rope_rotate_qk(q, k, cos, sin)``: V-JEPA 2's 3D RoPE on q and k in one pass.
 * ``fused_ema_(targets, sources, momentum)``: the EMA over all parameters in one launch.
 * ``fused_adamw_ema_(params, grads, exp_avgs, exp_avg_sqs, ema_params, *, lr, weight_decay, step, ...)``.
 * ``kernel_backend(where=None)``: ``"triton"`` or ``"torch"``.
@@ -18,6 +19,7 @@ from .ema import FlatParams, fused_adamw_ema_, fused_ema_
 from .masked_gather import masked_gather
 from .masked_l1_loss import masked_l1_loss
 from .predictor_input import assemble_predictor_input
+from .rope import rope_rotate_qk
 
 __all__ = [
     "FlatParams",
@@ -30,4 +32,5 @@ __all__ = [
     "masked_gather",
     "masked_l1_loss",
     "reference",
+    "rope_rotate_qk",
 ]

@@ -132,3 +132,12 @@ def _per_group(value) -> list:
     if isinstance(value, (list, tuple)):
         return [float(v.item() if isinstance(v, torch.Tensor) else v) for v in value]
     return [float(value.item() if isinstance(value, torch.Tensor) else value)]
+
+
+def rope_rotate_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """V-JEPA 2 RoPE on q and k: ``vjepa_fast.rope.apply_rope`` (the official rotation, op for op)
+    applied to each; ``cos``/``sin`` [1 or B, 1, L, R] from ``rope_tables``."""
+    from ..rope import apply_rope  # noqa: PLC0415 - the package's own rotation is the reference
+
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)

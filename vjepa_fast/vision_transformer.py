@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from torch.utils.checkpoint import checkpoint
 
+from . import kernels
 from .attention import attention
 from .packed import Packing, document_attention
 from .pos_embed import interpolate_pos_embed, sincos_table
@@ -137,7 +138,8 @@ class Attention(nn.Module):
         B, L, C = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
-            q, k = rope.rotate(q, k)
+            # RotaryPositions.rotate's math, routed to the fused kernel (VJEPA_FAST_KERNELS).
+            q, k = kernels.rope_rotate_qk(q, k, *rope.tables(q.shape[-1], q.dtype))
         if packing is None:
             x = attention(q, k, v)
         else:
