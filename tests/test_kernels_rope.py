@@ -180,3 +180,15 @@ def test_compiled_code_calls_the_custom_ops():
     dq_ref, dk_ref = torch.autograd.grad(ref, (q, k))
     assert torch.equal(dq, dq_ref) and torch.equal(dk, dk_ref)
     torch._dynamo.reset()
+
+
+def test_opcheck_custom_ops():
+    """Schema, fake-tensor, autograd-registration and AOT-dispatch checks from torch.library."""
+    from vjepa_fast.kernels.rope import rope_rotate_qk_backward_op, rope_rotate_qk_op
+
+    B, L, heads, hd = 2, 5, 2, 16
+    cos, sin = rope_tables(_ids(B, L), V2_GRID[1:], hd, torch.float32)
+    q, k = (t.detach().requires_grad_(True) for t in _qk_views(B, L, heads, hd, torch.float32))
+    torch.library.opcheck(rope_rotate_qk_op, (q, k, cos, sin))
+    gq, gk = torch.randn(B, heads, L, hd, device=DEVICE), torch.randn(B, heads, L, hd, device=DEVICE)
+    torch.library.opcheck(rope_rotate_qk_backward_op, (gq, gk, cos, sin))
