@@ -504,16 +504,16 @@ def test_ignored_table_is_honest():
 # ------------------------------------------------------------------------------------------------
 
 def test_every_unknown_and_invalid_key_is_reported_at_once(tmp_path):
-    """A file in the V-JEPA 2 layout has many keys this project does not know; one run lists them all
-    (and the invalid values next to them), not one per run."""
+    """A file with many keys this project does not know (here V-JEPA 2-AC's, in an app: vjepa file)
+    lists them all in one run (and the invalid values next to them), not one per run."""
     raw = _tiny_raw()
-    raw["folder"] = "/runs/x"                       # V2 top-level keys
-    raw["cpus_per_task"] = 32
-    raw["data"]["dataset_fpcs"] = [16]
-    raw["data"]["fps"] = 4
-    raw["model"]["use_rope"] = True
-    raw["optimization"]["is_anneal"] = True
-    raw["mask"][0]["full_complement"] = False
+    raw["camera_views"] = ["left_mp4_path"]         # unknown top-level keys
+    raw["stereo_view"] = False
+    raw["data"]["horizontal_flip"] = False          # unknown section keys
+    raw["data"]["fps"] = 4                          # known, but a V-JEPA 2 key (no data.dataset_fpcs)
+    raw["model"]["pred_is_frame_causal"] = True
+    raw["optimization"]["anneal"] = 15
+    raw["mask"][0]["full_complment"] = False
     raw["data"]["batch_size"] = 0                   # invalid values
     raw["model"]["model_name"] = "vit_enormous"
     raw["optimization"]["lr"] = "fast"              # wrong type
@@ -523,12 +523,14 @@ def test_every_unknown_and_invalid_key_is_reported_at_once(tmp_path):
     err = ei.value
     # file order, each section's unknown keys and type errors first, then the invalid values
     assert [p.key for p in err.problems] == [
-        "data.dataset_fpcs", "data.fps", "mask[0].full_complement", "model.use_rope", "optimization.lr",
-        "optimization.is_anneal", "folder", "cpus_per_task", "data.batch_size", "model.model_name"]
+        "data.horizontal_flip", "mask[0].full_complment", "model.pred_is_frame_causal", "optimization.lr",
+        "optimization.anneal", "camera_views", "stereo_view", "data.batch_size", "model.model_name", "data.fps"]
     msg = str(err)
     assert msg.startswith(f"{path}: 10 problems:")
-    assert "unknown key 'data.fps'" in msg and "'model.model_name': 'vit_enormous'" in msg
+    assert "unknown key 'data.horizontal_flip'" in msg and "'model.model_name': 'vit_enormous'" in msg
+    assert "unknown key 'mask[0].full_complment'; did you mean 'mask[0].full_complement'?" in msg
     assert "key 'optimization.lr' expects float, got str 'fast'" in msg
+    assert "set data.dataset_fpcs" in msg
     assert err.key == err.problems[0].key and isinstance(err, ValueError)
 
 
@@ -568,3 +570,159 @@ def test_image_pretraining_geometry_gets_guidance(tmp_path):
     raw["data"]["tubelet_size"] = 1
     cfg = load_config(_write(tmp_path, raw))
     assert cfg.grid_size == (1, 4, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# official V-JEPA 2 files
+# ------------------------------------------------------------------------------------------------
+
+OFFICIAL_V2 = Path(os.environ.get("VJEPA_OFFICIAL_CONFIGS_V2", REPO / "tests" / "fixtures" / "official_configs_v2"))
+V2_TRAIN = sorted((OFFICIAL_V2 / "train").glob("*/*.yaml"))
+V2_EVAL = sorted((OFFICIAL_V2 / "eval").glob("*/*.yaml"))
+V2_REFUSED = {"droid-256px-8f.yaml", "ek100.yaml"}  # V-JEPA 2-AC and action anticipation
+
+
+def _v2id(p: Path) -> str:
+    return f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
+
+
+def test_official_v2_configs_are_present():
+    assert len(V2_TRAIN) + len(V2_EVAL) == 22, f"expected the 22 official V2 files in {OFFICIAL_V2}"
+
+
+@pytest.mark.parametrize("path", [p for p in V2_TRAIN if p.name not in V2_REFUSED], ids=_v2id)
+def test_official_v2_train_config_loads_unchanged_with_same_values(path):
+    cfg = load_config(path)
+    raw = _raw(path)
+    assert type(cfg) is PretrainConfig and cfg.is_v2
+    _assert_matches_raw(raw, cfg.to_dict())
+    assert cfg.logging.folder == raw["folder"]  # the V2 top-level run folder
+    assert cfg.data.num_frames == max(raw["data"]["dataset_fpcs"])
+    assert cfg.num_mask_tokens == len(raw["mask"]) * len(raw["data"]["dataset_fpcs"]) == 6
+    assert cfg.model.use_rope is True and cfg.model.use_activation_checkpointing is True
+    assert cfg.optimization.is_anneal == ("cooldown" in path.name)
+    fields = set(known_keys(PretrainConfig))
+    for key in _flatten(raw):
+        assert key == "mask" or key in fields, f"{path}: {key}"
+
+
+def test_official_v2_vitl16_semantics():
+    pre = load_config(OFFICIAL_V2 / "train" / "vitl16" / "pretrain-256px-16f.yaml")
+    assert pre.grid_size == (8, 16, 16) and pre.data.fps == 4 and pre.data.persistent_workers
+    assert pre.model.predictor_num_heads == 12 and pre.meta.seed == 239
+    assert pre.total_steps() == 3000 and pre.warmup_steps() == 12000  # the L/H files never leave warmup
+    cool = load_config(OFFICIAL_V2 / "train" / "vitl16" / "cooldown-256px-64f.yaml")
+    assert cool.grid_size == (32, 16, 16) and cool.data.batch_size == 12
+    o = cool.optimization
+    assert o.is_anneal and o.resume_anneal and o.anneal_ckpt.endswith("/16.8.vitl.256px.16f/e0.pt")
+    assert (o.lr, o.final_lr, o.warmup) == (0.000525, 1.0e-06, 0) and cool.schedule_steps() == 15000
+    assert cool.total_steps() == 12000
+    g384 = load_config(OFFICIAL_V2 / "train" / "vitg16" / "cooldown-384px-64f.yaml")
+    assert g384.model.model_name == "vit_giant_xformers" and g384.grid_size == (32, 24, 24)
+    assert sorted(find_ignored_keys(_raw(OFFICIAL_V2 / "train" / "vitl16" / "pretrain-256px-16f.yaml"))) == sorted(
+        ["nodes", "tasks_per_node", "cpus_per_task", "mem_per_gpu", "meta.use_sdpa", "meta.eval_freq"])
+
+
+def test_official_v2_droid_config_is_refused_with_one_reason():
+    with pytest.raises(ConfigError) as ei:
+        load_config(OFFICIAL_V2 / "train" / "vitg16" / "droid-256px-8f.yaml")
+    assert len(ei.value.problems) == 1 and ei.value.key == "app"
+    assert "V-JEPA 2-AC" in str(ei.value) and "not implemented" in str(ei.value)
+
+
+@pytest.mark.parametrize("path", [p for p in V2_EVAL if p.name not in V2_REFUSED], ids=_v2id)
+def test_official_v2_eval_config_loads(path):
+    from vjepa_fast.config import V2_EVAL_IGNORED, V2_EVAL_KEYS  # noqa: PLC0415
+
+    raw = _raw(path)
+    cfg = load_config(path)
+    assert type(cfg) is EvalConfig and cfg.protocol == "v2"
+    exp, mk = raw["experiment"], raw["model_kwargs"]
+    enc = mk["pretrain_kwargs"]["encoder"]
+    assert cfg.eval_name == raw["eval_name"] and cfg.tag == raw["tag"]
+    assert cfg.output_folder == os.path.join(raw["folder"], raw["eval_name"], raw["tag"])  # official layout
+    assert cfg.pretrained_path == mk["checkpoint"]
+    assert cfg.resolution == exp["data"]["resolution"] and cfg.data.num_classes == exp["data"]["num_classes"]
+    assert cfg.classifier.num_probe_blocks == exp["classifier"]["num_probe_blocks"] == 4
+    assert cfg.probe_num_heads == exp["classifier"]["num_heads"]
+    assert (cfg.pretrain.model_name, cfg.pretrain.use_rope) == (enc["model_name"], True)
+    assert cfg.pretrain.out_layers == mk["wrapper_kwargs"].get("out_layers")
+    heads = exp["optimization"]["multihead_kwargs"]
+    assert [h.to_dict() if hasattr(h, "to_dict") else vars(h) for h in cfg.optimization.multihead] == heads
+    assert cfg.optimization.num_epochs == exp["optimization"]["num_epochs"]
+    assert cfg.optimization.batch_size == exp["optimization"]["batch_size"]
+    if cfg.is_video:
+        d = exp["data"]
+        assert (cfg.data.frames_per_clip, cfg.frame_step) == (d["frames_per_clip"], d["frame_step"])
+        assert (cfg.data.num_segments, cfg.data.num_views_per_segment) == (d["num_segments"], d["num_views_per_segment"])
+        assert cfg.pretrain.frames_per_clip == d["frames_per_clip"]
+    else:
+        assert cfg.pretrain.frames_per_clip == mk["wrapper_kwargs"]["img_as_video_nframes"]
+        assert cfg.data.image_folder == exp["data"]["image_folder"]
+    # every key is translated or documented as without effect
+    for key in _flatten(raw):
+        assert (key in V2_EVAL_KEYS or key in V2_EVAL_IGNORED or key == "experiment.data.resolution"
+                or key.startswith("experiment.optimization.multihead_kwargs")), f"{path}: {key}"
+
+
+def test_official_v2_anticipation_eval_is_refused_with_one_reason():
+    with pytest.raises(ConfigError) as ei:
+        load_config(OFFICIAL_V2 / "eval" / "vitl" / "ek100.yaml")
+    assert len(ei.value.problems) == 1 and "action_anticipation_frozen" in str(ei.value)
+
+
+def test_v2_eval_layout_errors_use_the_v2_names(tmp_path):
+    raw = _raw(OFFICIAL_V2 / "eval" / "vitl" / "k400.yaml")
+    raw["experiment"]["data"]["frame_stp"] = 4
+    raw["model_kwargs"]["wrapper_kwargs"]["use_pos_embed"] = True
+    raw["model_kwargs"]["module_name"] = "evals.video_classification_frozen.modelcustom.my_wrapper"
+    with pytest.raises(ConfigError) as ei:
+        load_config(_write(tmp_path, raw))
+    keys = [p.key for p in ei.value.problems]
+    assert keys == ["model_kwargs.module_name", "experiment.data.frame_stp", "model_kwargs.wrapper_kwargs.use_pos_embed"]
+    assert "did you mean 'experiment.data.frame_step'?" in str(ei.value)
+
+
+def _v2_pretrain_raw() -> dict:
+    return _raw(OFFICIAL_V2 / "train" / "vitl16" / "pretrain-256px-16f.yaml")
+
+
+@pytest.mark.parametrize("edit, key, needle", [
+    (lambda r: r["data"].update(dataset_fpcs=[16, 16]), "data.dataset_fpcs", "one clip length per entry"),
+    (lambda r: r["data"].update(dataset_fpcs=[16, 15, 16]), "data.dataset_fpcs", "multiple of data.tubelet_size"),
+    (lambda r: r["data"].update(num_frames=8), "data.num_frames", "max(data.dataset_fpcs)=16"),
+    (lambda r: r["data"].update(clip_duration=4.0), "data.fps", "not both"),
+    (lambda r: r["data"].update(crop_size=[256, 192]), "data.crop_size", "equal sides"),
+    (lambda r: r["data"].update(num_clips=2), "data.num_clips", "one clip per sample"),
+    (lambda r: r["loss"].update(reg_coeff=1.0), "loss.reg_coeff", "no regulariser"),
+    (lambda r: r.update(logging={"folder": "elsewhere"}), "folder", "differs from logging.folder"),
+    (lambda r: r["model"].update(use_activation_checkpointing=-1), "model.use_activation_checkpointing", ">= 0"),
+    (lambda r: r["optimization"].update(is_anneal=True), "optimization.anneal_ckpt", "name the pretraining checkpoint"),
+    (lambda r: r["optimization"].update(betas=[0.9, 1.5]), "optimization.betas", "[0, 1)"),
+])
+def test_v2_validation_names_key_and_value(tmp_path, edit, key, needle):
+    raw = _v2_pretrain_raw()
+    edit(raw)
+    with pytest.raises(ConfigError) as ei:
+        load_config(_write(tmp_path, raw))
+    assert [p.key for p in ei.value.problems] == [key] and needle in str(ei.value)
+
+
+def test_v2_keys_and_their_normal_forms(tmp_path):
+    raw = _v2_pretrain_raw()
+    raw["data"]["crop_size"] = [256, 256]
+    raw["model"]["use_activation_checkpointing"] = 3
+    raw["model"]["compile_model"] = True
+    cfg = load_config(_write(tmp_path, raw))
+    assert cfg.data.crop_size == 256 and cfg.model.use_activation_checkpointing == 3 and cfg.meta.compile
+    again = PretrainConfig.from_dict(cfg.to_dict())  # a saved config round-trips
+    assert again.to_dict() == cfg.to_dict()
+    cool = _raw(OFFICIAL_V2 / "train" / "vitl16" / "cooldown-256px-64f.yaml")
+    cool["meta"]["init_from"] = "x.pt"
+    with pytest.raises(ConfigError, match="starts from optimization.anneal_ckpt"):
+        load_config(_write(tmp_path, cool))
+    v1 = _tiny_raw()
+    v1["optimization"]["is_anneal"] = True
+    v1["optimization"]["anneal_ckpt"] = "x.pt"
+    with pytest.raises(ConfigError, match="cooldown is part of the V-JEPA 2 recipe"):
+        load_config(_write(tmp_path, v1))

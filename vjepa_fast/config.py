@@ -12,6 +12,15 @@ Two kinds of file are understood:
 :func:`load_config` picks the kind from the presence of the top-level ``eval_name`` key.
 Every official file loads unchanged.
 
+V-JEPA 2 (facebookresearch/vjepa2 ``configs/train/**`` and ``configs/eval/**``): a pretraining file
+with ``data.dataset_fpcs`` runs the V2 trainer (:attr:`PretrainConfig.is_v2`); its top-level
+``folder`` is the run folder (``logging.folder``). An eval file in the V2 layout (``experiment`` and
+``model_kwargs`` sections) is translated into an :class:`EvalConfig` with ``protocol: v2``
+(:func:`v2_eval_to_ours`, keys in :data:`V2_EVAL_KEYS`, those without effect in
+:data:`V2_EVAL_IGNORED`). Two V2 files describe tasks this project does not implement and are
+refused with one sentence saying so: ``app: vjepa_droid`` (V-JEPA 2-AC) and ``eval_name:
+action_anticipation_frozen`` (EPIC-KITCHENS-100).
+
 Rules
 -----
 * Every key is either honoured by this project or listed in :data:`ACCEPTED_AND_IGNORED` with
@@ -132,6 +141,10 @@ ACCEPTED_AND_IGNORED: Dict[str, str] = {
              "(the world size comes from the launcher, not the file)",
     "tasks_per_node": "SLURM/submitit launch setting (GPUs per node); launch with torchrun or srun "
                       "instead",
+    "cpus_per_task": "SLURM/submitit launch setting (V-JEPA 2 files); give the job its CPUs through "
+                     "your launcher",
+    "mem_per_gpu": "SLURM/submitit launch setting (V-JEPA 2 files); give the job its memory through "
+                   "your launcher",
     # -- pretraining --------------------------------------------------------------------------
     "meta.use_sdpa": "no effect in the official code either: V1 VisionTransformer swallows it in "
                      "**kwargs and always uses SDPA; so do we (see meta.attn_backend)",
@@ -150,6 +163,19 @@ ACCEPTED_AND_IGNORED: Dict[str, str] = {
     "pretrain.tight_silu": "no effect in the official V1 code (swallowed by VisionTransformer "
                            "**kwargs)",
 }
+
+
+#: Why ``app: vjepa_droid`` files (V-JEPA 2-AC) are refused.
+VJEPA_DROID_REFUSAL = (
+    "app: 'vjepa_droid' is the V-JEPA 2-AC (action-conditioned) training config "
+    "(official app/vjepa_droid: a frozen V-JEPA 2 encoder, a block-causal action/state predictor, DROID robot "
+    "trajectories); it is not implemented here. This project trains and evaluates V-JEPA and V-JEPA 2 "
+    "(app: vjepa; e.g. configs/pretrain/v2_vitg16_pretrain_256px_16f.yaml)")
+#: Why ``eval_name: action_anticipation_frozen`` files (V-JEPA 2's EK100 eval) are refused.
+ANTICIPATION_REFUSAL = (
+    "eval_name: 'action_anticipation_frozen' (V-JEPA 2's EPIC-KITCHENS-100 action anticipation with encoder + "
+    "predictor features) is not implemented here; the frozen evaluations are video_classification_frozen and "
+    "image_classification_frozen")
 
 
 class ConfigError(ValueError):
@@ -233,7 +259,8 @@ def _is_union(tp: Any) -> bool:
 def _type_name(tp: Any) -> str:
     if _is_union(tp):
         args = [a for a in typing.get_args(tp) if a is not _NoneType]
-        return "null or " + " or ".join(_type_name(a) for a in args)
+        names = " or ".join(_type_name(a) for a in args)
+        return "null or " + names if _NoneType in typing.get_args(tp) else names
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     origin = typing.get_origin(tp)
@@ -316,9 +343,19 @@ def _suggest(root_cls, section_cls, prefix: str, bad: str) -> Optional[str]:
 def _coerce(root_cls, tp: Any, value: Any, key: str) -> Any:
     if _is_union(tp):
         if value is None:
-            return None
+            if _NoneType in typing.get_args(tp):
+                return None
+            raise _type_error(key, tp, value)
         args = [a for a in typing.get_args(tp) if a is not _NoneType]
-        return _coerce(root_cls, args[0], value, key)
+        if len(args) == 1:
+            return _coerce(root_cls, args[0], value, key)
+        # Several types (e.g. ``bool or int``): the first that takes the value as it is.
+        for arg in args:
+            try:
+                return _coerce(root_cls, arg, value, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, tp, value)
     if dataclasses.is_dataclass(tp):
         if value is None:  # an empty section (``data_aug:``) means "all defaults"
             value = {}
@@ -454,6 +491,12 @@ class MaskConfig:
     temporal_scale: Tuple[float, float] = (1.0, 1.0)
     max_temporal_keep: float = 1.0
     max_keep: Optional[int] = None
+    #: V-JEPA 2 collator options (need data.dataset_fpcs; every V2 file sets full_complement: false):
+    #: targets = every token not in the truncated context; context = every token not in the
+    #: truncated targets; context and targets swapped.
+    full_complement: bool = False
+    pred_full_complement: bool = False
+    inv_block: bool = False
 
     def validate(self, prefix: str = "mask[0]") -> None:
         _check_range(f"{prefix}.aspect_ratio", self.aspect_ratio, lo=0.0, lo_open=True)
@@ -466,8 +509,13 @@ class MaskConfig:
             _check(self.max_keep >= 1, f"{prefix}.max_keep", self.max_keep, "must be >= 1 or null")
 
     def to_dict(self) -> Dict[str, Any]:
-        """Official YAML keys (ranges as lists), as the official collator reads them."""
-        return _to_plain(self)
+        """Official YAML keys (ranges as lists), as the official collator reads them; the V-JEPA 2
+        options only when set (the V1 collator has none)."""
+        d = _to_plain(self)
+        for flag in ("full_complement", "pred_full_complement", "inv_block"):
+            if not d[flag]:
+                del d[flag]
+        return d
 
 
 def _official_masks() -> List[MaskConfig]:
@@ -500,12 +548,23 @@ class DataConfig:
     num_frames: int = 16
     tubelet_size: int = 2
     sampling_rate: int = 4  # frame step, in native frames
-    crop_size: int = 224
+    #: pixels of the square training crop; a [height, width] pair is accepted when both are equal
+    #: (the official trainers build square models and masks only)
+    crop_size: Union[int, List[int]] = 224
     patch_size: int = 16
     pin_mem: bool = False
     num_workers: int = 1
+    #: keep the DataLoader workers between passes (official V2 key, default true; V1 always kept them)
+    persistent_workers: bool = True
     filter_short_videos: bool = False
     clip_duration: Optional[float] = None  # seconds; overrides sampling_rate when set
+    #: V-JEPA 2: frames per clip of each entry of ``datasets`` (one per index file). Set, the run follows
+    #: the V2 trainer (PretrainConfig.is_v2): batches mix clip lengths, one mask set per length, the model
+    #: is built for max(dataset_fpcs) frames (``num_frames`` then defaults to it).
+    dataset_fpcs: Optional[List[int]] = None
+    #: V-JEPA 2: frames per second to sample at: frame step = ceil(video fps) // fps (official); excludes
+    #: clip_duration; sampling_rate is then not used (the V2 trainer never reads a frame step).
+    fps: Optional[float] = None
     #: ours: generate random clips on the device instead of decoding videos (demos, benchmarks).
     synthetic: bool = False
     #: ours: video decoder (vjepa_fast.decoders): auto = decord, else torchcodec, else PyAV.
@@ -515,6 +574,25 @@ class DataConfig:
         positive = [_check(getattr(self, name) >= 1, f"{p}.{name}", getattr(self, name), "must be >= 1")
                     for name in ("batch_size", "num_clips", "num_frames", "tubelet_size", "sampling_rate",
                                  "crop_size", "patch_size")]
+        if self.fps is not None:
+            _check(self.fps > 0 and math.isfinite(self.fps), f"{p}.fps", self.fps, "must be > 0 or null")
+            if self.clip_duration is not None:
+                _check(False, f"{p}.fps", self.fps,
+                       f"set either {p}.fps or {p}.clip_duration (the official loader takes exactly one way "
+                       f"to the frame step), not both")
+        if self.dataset_fpcs is not None and all(positive):
+            fpcs = self.dataset_fpcs
+            if _check(len(fpcs) >= 1, f"{p}.dataset_fpcs", fpcs, "must list one clip length per dataset"):
+                _check(all(f >= self.tubelet_size and f % self.tubelet_size == 0 for f in fpcs),
+                       f"{p}.dataset_fpcs", fpcs, f"every clip length must be a positive multiple of "
+                       f"{p}.tubelet_size={self.tubelet_size}")
+                if not self.synthetic:
+                    _check(len(fpcs) == len(self.datasets), f"{p}.dataset_fpcs", fpcs,
+                           f"need one clip length per entry of {p}.datasets ({len(self.datasets)})")
+                _check(self.num_clips == 1, f"{p}.num_clips", self.num_clips,
+                       "the V-JEPA 2 trainer (data.dataset_fpcs) uses one clip per sample")
+                _check(self.mask_type == "multiblock3d", f"{p}.mask_type", self.mask_type,
+                       "V-JEPA 2 multi-length batches (data.dataset_fpcs) have only the multiblock3d collator")
         _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "must be >= 0")
         if all(positive):
             image = " (image pretraining: num_frames 1 with tubelet_size 1)" if self.num_frames == 1 else ""
@@ -641,6 +719,8 @@ class MetaConfig:
     #: ours: a JSON table from ``benchmarks/bench_attention.py --out`` to load for
     #: ``attn_backend: tuned`` (null = the VJEPA_FAST_ATTN_TABLE env variable, if set).
     attn_table: Optional[str] = None
+    #: official V2 key: Python's garbage collector off during training, one collection every 50 steps
+    sync_gc: bool = False
 
     def __post_init__(self):
         if isinstance(self.dtype, str):
@@ -677,6 +757,19 @@ class ModelConfig:
     #: Decoded videos are RGB, so other values need data.synthetic or clips of your own (Python API:
     #: ``Trainer(cfg, source=...)``).
     in_chans: int = 3
+    #: V-JEPA 2: 3D RoPE in every encoder and predictor block instead of sin-cos position tables.
+    use_rope: bool = False
+    #: V-JEPA 2: recompute block activations in the backward (less memory, about a third more
+    #: compute). true: every block of the encoder and the predictor (official); an int N (ours): the
+    #: first N blocks of each (0 = none).
+    use_activation_checkpointing: Union[bool, int] = False
+    #: V-JEPA 2: SwiGLU MLPs in the encoder / the predictor (``wide_silu``: 2/3 of the width, rounded up
+    #: to a multiple of 8); off in every official file.
+    use_silu: bool = False
+    use_pred_silu: bool = False
+    wide_silu: bool = True
+    #: V-JEPA 2: compile the models (official ``nn.Module.compile``); here it turns meta.compile on.
+    compile_model: bool = False
 
     def validate(self, p: str = "model") -> None:
         known_model = _check_choice(f"{p}.model_name", self.model_name, MODEL_NAMES)
@@ -694,6 +787,10 @@ class ModelConfig:
                    f"must be a positive multiple of the {self.model_name} head count {self.encoder_num_heads}")
         if self.depth is not None:
             _check(self.depth >= 1, f"{p}.depth", self.depth, "must be >= 1 or null")
+        ac = self.use_activation_checkpointing
+        if not isinstance(ac, bool):
+            _check(ac >= 0, f"{p}.use_activation_checkpointing", ac,
+                   "must be true, false or a number of blocks >= 0")
         if heads_ok and (known_model or self.pred_num_heads is not None):
             heads = self.predictor_num_heads
             _check(self.pred_embed_dim % heads == 0, f"{p}.pred_embed_dim", self.pred_embed_dim,
@@ -725,6 +822,18 @@ class OptimizationConfig:
     #: ours: stop after this many optimizer steps (schedules keep their epochs*ipe shape);
     #: null = epochs * ipe.
     max_steps: Optional[int] = None
+    #: AdamW betas and eps (official V2 keys; V1 used these values fixed).
+    betas: Tuple[float, float] = (0.9, 0.999)
+    eps: float = 1.0e-8
+    #: V-JEPA 2 cooldown: lr decays linearly from ``lr`` to ``final_lr`` over
+    #: ``int(ipe_scale*epochs*ipe)`` steps (no warmup), and the run starts from ``anneal_ckpt``:
+    #: its encoder, predictor, target and AdamW moments, at step 0 (official ``is_anneal``).
+    is_anneal: bool = False
+    #: the pretraining checkpoint a cooldown starts from (ours, or the official V2 ``e{epoch}.pt``)
+    anneal_ckpt: Optional[str] = None
+    #: a cooldown whose logging.folder already holds its checkpoint continues it (with
+    #: meta.load_checkpoint); false refuses to start over it (official: starts again from anneal_ckpt)
+    resume_anneal: bool = False
 
     def validate(self, p: str = "optimization") -> None:
         if self.ipe is not None:
@@ -738,6 +847,11 @@ class OptimizationConfig:
         epochs_ok = _check(self.epochs >= 1, f"{p}.epochs", self.epochs, "must be >= 1")
         _check(all(0.0 <= m <= 1.0 for m in self.ema), f"{p}.ema", list(self.ema),
                "momenta must be in [0, 1]")
+        _check(all(0.0 <= b < 1.0 for b in self.betas), f"{p}.betas", list(self.betas), "must be in [0, 1)")
+        _check(self.eps > 0, f"{p}.eps", self.eps, "must be > 0")
+        if self.is_anneal:
+            _check(bool(self.anneal_ckpt), f"{p}.anneal_ckpt", self.anneal_ckpt,
+                   f"{p}.is_anneal is true: name the pretraining checkpoint the cooldown starts from")
         if self.max_steps is not None:
             _check(self.max_steps >= 1, f"{p}.max_steps", self.max_steps, "must be >= 1 or null")
             if self.ipe is not None and self.ipe >= 1 and epochs_ok:
@@ -794,6 +908,10 @@ class PretrainConfig(_RootConfig):
     app: str = "vjepa"
     nodes: Optional[int] = None  # ignored
     tasks_per_node: Optional[int] = None  # ignored
+    cpus_per_task: Optional[int] = None  # ignored
+    mem_per_gpu: Optional[str] = None  # ignored
+    #: the run folder as V-JEPA 2 files give it (top level); the same as logging.folder
+    folder: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     data_aug: DataAugConfig = field(default_factory=DataAugConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -803,8 +921,57 @@ class PretrainConfig(_RootConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
 
+    def _normalise(self, raw: Dict[str, Any]) -> None:
+        """Settings that another key of the file fixes (called once after building, with the raw file
+        dict, so that a key written out can be told from a default): ``folder`` fills
+        ``logging.folder``; ``data.dataset_fpcs`` sets ``data.num_frames`` to its maximum (what the
+        official V2 trainer builds the model for); an equal-sided ``data.crop_size`` pair becomes an
+        int; ``model.compile_model`` turns ``meta.compile`` on. A contradiction is reported."""
+        data_raw = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        if self.folder is not None:
+            if self.logging.folder is None:
+                self.logging.folder = self.folder
+            else:
+                _check(self.logging.folder == self.folder, "folder", self.folder,
+                       f"differs from logging.folder={self.logging.folder!r}; give the run folder once")
+        crop = self.data.crop_size
+        if isinstance(crop, list):
+            if _check(len(crop) == 2 and crop[0] == crop[1], "data.crop_size", crop,
+                      "a [height, width] pair must have equal sides: pretraining builds square models and masks "
+                      "(so does the official trainer); give one int"):
+                self.data.crop_size = crop[0]
+            else:
+                self.data.crop_size = 224  # keeps the other checks meaningful; the problem is reported
+        fpcs = self.data.dataset_fpcs
+        if fpcs:
+            if "num_frames" in data_raw and data_raw["num_frames"] != max(fpcs):
+                _check(False, "data.num_frames", data_raw["num_frames"],
+                       f"a V-JEPA 2 run builds its model for max(data.dataset_fpcs)={max(fpcs)} frames; "
+                       "remove data.num_frames or make it equal")
+            self.data.num_frames = max(fpcs)
+        if self.model.compile_model:
+            self.meta.compile = True
+
+    @property
+    def is_v2(self) -> bool:
+        """Whether the run follows the V-JEPA 2 trainer (vjepa2 ``app/vjepa/train.py``): set by
+        ``data.dataset_fpcs``. Then batches mix clip lengths (one mask set and one forward per length,
+        the loss the mean over (length, mask config) pairs), the predictor has ``len(mask) *
+        len(dataset_fpcs)`` mask tokens and the one of length group g is used, the models keep V2's
+        initialisation (depth rescale), dataset weights are sampled with replacement, and a cooldown
+        (``optimization.is_anneal``) is possible."""
+        return self.data.dataset_fpcs is not None
+
+    @property
+    def num_mask_tokens(self) -> int:
+        """V1: one per mask config; V2: ``len(mask) * len(dataset_fpcs)`` (official ``train.py``)."""
+        return len(self.mask) * (len(self.data.dataset_fpcs) if self.is_v2 else 1)
+
     def _validate_fields(self) -> None:
-        _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
+        if self.app == "vjepa_droid":
+            _report(ConfigError(VJEPA_DROID_REFUSAL, key="app"))
+        else:
+            _check(self.app == "vjepa", "app", self.app, "only 'vjepa' is supported")
         for section in (self.data, self.data_aug, self.logging, self.loss):
             _section(section.validate)
         _check(len(self.mask) >= 1, "mask", [], "need at least one mask generator")
@@ -815,6 +982,27 @@ class PretrainConfig(_RootConfig):
         if self.data.synthetic:
             _check(self.optimization.ipe is not None, "optimization.ipe", None,
                    "must be set when data.synthetic is true (there is no dataset length)")
+        _section(self._validate_v2)
+
+    def _validate_v2(self) -> None:
+        """Keys that only the V-JEPA 2 trainer (data.dataset_fpcs) honours."""
+        if self.is_v2:
+            _check(self.loss.reg_coeff == 0, "loss.reg_coeff", self.loss.reg_coeff,
+                   "the V-JEPA 2 objective has no regulariser (data.dataset_fpcs is set)")
+            if self.optimization.is_anneal and self.meta.init_from:
+                _check(False, "meta.init_from", self.meta.init_from,
+                       "a cooldown (optimization.is_anneal) starts from optimization.anneal_ckpt; remove one")
+            return
+        need = "set data.dataset_fpcs (one clip length per dataset) to run the V-JEPA 2 trainer"
+        for i, m in enumerate(self.mask):
+            for flag in ("full_complement", "pred_full_complement", "inv_block"):
+                if getattr(m, flag):
+                    _check(False, f"mask[{i}].{flag}", True, f"is an option of the V-JEPA 2 mask collator: {need}")
+        if self.optimization.is_anneal:
+            _check(False, "optimization.is_anneal", True, f"the cooldown is part of the V-JEPA 2 recipe: {need}")
+        if self.data.fps is not None:
+            _check(False, "data.fps", self.data.fps, f"fps-based frame steps are the V-JEPA 2 loader's: {need}, "
+                   "or use data.sampling_rate / data.clip_duration")
 
     # -- convenience -----------------------------------------------------------------------------
     def mask_dicts(self) -> List[Dict[str, Any]]:
@@ -1108,6 +1296,8 @@ class EvalConfig(_RootConfig):
     eval_name: Optional[str] = None  # required: video_classification_frozen | image_classification_frozen
     nodes: Optional[int] = None  # ignored
     tasks_per_node: Optional[int] = None  # ignored
+    cpus_per_task: Optional[int] = None  # ignored (V-JEPA 2 files)
+    mem_per_gpu: Optional[str] = None  # ignored (V-JEPA 2 files)
     tag: Optional[str] = None  # output sub-folder
     resume_checkpoint: bool = False
     #: ours: v1 (facebookresearch/jepa) or v2 (facebookresearch/vjepa2) frozen evaluation: probe
@@ -1221,10 +1411,137 @@ class EvalConfig(_RootConfig):
 # Loading, overrides, saving
 # ----------------------------------------------------------------------------------------------
 
+# ----------------------------------------------------------------------------------------------
+# V-JEPA 2 evaluation files (official configs/eval/**: ``experiment`` + ``model_kwargs`` layout)
+# ----------------------------------------------------------------------------------------------
+
+#: The encoder wrappers of the official V2 eval files (``model_kwargs.module_name``) that map onto
+#: this project's frozen evaluation, and the kind of eval each belongs to.
+V2_EVAL_MODULES = {
+    "evals.video_classification_frozen.modelcustom.vit_encoder_multiclip": "video_classification_frozen",
+    "evals.video_classification_frozen.modelcustom.vit_encoder_multiclip_multilevel": "video_classification_frozen",
+    "evals.image_classification_frozen.modelcustom.vit_encoder": "image_classification_frozen",
+}
+
+#: V2 eval-file key -> our key (dotted), or ``None`` with the reason it has no effect here
+#: (``V2_EVAL_IGNORED``). ``experiment.data.resolution`` goes to ``optimization.resolution`` in
+#: video evals (where ours reads it) and stays ``data.resolution`` in image evals.
+V2_EVAL_KEYS: Dict[str, str] = {
+    "eval_name": "eval_name", "tag": "tag", "resume_checkpoint": "resume_checkpoint", "nodes": "nodes",
+    "tasks_per_node": "tasks_per_node", "cpus_per_task": "cpus_per_task", "mem_per_gpu": "mem_per_gpu",
+    "folder": "pretrain.folder", "num_workers": "data.num_workers",
+    "experiment.classifier.num_probe_blocks": "classifier.num_probe_blocks",
+    "experiment.classifier.num_heads": "classifier.num_heads",
+    **{f"experiment.data.{k}": f"data.{k}" for k in (
+        "dataset_type", "dataset_train", "dataset_val", "num_classes", "frames_per_clip", "frame_step",
+        "num_segments", "num_views_per_segment", "root_path", "image_folder", "dataset_name")},
+    "experiment.data.clip_duration": "pretrain.clip_duration",
+    "experiment.optimization.batch_size": "optimization.batch_size",
+    "experiment.optimization.num_epochs": "optimization.num_epochs",
+    "experiment.optimization.use_bfloat16": "optimization.use_bfloat16",
+    "model_kwargs.checkpoint": "pretrain.checkpoint",
+    **{f"model_kwargs.pretrain_kwargs.encoder.{k}": f"pretrain.{k}" for k in (
+        "model_name", "checkpoint_key", "patch_size", "tubelet_size", "uniform_power", "use_rope")},
+    "model_kwargs.wrapper_kwargs.out_layers": "pretrain.out_layers",
+    "model_kwargs.wrapper_kwargs.img_as_video_nframes": "pretrain.frames_per_clip",
+}
+V2_EVAL_IGNORED: Dict[str, str] = {
+    "max_workers": "read nowhere in the official V2 code (the vitl ssv2 file's; its eval then runs the "
+                   "num_workers default, 12)",
+    "model_kwargs.module_name": "selects the official encoder wrapper; its choices are what the other keys set "
+                                "here (out_layers, image or video, segments concatenated)",
+    "model_kwargs.wrapper_kwargs.max_frames": "frames of the position table that use_pos_embed would add in the "
+                                              "official wrapper; unused with use_pos_embed false",
+    "model_kwargs.wrapper_kwargs.use_pos_embed": "only false (every official file): the V2 encoders use RoPE",
+    "experiment.optimization.use_pos_embed": "not read by the official eval; only false accepted",
+    "model_kwargs.pretrain_kwargs.encoder.img_temporal_dim_size": "only null (every official file)",
+}
+
+
+def _is_v2_eval_layout(raw: Any) -> bool:
+    return isinstance(raw, dict) and ("experiment" in raw or "model_kwargs" in raw)
+
+
+def _flat_items(d: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+    out: List[Tuple[str, Any]] = []
+    for k, v in d.items():
+        key = _join(prefix, str(k))
+        if isinstance(v, dict) and v and key != "experiment.optimization.multihead_kwargs":
+            out += _flat_items(v, key)
+        else:
+            out.append((key, v))
+    return out
+
+
+def v2_eval_to_ours(raw: Dict[str, Any]) -> Dict[str, Any]:
+    """An official V-JEPA 2 eval file (``experiment`` / ``model_kwargs`` layout) as this project's eval
+    dict (``protocol: v2``): keys by :data:`V2_EVAL_KEYS`; ``multihead_kwargs`` becomes
+    ``optimization.multihead``; the encoder is built for ``experiment.data.frames_per_clip`` frames
+    (video) or ``img_as_video_nframes`` (image, each image repeated); ``folder`` is where the
+    outputs go ({folder}/{eval_name}/{tag}, as official) and ``model_kwargs.checkpoint`` the file
+    probed (a relative path is taken from the working directory, as the official code does). Keys
+    of :data:`V2_EVAL_IGNORED` are checked for the one value they may have and dropped; any other
+    key is reported (:func:`_report`) with its V2 name."""
+    out: Dict[str, Any] = {"protocol": "v2"}
+    eval_name = raw.get("eval_name")
+    module = (raw.get("model_kwargs") or {}).get("module_name") if isinstance(raw.get("model_kwargs"), dict) else None
+    if module is not None and module not in V2_EVAL_MODULES:
+        _report(ConfigError(f"invalid value for 'model_kwargs.module_name': {module!r} (this project runs the "
+                            f"encoder wrappers {', '.join(V2_EVAL_MODULES)})", key="model_kwargs.module_name"))
+    elif module is not None and eval_name is not None and V2_EVAL_MODULES[module] != eval_name:
+        _report(ConfigError(f"invalid value for 'model_kwargs.module_name': {module!r} is an encoder of "
+                            f"{V2_EVAL_MODULES[module]}, but eval_name is {eval_name!r}", key="model_kwargs.module_name"))
+    video = eval_name != "image_classification_frozen"
+
+    def put(dotted: str, value: Any) -> None:
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    for key, value in _flat_items(raw):
+        if key == "experiment.optimization.multihead_kwargs":
+            put("optimization.multihead", value)
+        elif key == "experiment.data.resolution":
+            put("optimization.resolution" if video else "data.resolution", value)
+        elif key == "model_kwargs.checkpoint" and isinstance(value, str) and not os.path.isabs(value):
+            put("pretrain.checkpoint", os.path.abspath(value))
+        elif key in V2_EVAL_KEYS:
+            if key == "model_kwargs.wrapper_kwargs.img_as_video_nframes" and video:
+                _report(ConfigError(f"'{key}' belongs to image evals (eval_name: image_classification_frozen)", key=key))
+                continue
+            put(V2_EVAL_KEYS[key], value)
+        elif key in V2_EVAL_IGNORED:
+            if key.endswith("use_pos_embed") and value not in (False, None):
+                _report(_err(key, value, "only false: V-JEPA 2 encoders use RoPE, not a position table"))
+            if key.endswith("img_temporal_dim_size") and value is not None:
+                _report(_err(key, value, "only null is supported"))
+        else:
+            close = difflib.get_close_matches(key, list(V2_EVAL_KEYS) + list(V2_EVAL_IGNORED), n=1, cutoff=0.75)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            _report(ConfigError(f"unknown key '{key}' (V-JEPA 2 eval layout){hint}", key=key))
+    frames = (raw.get("experiment") or {}).get("data", {}).get("frames_per_clip") if isinstance(raw.get("experiment"), dict) else None
+    if video and isinstance(frames, int):
+        put("pretrain.frames_per_clip", frames)
+    return out
+
+
 def _from_dict(cls, d: Any, source: str):
     # Unknown keys, wrong types and invalid values all go into one error.
     with _collecting(source):
+        # Files of tasks not implemented here: their other keys (actions, cameras, anticipation
+        # times) would only bury the reason.
+        if cls is PretrainConfig and isinstance(d, dict) and d.get("app") == "vjepa_droid":
+            raise ConfigError(VJEPA_DROID_REFUSAL, key="app")
+        if cls is EvalConfig and isinstance(d, dict) and d.get("eval_name") == "action_anticipation_frozen":
+            raise ConfigError(ANTICIPATION_REFUSAL, key="eval_name")
+        if cls is EvalConfig and _is_v2_eval_layout(d):
+            d = v2_eval_to_ours(d)
         cfg = _build(cls, cls, d, "")
+        normalise = getattr(cfg, "_normalise", None)
+        if normalise is not None and isinstance(d, dict):
+            _section(normalise, d)
         cfg.validate(source)
     return cfg
 

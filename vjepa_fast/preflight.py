@@ -18,6 +18,7 @@ and its encoder's shapes, and the resume / results state (:func:`plan_probe_star
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from .checkpoint import (
     read_checkpoint,
     state_problems,
 )
-from .config import EvalConfig, PretrainConfig
+from .config import EvalConfig, MaskConfig, PretrainConfig
 
 __all__ = [
     "PreflightError",
@@ -56,7 +57,9 @@ __all__ = [
 #: Keys whose change on resume is refused unless ``meta.allow_resume_changes``: the clip geometry,
 #: the model, the mask generators and how their masks are cut (dotted prefixes of the config dict).
 RESUME_CHECKED_KEYS = ("data.crop_size", "data.num_frames", "data.patch_size", "data.tubelet_size",
-                       "data.mask_type", "data.mask_truncation", "model.", "mask")
+                       "data.mask_type", "data.mask_truncation", "data.dataset_fpcs", "model.", "mask")
+#: Keys under RESUME_CHECKED_KEYS that change how a step is computed, not what: free on resume.
+RESUME_FREE_KEYS = ("model.use_activation_checkpointing", "model.compile_model")
 
 
 class PreflightError(ValueError):
@@ -193,11 +196,22 @@ def config_changes(old: Mapping, new: Mapping, keys: Sequence[str] = RESUME_CHEC
     """``'key: old -> new'`` for every key under ``keys`` (dotted prefixes) that differs between two
     pretraining config dicts. A key the older config lacks counts as its default (configs written
     before the key existed)."""
-    # Only plain keys have a default; the entries of a list (the mask generators) do not.
+    # Plain keys have their default; a mask generator's keys their MaskConfig default (keys added to
+    # the mask entries later, e.g. the V-JEPA 2 options, are missing from older checkpoints' configs).
     defaults = {k: v for k, v in _flatten(PretrainConfig().to_dict()).items() if "[" not in k and "#" not in k}
+    mask_defaults = _flatten(dataclasses.asdict(MaskConfig()))
     a, b = _flatten(old), _flatten(new)
+    def generators(d: Mapping) -> set[str]:
+        return {k.split(".", 1)[0] for k in d if k.startswith("mask[") and "." in k}
+
+    both = generators(a) & generators(b)  # a generator one side lacks entirely has no defaults
+    for k in set(a) | set(b):
+        if k.split(".", 1)[0] in both:
+            defaults.setdefault(k, mask_defaults.get(k.split(".", 1)[1]))
 
     def checked(k: str) -> bool:
+        if k in RESUME_FREE_KEYS:
+            return False
         return any(k == p or k.startswith(p if p.endswith(".") else p + ".") or k.startswith(p + "[")
                    or k == p + "#len" for p in keys)
 
