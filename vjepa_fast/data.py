@@ -41,10 +41,19 @@ the sampler skips the first ``k * B`` indices *by index*, without decoding them.
 training "epoch"; each re-creation starts the next data pass (``set_epoch(pass)``). (The official
 loop calls ``set_epoch(epoch)`` with the training epoch, which takes effect only at the next
 re-creation; counting passes instead gives every pass its own order and a resumable state.)
+
+V-JEPA 2 runs (``data.dataset_fpcs``): every index file has its clip length, so a batch mixes
+lengths. ``source(step)`` then returns a :class:`MultiLengthBatch`: the length of each sample and, per
+length, the clips of those samples in batch order, each length transformed on its own (crop boxes and
+flips still drawn per sample over the whole batch, erasing keyed by the sample's batch position).
+Dataset weights are drawn with replacement as V2's sampler does (``DistributedWeightedSampler``
+with ``replacement=True``, seeded ``meta.seed + pass``; official: ``0 + epoch``), and ``data.fps``
+sets the frame step from each video's rate.
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -62,6 +71,7 @@ __all__ = [
     "ResumableSampler",
     "collate_uint8",
     "VideoClipSource",
+    "MultiLengthBatch",
     "repeat_masks",
     "step_generator",
     "numpy_generator",
@@ -110,15 +120,32 @@ class RandAugmentClips(Dataset):
         return self.augment(clips, data_pass, index), label, clip_indices
 
 
-def random_erase_batch_(x: torch.Tensor, prob: float, seed: int, rank: int, step: int) -> torch.Tensor:
+def random_erase_batch_(x: torch.Tensor, prob: float, seed: int, rank: int, step: int,
+                        positions: Sequence[int] | None = None) -> torch.Tensor:
     """Random erasing, in place, of a batch of normalised clips ``[B, C, T, H, W]`` (any device and
     dtype): clip ``b`` goes through :func:`~vjepa_fast.eval_data.random_erase_` (probability ``prob``,
-    pixel mode, one box for all frames, max_count 1) with ``numpy_generator(seed, rank, step, "erase", b)``."""
+    pixel mode, one box for all frames, max_count 1) with ``numpy_generator(seed, rank, step, "erase",
+    positions[b])`` (``positions``: the clips' places in the whole batch; default ``0..B-1``)."""
     if prob <= 0:
         return x
-    for b in range(x.shape[0]):
-        random_erase_(x[b], prob, numpy_generator(seed, rank, step, "erase", b))
+    positions = range(x.shape[0]) if positions is None else positions
+    for b, pos in enumerate(positions):
+        random_erase_(x[b], prob, numpy_generator(seed, rank, step, "erase", int(pos)))
     return x
+
+
+@dataclass
+class MultiLengthBatch:
+    """One V-JEPA 2 batch whose samples may have different clip lengths: ``fpcs[b]`` frames for sample
+    b (batch order), and ``clips[fpc]`` the float ``[B_fpc, C, fpc, S, S]`` clips of the samples of that
+    length, in batch order (what :meth:`vjepa_fast.masks.MultiSeqMaskCollator.sample_groups` groups)."""
+
+    fpcs: list[int]
+    clips: dict[int, torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.fpcs)
 
 
 def build_video_dataset(cfg: PretrainConfig) -> VideoDataset:
@@ -133,15 +160,18 @@ def build_video_dataset(cfg: PretrainConfig) -> VideoDataset:
         d.datasets, datasets_weights=d.datasets_weights, frames_per_clip=d.num_frames,
         frame_step=d.sampling_rate, num_clips=d.num_clips, duration=d.clip_duration,
         random_clip_sampling=True, allow_clip_overlap=False, filter_short_videos=d.filter_short_videos,
-        transform=None, seed=cfg.meta.seed, decoder=d.decoder,
+        transform=None, seed=cfg.meta.seed, decoder=d.decoder, dataset_fpcs=d.dataset_fpcs, fps=d.fps,
     )
 
 
-def build_sampler(dataset: VideoDataset, rank: int = 0, world_size: int = 1, seed: int = 0) -> Sampler:
+def build_sampler(dataset: VideoDataset, rank: int = 0, world_size: int = 1, seed: int = 0,
+                  replacement: bool = False) -> Sampler:
     """Per-rank sampler: ``DistributedSampler(shuffle=True)`` (official), or the weighted one when
-    the dataset has ``sample_weights`` (``data.datasets_weights``)."""
+    the dataset has ``sample_weights`` (``data.datasets_weights``): without replacement as V1's,
+    with ``replacement`` as V2's."""
     if dataset.sample_weights is not None:
-        return DistributedWeightedSampler(dataset.sample_weights, num_replicas=world_size, rank=rank, seed=seed)
+        return DistributedWeightedSampler(dataset.sample_weights, num_replicas=world_size, rank=rank, seed=seed,
+                                          replacement=replacement)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
@@ -170,8 +200,8 @@ class ResumableSampler(Sampler):
 
 def collate_uint8(batch):
     """``[(clips, label, clip_indices), ...]`` -> ``(clips, labels)`` with ``clips[c][b]`` the
-    uint8 ``[T,H,W,3]`` tensor of clip ``c`` of sample ``b`` (sizes may differ between samples, so
-    nothing is stacked) and ``labels`` int64 ``[B]``."""
+    uint8 ``[T,H,W,3]`` tensor of clip ``c`` of sample ``b`` (sizes, and with ``data.dataset_fpcs``
+    lengths, may differ between samples, so nothing is stacked) and ``labels`` int64 ``[B]``."""
     num_clips = len(batch[0][0])
     clips = [[torch.as_tensor(sample[0][c]) for sample in batch] for c in range(num_clips)]
     labels = torch.tensor([int(sample[1]) for sample in batch], dtype=torch.int64)
@@ -212,13 +242,16 @@ class VideoClipSource:
         self.auto_augment = bool(a.auto_augment)
         self.reprob = float(a.reprob)
         self.dataset = dataset if dataset is not None else build_video_dataset(cfg)
-        self.sampler = ResumableSampler(build_sampler(self.dataset, rank, world_size, self.seed))
+        #: V-JEPA 2 (data.dataset_fpcs): batches of mixed clip lengths, see :class:`MultiLengthBatch`
+        self.multi_length = cfg.is_v2
+        self.sampler = ResumableSampler(build_sampler(self.dataset, rank, world_size, self.seed,
+                                                      replacement=cfg.is_v2))
         self.pin = bool(d.pin_mem) and self.device.type == "cuda"
         # RandAugment runs in the workers on the decoded uint8 frames (before the device crop).
         loader_dataset = RandAugmentClips(self.dataset, self.seed, rank) if self.auto_augment else self.dataset
         self.loader = DataLoader(
             loader_dataset, batch_size=d.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=d.num_workers, pin_memory=self.pin, persistent_workers=d.num_workers > 0,
+            num_workers=d.num_workers, pin_memory=self.pin, persistent_workers=d.persistent_workers and d.num_workers > 0,
             collate_fn=collate_uint8,
         )
         n = len(self.sampler.base) // d.batch_size
@@ -281,9 +314,28 @@ class VideoClipSource:
         # Erasing in out_dtype == erasing in float32 then casting (the noise is cast the same way).
         return random_erase_batch_(out, self.reprob, self.seed, self.rank, step)
 
-    def __call__(self, step: int) -> torch.Tensor:
+    def transform_groups(self, clips: Sequence[torch.Tensor], step: int) -> MultiLengthBatch:
+        """:meth:`transform` for a batch of mixed clip lengths (one clip per sample): crop boxes and
+        flips drawn per sample over the whole batch as there, then each length's clips transformed
+        together, erasing keyed by the sample's batch position."""
+        g = step_generator(self.seed, self.rank, step)
+        sizes = [(int(c.shape[1]), int(c.shape[2])) for c in clips]
+        boxes, flips = sample_batch_crop_params(sizes, self.scale, self.ratio, g, 0.5)
+        boxes, flips = np.asarray(boxes), np.asarray(flips)
+        fpcs = [int(c.shape[0]) for c in clips]
+        out: dict[int, torch.Tensor] = {}
+        for fpc in dict.fromkeys(fpcs):
+            rows = [b for b, f in enumerate(fpcs) if f == fpc]
+            x = apply_video_transform([clips[b] for b in rows], boxes[rows], flips[rows], self.crop_size, IMAGENET_MEAN,
+                                      IMAGENET_STD, device=self.device, out_dtype=self.out_dtype)
+            out[fpc] = random_erase_batch_(x, self.reprob, self.seed, self.rank, step, positions=rows)
+        return MultiLengthBatch(fpcs, out)
+
+    def __call__(self, step: int) -> torch.Tensor | MultiLengthBatch:
         clips, labels = self.next_batch()
         self.last_labels = labels
+        if self.multi_length:
+            return self.transform_groups(clips[0], step)  # V2: one clip per sample
         flat = [c for per_clip in clips for c in per_clip]  # clip-major, as the official torch.cat
         return self.transform(flat, step)
 

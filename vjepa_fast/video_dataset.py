@@ -7,7 +7,15 @@ files are concatenated in order. With ``datasets_weights`` every sample of datas
 
 Clip sampling follows the official rules exactly (see :func:`sample_clip_indices`); the randomness
 comes from a per-item generator derived from ``(seed, epoch, index)``, so an item is reproducible
-whatever worker loads it. Differences from the official loader, all about bad input:
+whatever worker loads it.
+
+V-JEPA 2 (vjepa2 ``src/datasets/video_dataset.py``): ``dataset_fpcs`` gives each index file its own clip
+length (a sample's clips have the length of the file that lists it); ``fps`` sets the frame step from
+the video's rate, ``ceil(average fps) // fps``; a row whose path ends in ``.jpg``, ``.jpeg`` or ``.png``
+(any case) is an image, repeated to the clip length (clip indices ``0..fpc-1``); and
+:class:`DistributedWeightedSampler` with ``replacement=True`` draws as V2's weighted sampler does.
+
+Differences from the official loader, all about bad input:
 
 * a file that cannot be used is skipped *with a warning* (:class:`SkippedVideoWarning`) and recorded in
   ``dataset.skipped`` (path -> reason) of the process that hit it (each DataLoader worker has its own
@@ -17,10 +25,14 @@ whatever worker loads it. Differences from the official loader, all about bad in
 * the reader (decord, PyAV or torchcodec: :mod:`vjepa_fast.decoders`, one interface and one
   :class:`~vjepa_fast.decoders.DecodeError` for all) is opened inside ``__getitem__`` and closed before it
   returns, so the dataset pickles to worker processes (one decoding thread per reader: parallelism comes
-  from the workers).
+  from the workers);
+* with ``fps``, a video whose rate is below ``fps`` (frame step 0; the official loader fails an
+  assertion there) or unknown is skipped like a broken file;
+* an image row returns ``num_clips`` copies of its clip (the official one clip; V2 trains with one).
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -46,6 +58,8 @@ __all__ = [
 ]
 
 MIN_FILE_BYTES = 1024  # official: files under 1 KB are treated as broken
+#: V-JEPA 2: index rows whose path ends in one of these (any case) are images, repeated to the clip length
+IMAGE_ROW_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 class SkippedVideoWarning(UserWarning):
@@ -231,6 +245,10 @@ class VideoDataset(Dataset):
     ``__getitem__(i)`` (or ``__getitem__((i, epoch))``) returns ``(clips, label, clip_indices)``: a list of
     ``num_clips`` clips, each uint8 ``[T, H, W, 3]`` at source resolution (or whatever ``transform``
     returns), the label of the sample actually loaded, and the list of frame-index arrays.
+
+    V-JEPA 2 options: ``dataset_fpcs`` (one clip length per index file; default ``frames_per_clip``
+    for all), ``fps`` (frame step ``ceil(video fps) // fps``; exclusive with ``duration``), image rows
+    (module docstring). ``clip_length(i)`` is the clip length of sample ``i``.
     """
 
     def __init__(
@@ -250,6 +268,8 @@ class VideoDataset(Dataset):
         seed: int = 0,
         max_retries: int = 10,
         decoder: str = "auto",
+        dataset_fpcs: Sequence[int] | None = None,
+        fps: float | None = None,
     ):
         if isinstance(data_paths, (str, os.PathLike)):
             data_paths = [data_paths]
@@ -275,9 +295,19 @@ class VideoDataset(Dataset):
         if self.max_retries < 1:
             raise ValueError("max_retries must be >= 1")
 
+        if fps is not None and (not fps > 0 or duration is not None):
+            raise ValueError(f"fps={fps!r} must be > 0 and excludes duration={duration!r} (one way to the frame step)")
+        self.fps = None if fps is None else float(fps)
         paths, labels, counts = read_index_files(self.data_paths)
         if not paths:
             raise ValueError(f"no samples in index files {self.data_paths}")
+        if dataset_fpcs is None:
+            dataset_fpcs = [self.frames_per_clip] * len(counts)
+        if len(dataset_fpcs) != len(counts) or any(int(f) < 1 for f in dataset_fpcs):
+            raise ValueError(f"dataset_fpcs={list(dataset_fpcs)!r} must give a clip length >= 1 for each of the "
+                             f"{len(counts)} index files {self.data_paths}")
+        self.dataset_fpcs = [int(f) for f in dataset_fpcs]
+        self._ends = np.cumsum(counts).tolist()  # sample i belongs to index file bisect_right(ends, i)
         self.samples: list[str] = paths
         self.labels: np.ndarray = np.asarray(labels, dtype=np.int64)
         self.num_samples_per_dataset: list[int] = counts
@@ -321,8 +351,14 @@ class VideoDataset(Dataset):
                 f"file larger than filter_long_videos ({size} > {self.filter_long_videos} bytes)"
             )
 
-    def load_video(self, path: str, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Decode the clips of one file; raises ``_SkipSample`` when the file cannot be used."""
+    def clip_length(self, index: int) -> int:
+        """Frames per clip of sample ``index``: its index file's entry of ``dataset_fpcs``."""
+        return self.dataset_fpcs[bisect.bisect_right(self._ends, int(index))]
+
+    def load_video(self, path: str, rng: np.random.Generator, fpc: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode the ``fpc``-frame clips (default ``frames_per_clip``) of one file; raises ``_SkipSample``
+        when the file cannot be used."""
+        fpc = self.frames_per_clip if fpc is None else int(fpc)
         self._check_file(path)
         try:
             reader = open_video(path, self.decoder, threads=1)
@@ -333,16 +369,22 @@ class VideoDataset(Dataset):
             fstp = self.frame_step
             if self.duration is not None:
                 fps = reader.fps
-                fstp = int(self.duration * fps / self.frames_per_clip)
+                fstp = int(self.duration * fps / fpc)
                 if fstp < 1:
                     raise _SkipSample(f"duration={self.duration}s at {fps:.3g} fps gives frame_step 0")
-            clip_len = self.frames_per_clip * fstp
+            elif self.fps is not None:
+                rate = reader.fps
+                # Official V2: the rate rounded up to an int, then floor-divided by the target rate.
+                fstp = int(math.ceil(rate) // self.fps) if rate and math.isfinite(rate) else 0
+                if fstp < 1:
+                    raise _SkipSample(f"video at {rate:.3g} fps, slower than fps={self.fps:g} (frame step 0)")
+            clip_len = fpc * fstp
             if self.filter_short_videos and n < clip_len:
                 raise _SkipSample(f"video shorter than a clip ({n} < {clip_len} frames)")
             if n // self.num_clips < 1:
                 raise _SkipSample(f"video has {n} frames, fewer than num_clips={self.num_clips}")
             clip_indices = sample_clip_indices(
-                n, self.frames_per_clip, fstp, self.num_clips,
+                n, fpc, fstp, self.num_clips,
                 self.random_clip_sampling, self.allow_clip_overlap, rng,
             )
             try:
@@ -351,16 +393,37 @@ class VideoDataset(Dataset):
                 raise _SkipSample(f"decoding frames failed ({e})") from None
         return buffer, clip_indices
 
+    def load_image_clip(self, path: str, fpc: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """An image row: the RGB image repeated ``fpc`` times as uint8 ``[num_clips * fpc, H, W, 3]``
+        (each clip the same), clip indices ``0..fpc-1``; raises ``_SkipSample`` when it cannot be read."""
+        from .image_dataset import ImageFolderDataset  # noqa: PLC0415
+
+        if not os.path.exists(path):
+            raise _SkipSample("file not found")
+        try:
+            img = ImageFolderDataset.load_image(path)
+        except Exception as e:  # PIL raises OSError / UnidentifiedImageError / ValueError ...
+            raise _SkipSample(f"cannot read image ({type(e).__name__}: {str(e).strip()[:200]})") from None
+        buffer = np.broadcast_to(img, (self.num_clips * fpc, *img.shape)).copy()
+        return buffer, [np.arange(fpc, dtype=np.int64) for _ in range(self.num_clips)]
+
+    def _load(self, path: str, rng: np.random.Generator, fpc: int):
+        if path.lower().endswith(IMAGE_ROW_EXTENSIONS):
+            return self.load_image_clip(path, fpc)
+        return self.load_video(path, rng, fpc)
+
     def __getitem__(self, index):
         index, epoch = split_index(index, self.epoch, len(self.samples))
         rng = _item_rng(self.seed, epoch, index)
+        # A replacement drawn for a bad file keeps the length of the sample it stands in for: the
+        # sampler's batch composition (and so its masks) is fixed before anything is decoded.
+        fpc = self.clip_length(index)
         cur, (buffer, clip_indices) = load_with_retries(
-            self, "video", index, rng, self.samples.__getitem__, lambda path: self.load_video(path, rng))
+            self, "video", index, rng, self.samples.__getitem__, lambda path: self._load(path, rng, fpc))
 
         label = int(self.labels[cur])
         if self.shared_transform is not None:
             buffer = self.shared_transform(buffer)
-        fpc = self.frames_per_clip
         clips = [buffer[i * fpc:(i + 1) * fpc] for i in range(self.num_clips)]
         if self.transform is not None:
             clips = [self.transform(c) for c in clips]
@@ -382,9 +445,11 @@ class DistributedWeightedSampler(Sampler[int]):
     Every epoch all ranks draw the same ``num_samples`` indices (default ``len(weights)``) with
     probability proportional to ``weights``; rank r keeps positions ``r, r+W, r+2W, ...`` of that
     list (padded by wrapping so every rank gets the same count). Without replacement (the official
-    default: ``np.random.choice(replace=False)``) the draw is an exact weighted sample without
-    replacement (Efraimidis-Spirakis keys); with replacement it is ``torch.multinomial``.
-    Call :meth:`set_epoch` every epoch.
+    V1 default: ``np.random.choice(replace=False)``) the draw is an exact weighted sample without
+    replacement (Efraimidis-Spirakis keys). With replacement it is V-JEPA 2's sampler (vjepa2
+    ``src/datasets/utils/weighted_sampler.py``) draw for draw: ``np.random.default_rng(seed +
+    epoch).choice(n, size=ceil(num_samples / W) * W, p=weights / sum(weights), replace=True)``, then
+    every W-th from r (V2 passes no seed, so 0 there). Call :meth:`set_epoch` every epoch.
     """
 
     def __init__(
@@ -422,10 +487,13 @@ class DistributedWeightedSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def _draw(self) -> torch.Tensor:
+        if self.replacement:
+            w = self.weights.numpy()
+            rng = np.random.default_rng(self.seed + self.epoch)
+            size = self.num_samples * self.num_replicas  # the official total_size: no padding needed
+            return torch.from_numpy(rng.choice(len(w), size=size, p=w / np.sum(w), replace=True))
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
-        if self.replacement:
-            return torch.multinomial(self.weights, self.total, replacement=True, generator=g)
         u = torch.rand(len(self.weights), generator=g, dtype=torch.float64).clamp_min(1e-300)
         keys = torch.log(u) / self.weights  # -inf for zero weights: never picked before positives
         return torch.argsort(keys, descending=True, stable=True)[: self.total]
