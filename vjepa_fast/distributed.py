@@ -191,7 +191,7 @@ def _fsdp_shard(modules: Sequence[nn.Module], device: torch.device, mp_dtype: to
 
 
 def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device | None = None,
-                 mp_dtype: torch.dtype | None = None) -> nn.Module:
+                 mp_dtype: torch.dtype | None = None, find_unused_parameters: bool = False) -> nn.Module:
     """Return the module the training step calls as ``student(clips, masks_enc, masks_pred, h)``.
 
     * single process: a plain :class:`StudentModule`;
@@ -199,6 +199,9 @@ def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device |
       alone, it has no gradients);
     * ``fsdp``: FSDP2 — encoder, predictor and target are sharded *in place* (parameters become
       DTensors; build the optimizer afterwards) and the plain StudentModule is returned.
+
+    ``find_unused_parameters`` (DDP): V-JEPA 2 runs, whose mask tokens of clip lengths absent from a
+    batch take no part (the official predictor DDP sets it too).
     """
     student = StudentModule(model)
     if not is_distributed():
@@ -212,7 +215,8 @@ def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device |
         buffer_sync_off = ({"forward_sync_buffers": False}
                            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
                            else {"broadcast_buffers": False})
-        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, **buffer_sync_off)
+        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, find_unused_parameters=find_unused_parameters,
+                   **buffer_sync_off)
     if parallel == "fsdp":
         _fsdp_shard([model.encoder, model.predictor, model.target_encoder], device, mp_dtype)
         return student

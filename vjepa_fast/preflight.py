@@ -12,7 +12,9 @@ and every line parses; the data give at least one full batch; ``model.in_chans``
 (RGB) videos; and how the run starts (:func:`plan_pretrain_start`): a resume checkpoint is a
 pretraining checkpoint, its geometry, model and masks match the config (or
 ``meta.allow_resume_changes``), and it has steps left to train; a ``meta.init_from`` checkpoint
-fits the model; a new run does not overwrite another run's checkpoint. A probe run
+fits the model; a V-JEPA 2 cooldown's ``optimization.anneal_ckpt`` is a pretraining checkpoint with
+optimizer state that fits the model (or, with ``optimization.resume_anneal``, the cooldown's own
+checkpoint is resumed); a new run does not overwrite another run's checkpoint. A probe run
 (:func:`probe_problems`): the device, the index files and their labels, the pretrained checkpoint
 and its encoder's shapes, and the resume / results state (:func:`plan_probe_start`).
 """
@@ -153,13 +155,15 @@ def mask_problems(cfg: PretrainConfig) -> list[str]:
     with the spatial-scale and aspect-ratio draws, so the smallest scale with either extreme aspect
     ratio is the smallest block. An empty block gives empty targets (a NaN loss) at the steps that
     draw it."""
-    from .masks import MultiBlock3DMaskCollator  # noqa: PLC0415
+    from .masks import V2_MASK_FLAGS, MultiBlock3DMaskCollator  # noqa: PLC0415
 
     d = cfg.data
     if d.mask_type != "multiblock3d":
         return []
-    col = MultiBlock3DMaskCollator(cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
-                                   patch_size=d.patch_size, tubelet_size=d.tubelet_size)
+    # The spatial grid decides the block sizes; a V2 run's clip lengths change only T.
+    col = MultiBlock3DMaskCollator([{k: v for k, v in m.items() if k not in V2_MASK_FLAGS} for m in cfg.mask_dicts()],
+                                   crop_size=d.crop_size, num_frames=d.num_frames, patch_size=d.patch_size,
+                                   tubelet_size=d.tubelet_size)
     T, H, W = col.grid
     problems = []
     for i, spec in enumerate(col.specs):
@@ -231,10 +235,10 @@ def config_changes(old: Mapping, new: Mapping, keys: Sequence[str] = RESUME_CHEC
 # ----------------------------------------------------------------------------------------------------
 @dataclass
 class StartPlan:
-    """How a pretraining run starts: ``kind`` is ``fresh``, ``resume`` (continue ``path``) or
-    ``init`` (weights of ``path``, step 0). ``ckpt``: the checkpoint read (mmap'ed when planned by a
-    check), ``step``: the step the run starts at, ``notes``: things to print, ``problems``: reasons
-    not to start."""
+    """How a pretraining run starts: ``kind`` is ``fresh``, ``resume`` (continue ``path``), ``init``
+    (weights of ``path``, step 0) or ``anneal`` (a V-JEPA 2 cooldown: weights and AdamW moments of
+    ``path``, step 0). ``ckpt``: the checkpoint read (mmap'ed when planned by a check), ``step``: the
+    step the run starts at, ``notes``: things to print, ``problems``: reasons not to start."""
 
     kind: str = "fresh"
     path: Path | None = None
@@ -260,17 +264,77 @@ def _read(path: Path, key: str, problems: list[str], mmap: bool) -> dict | None:
         return None
 
 
+def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], v2: bool) -> tuple[list[str], list[str]]:
+    """``(problems, notes)`` of loading the (prefix-cleaned) ``state`` into a module whose state dict is
+    ``own``. ``v2``: as :func:`vjepa_fast.checkpoint_v2.load_vjepa2_checkpoint` loads it: position
+    tables the module lacks (RoPE) are dropped, and mask tokens beyond the module's are left out (a
+    note); a module with more mask tokens than the file is a problem."""
+    state = dict(state)
+    notes = []
+    if v2:
+        from .checkpoint_v2 import POS_TABLES  # noqa: PLC0415
+
+        for k in POS_TABLES:
+            if k in state and k not in own:
+                del state[k]
+        extra = sorted(k for k in state if k.startswith("mask_tokens.") and k not in own)
+        if extra:
+            notes.append(f"{len(extra)} mask tokens of the file are beyond the model's and not loaded ({', '.join(extra)})")
+            for k in extra:
+                del state[k]
+    problems, _ = state_problems(own, state)
+    return problems, notes
+
+
+def _check_start_weights(plan: StartPlan, cfg: PretrainConfig, key: str, path: Path,
+                         model_state: Mapping[str, Mapping[str, torch.Tensor]] | None, mmap: bool) -> dict | None:
+    """Read the checkpoint that ``key`` (meta.init_from or optimization.anneal_ckpt) names, check it is
+    a pretraining checkpoint whose encoder, predictor and target fit the model; notes for the config
+    changes. Returns the checkpoint (None after a problem)."""
+    ckpt = _read(path, key, plan.problems, mmap)
+    if ckpt is None:
+        return None
+    bad = not_pretraining_checkpoint(ckpt, str(path), key)
+    if bad:
+        plan.problems.append(bad)
+        return None
+    saved = (ckpt.get("vjepa_fast") or {}).get("config")
+    if saved is not None:
+        changes = config_changes(saved, cfg.to_dict())
+        if changes:
+            plan.notes.append(f"{key}: this run changes {'; '.join(changes)}")
+    if model_state is not None:
+        for name in ("encoder", "predictor", "target_encoder"):
+            problems, notes = fit_problems(model_state[name], clean_state_dict(ckpt[name]), cfg.is_v2)
+            plan.notes += [f"{key}: {path}: its {name}: {n}" for n in notes]
+            if problems:
+                plan.problems.append(f"{key}: {path}: its {name} does not fit the model this config builds:\n    "
+                                     + "\n    ".join(problems))
+    return ckpt
+
+
 def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None, *, mmap: bool = False,
                         model_state: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> StartPlan:
     """Decide how ``cfg`` starts and check it (see the module docstring). ``ipe`` / ``total``: the
     run's iterations per epoch and total steps (None when unknown: the step check is skipped).
     ``model_state``: ``{"encoder": state_dict, ...}`` of the model the run builds (meta tensors do);
-    when given, an ``init_from`` checkpoint's shapes are checked against it."""
-    m = cfg.meta
+    when given, an ``init_from`` or ``anneal_ckpt`` checkpoint's shapes are checked against it.
+
+    A V-JEPA 2 cooldown (``optimization.is_anneal``) starts from ``optimization.anneal_ckpt`` whether or
+    not ``meta.load_checkpoint`` is set (the official cooldown configs set it); once its folder holds
+    its own checkpoint, ``meta.load_checkpoint`` with ``optimization.resume_anneal`` continues it, and
+    without ``resume_anneal`` it is refused (the official trainer would start the cooldown over it)."""
+    m, o = cfg.meta, cfg.optimization
     folder = Path(cfg.logging.folder)
     latest = Path(cfg.latest_checkpoint_path)
     plan = StartPlan()
     own = folder / m.read_checkpoint if m.read_checkpoint else latest
+    if o.is_anneal and m.load_checkpoint and own.is_file() and not o.resume_anneal:
+        plan.problems.append(
+            f"{own} holds this cooldown's own checkpoint, and optimization.resume_anneal is false: starting again "
+            f"from optimization.anneal_ckpt would overwrite it (the official trainer does). Set "
+            "optimization.resume_anneal=true to continue it, or choose another logging.folder")
+        return plan
     if m.load_checkpoint and own.is_file():
         plan.kind, plan.path = "resume", own
         key = "meta.read_checkpoint" if m.read_checkpoint else "meta.load_checkpoint"
@@ -306,7 +370,7 @@ def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None,
                 f"optimization.max_steps above {step}; to train these weights anew with fresh optimizer and "
                 f"schedules, use meta.init_from={own} with another logging.folder")
         return plan
-    if m.load_checkpoint and not m.init_from:
+    if m.load_checkpoint and not m.init_from and not o.is_anneal:
         where = (f"meta.read_checkpoint={m.read_checkpoint!r} in logging.folder={cfg.logging.folder!r}"
                  if m.read_checkpoint else f"logging.folder={cfg.logging.folder!r}")
         plan.problems.append(f"meta.load_checkpoint is true but there is no checkpoint to resume: {own} "
@@ -321,29 +385,24 @@ def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None,
             "overwrite it and its log. Continue that run with meta.load_checkpoint=true, start a new run "
             f"from its weights with meta.init_from={latest} and another logging.folder, or choose another "
             "logging.folder")
-    if m.init_from:
+    if o.is_anneal:
+        path = Path(o.anneal_ckpt)
+        plan.kind, plan.path = "anneal", path
+        plan.ckpt = ckpt = _check_start_weights(plan, cfg, "optimization.anneal_ckpt", path, model_state, mmap)
+        if ckpt is not None and not ckpt.get("opt"):
+            plan.problems.append(
+                f"optimization.anneal_ckpt: {path} has no optimizer state ('opt'), and a cooldown continues the "
+                "pretraining's AdamW moments (official is_anneal). To start from its weights alone, use "
+                "meta.init_from with optimization.is_anneal=false (a fresh optimizer)")
+        elif ckpt is not None and (ckpt.get("vjepa_fast") or {}).get("opt_format") == "fsdp_fqn" and m.parallel != "fsdp":
+            plan.problems.append(f"optimization.anneal_ckpt: {path}: its optimizer state was written by an FSDP run; "
+                                 "run the cooldown with meta.parallel=fsdp")
+    elif m.init_from:
         path = Path(m.init_from)
         plan.kind, plan.path = "init", path
         if m.load_checkpoint:
             plan.notes.append(f"meta.load_checkpoint: no checkpoint in {folder} yet; starting from meta.init_from")
-        plan.ckpt = ckpt = _read(path, "meta.init_from", plan.problems, mmap)
-        if ckpt is None:
-            return plan
-        bad = not_pretraining_checkpoint(ckpt, str(path), "meta.init_from")
-        if bad:
-            plan.problems.append(bad)
-            return plan
-        saved = (ckpt.get("vjepa_fast") or {}).get("config")
-        if saved is not None:
-            changes = config_changes(saved, cfg.to_dict())
-            if changes:
-                plan.notes.append(f"meta.init_from: this run changes {'; '.join(changes)}")
-        if model_state is not None:
-            for key in ("encoder", "predictor", "target_encoder"):
-                problems, _ = state_problems(model_state[key], clean_state_dict(ckpt[key]))
-                if problems:
-                    plan.problems.append(f"meta.init_from: {path}: its {key} does not fit the model this config "
-                                         "builds:\n    " + "\n    ".join(problems))
+        plan.ckpt = _check_start_weights(plan, cfg, "meta.init_from", path, model_state, mmap)
     return plan
 
 
@@ -391,7 +450,7 @@ def pretrain_problems(cfg: PretrainConfig, *, world_size: int = 1, own_source: b
     if plan:
         total = cfg.total_steps(ipe) if ipe else None
         try:
-            state = _meta_model_state(cfg) if cfg.meta.init_from else None
+            state = _meta_model_state(cfg) if cfg.meta.init_from or cfg.optimization.is_anneal else None
         except (ValueError, RuntimeError) as e:
             state = None
             problems.append(f"model: {e}")

@@ -26,12 +26,26 @@ augmentation batched on the device) or synthetic on-device clips (``data.synthet
 drawn in the main process with ``collator.sample(B, step)``. Checkpoints carry everything needed for
 an exact resume: model, optimizer, schedules, mask-collator step, data position (pass + batches
 consumed) and RNG states.
+
+V-JEPA 2 (``data.dataset_fpcs``; vjepa2 ``app/vjepa/train.py``): a batch is a
+:class:`~vjepa_fast.data.MultiLengthBatch`; the masks come per clip length from
+:class:`~vjepa_fast.masks.MultiSeqMaskCollator` (``sample_groups``); the step gets lists over the
+groups present (:class:`TrainStep`: the target per group, the student
+:meth:`~vjepa_fast.jepa.VJEPA.forward_student_groups`, where every mask config of group g uses mask
+token g and the loss is the mean over (group, mask config) pairs); no clipping unless
+``optimization.clip_grad`` is set. The models keep V2's initialisation (depth rescale) and have
+``len(mask) * len(dataset_fpcs)`` mask tokens. A cooldown (``optimization.is_anneal``) starts from
+``optimization.anneal_ckpt``: its weights and AdamW moments (the official ``load_checkpoint`` with
+``is_anneal``), at step 0 under the linear-decay lr. Checkpoints of V2 runs are ours (official layout +
+``vjepa_fast`` extras); official V2 training checkpoints and released files load through
+:mod:`vjepa_fast.checkpoint_v2` (resume, ``meta.init_from``, ``anneal_ckpt``).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import csv
+import gc
 import itertools
 import math
 import os
@@ -56,8 +70,9 @@ from .checkpoint import (
     read_checkpoint,
     vjepa_checkpoint,
 )
+from .checkpoint_v2 import load_vjepa2_checkpoint
 from .config import PretrainConfig
-from .data import repeat_masks
+from .data import MultiLengthBatch, repeat_masks
 from .distributed import (
     DistInfo,
     StudentModule,
@@ -76,6 +91,7 @@ from . import kernels
 from .schedules import Schedules
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GC_EVERY = 50  # meta.sync_gc: steps between collections (official GARBAGE_COLLECT_ITR_FREQ)
 CSV_COLUMNS = ["epoch", "itr", "loss", "loss-jepa", "reg-loss", "enc-grad-norm", "pred-grad-norm", "lr", "wd",
                "wall-time(ms)", "data-time(ms)", "clips/s"]
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +118,25 @@ class SyntheticClips:
         return torch.randn(self.shape, generator=g, device=self.device)
 
 
+class SyntheticMultiLengthClips:
+    """V-JEPA 2 synthetic batches: sample b has ``dataset_fpcs[b % len(dataset_fpcs)]`` frames (every
+    length of the list takes part once the batch is that long), random normalised clips per length,
+    reproducible per (seed, rank, step). Returns a :class:`~vjepa_fast.data.MultiLengthBatch`."""
+
+    def __init__(self, batch_size: int, dataset_fpcs, crop_size: int, device, seed: int = 0, rank: int = 0,
+                 channels: int = 3):
+        self.fpcs = [int(dataset_fpcs[b % len(dataset_fpcs)]) for b in range(batch_size)]
+        self.crop_size, self.channels = crop_size, channels
+        self.device, self.seed, self.rank = torch.device(device), seed, rank
+
+    def __call__(self, step: int) -> MultiLengthBatch:
+        g = torch.Generator(device=self.device).manual_seed(hash((self.seed, self.rank, step)) & 0x7FFFFFFF)
+        clips = {fpc: torch.randn((self.fpcs.count(fpc), self.channels, fpc, self.crop_size, self.crop_size),
+                                  generator=g, device=self.device)
+                 for fpc in dict.fromkeys(self.fpcs)}
+        return MultiLengthBatch(list(self.fpcs), clips)
+
+
 def apply_runtime_settings(cfg: PretrainConfig) -> None:
     """meta.attn_backend and meta.kernels are process-wide switches (see attention.py and
     kernels/dispatch.py); 'auto' leaves the environment's choice alone."""
@@ -121,10 +156,20 @@ def build_model_from_config(cfg: PretrainConfig):
         overrides["depth"] = m.depth
     if m.in_chans != 3:
         overrides["in_chans"] = m.in_chans
+    # V-JEPA 2 options; each stays at build_vjepa's V1 default unless set, so V1 models are built
+    # exactly as before.
+    if m.use_rope:
+        overrides["use_rope"] = True
+    if m.use_activation_checkpointing:
+        overrides["activation_checkpointing"] = m.use_activation_checkpointing
+    if m.use_silu or m.use_pred_silu:
+        overrides.update(use_silu=m.use_silu, use_pred_silu=m.use_pred_silu, wide_silu=m.wide_silu)
+    if cfg.is_v2:
+        overrides["depth_rescale"] = True  # V2's init_video_model keeps the blocks' depth rescale
     return build_vjepa(
         m.model_name, crop_size=d.crop_size, patch_size=d.patch_size, num_frames=d.num_frames,
         tubelet_size=d.tubelet_size, uniform_power=m.uniform_power, pred_depth=m.pred_depth,
-        pred_embed_dim=m.pred_embed_dim, pred_num_heads=m.pred_num_heads, num_mask_tokens=len(cfg.mask),
+        pred_embed_dim=m.pred_embed_dim, pred_num_heads=m.pred_num_heads, num_mask_tokens=cfg.num_mask_tokens,
         zero_init_mask_tokens=m.zero_init_mask_tokens, loss_exp=cfg.loss.loss_exp, reg_coeff=cfg.loss.reg_coeff,
         pack_context=cfg.meta.pack_context, sparse_patch_embed=cfg.meta.sparse_patch_embed, **overrides,
     )
@@ -159,10 +204,12 @@ class FlopModel:
         return cls(e.embed_dim, e.blocks[0].mlp.fc1.out_features, len(e.blocks), int(w[0].numel()), e.num_patches,
                    p.predictor_embed_dim, p.predictor_blocks[0].mlp.fc1.out_features, len(p.predictor_blocks))
 
-    def step_flops(self, batch: int, ctx_lens: Sequence[int], tgt_lens: Sequence[int]) -> float:
+    def step_flops(self, batch: int, ctx_lens: Sequence[int], tgt_lens: Sequence[int],
+                   num_tokens: int | None = None) -> float:
         """Analytic FLOPs of one training step (backward = 2x forward; the target forward has no
-        backward). ``ctx_lens``/``tgt_lens``: kept context / target tokens per mask config."""
-        N, D = self.num_tokens, self.enc_dim
+        backward). ``ctx_lens``/``tgt_lens``: kept context / target tokens per mask config;
+        ``num_tokens``: tokens per clip (default the model's; a V2 group of shorter clips has fewer)."""
+        N, D = self.num_tokens if num_tokens is None else num_tokens, self.enc_dim
         embed = 2.0 * N * self.patch_in * D
         target = embed + _block_flops(N, D, self.enc_hidden, self.enc_depth)
         student = embed * 3
@@ -335,15 +382,17 @@ class TargetWorkingCopy:
 
 
 def build_step_state(model, device: torch.device, dtype: torch.dtype, fused_optimizer: bool | None,
-                     target_working_copy: bool | None, parallel: str = "none"):
+                     target_working_copy: bool | None, parallel: str = "none",
+                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
     """``(optimizer, fused or None, target copy or None, notes)`` for :class:`TrainStep`, from the
     ``meta.fused_optimizer`` / ``meta.target_working_copy`` settings (None = auto); ``notes`` say why
-    an option asked for is off."""
+    an option asked for is off. ``betas`` / ``eps``: AdamW's (``optimization.betas`` / ``eps``)."""
     use_fused, note_fused = resolve_fused_optimizer(fused_optimizer, device, parallel)
     use_copy, note_copy = resolve_target_working_copy(target_working_copy, dtype, parallel)
     # The torch AdamW is the state the checkpoints hold in both modes; the fused pass keeps
     # torch's non-fused layout (step on the CPU), so torch's own fused kernel stays off there.
-    optimizer = build_optimizer(model.encoder, model.predictor, fused=False if use_fused else None)
+    optimizer = build_optimizer(model.encoder, model.predictor, betas=betas, eps=eps,
+                                fused=False if use_fused else None)
     fused = None
     if use_fused:
         fused = FusedAdamWEMA(optimizer, model.target_encoder.parameters(), model.encoder.parameters())
@@ -542,7 +591,10 @@ class Trainer:
         # -- data (first: with ipe null the loader length sets the schedules) --------------------
         self.owns_source = source is None
         if source is None:
-            if d.synthetic:
+            if d.synthetic and cfg.is_v2:
+                source = SyntheticMultiLengthClips(d.batch_size, d.dataset_fpcs, d.crop_size, self.device, cfg.meta.seed,
+                                                   self.rank, channels=cfg.model.in_chans)
+            elif d.synthetic:
                 source = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank,
                                         channels=cfg.model.in_chans)
             else:
@@ -561,12 +613,14 @@ class Trainer:
             self._compile()
         self.parallel = cfg.meta.parallel if is_distributed() else "none"
         mp = self.dtype if (self.parallel == "fsdp" and self.dtype != torch.float32) else None
-        self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp)
+        # V2: the mask tokens of clip lengths absent from a batch get no gradient (official DDP:
+        # find_unused_parameters=True), and AdamW leaves them untouched.
+        self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp, find_unused_parameters=cfg.is_v2)
         # The target copy is built after compile_vjepa (above), though it also follows a compiled
         # forward set later.
         self.optimizer, self.fused_optimizer, self.target_copy, notes = build_step_state(
             self.model, self.device, self.dtype, cfg.meta.fused_optimizer, cfg.meta.target_working_copy,
-            self.parallel)
+            self.parallel, betas=tuple(cfg.optimization.betas), eps=cfg.optimization.eps)
         for note in notes:
             if self.is_main:
                 self.out(f"note: {note}")
@@ -575,7 +629,7 @@ class Trainer:
         self.masks = build_mask_collator(
             d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, num_frames=d.num_frames,
             patch_size=d.patch_size, tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=self.rank,
-            truncation=d.mask_truncation,
+            truncation=d.mask_truncation, dataset_fpcs=d.dataset_fpcs if cfg.is_v2 else None,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step_fn = TrainStep(self.model, self.optimizer, self.schedules, dtype=self.dtype,
@@ -690,7 +744,7 @@ class Trainer:
             self._load_fsdp(ckpt)
         else:
             # A pos_embed of another size is a geometry change: refused unless accepted.
-            load_vjepa_checkpoint(self.model, ckpt, source=str(path), keep_resized_pos_embed=allow)
+            self._load_weights(ckpt, path, keep_resized_pos_embed=allow)
             if ckpt.get("opt"):
                 if extra and extra.get("opt_format") == "fsdp_fqn":
                     raise ValueError(f"{path}: optimizer state was written by an FSDP run; resume with meta.parallel=fsdp")
@@ -738,16 +792,61 @@ class Trainer:
             self._load_fsdp({k: ckpt[k] for k in ("encoder", "predictor", "target_encoder")})
         else:
             try:
-                load_vjepa_checkpoint(self.model, ckpt, source=str(path))
+                self._load_weights(ckpt, path)
             except CheckpointError as e:
                 raise CheckpointError(f"meta.init_from: {e}") from None
         if self.target_copy is not None:
             self.target_copy.refresh()
+        self.init_info = self._start_record(path, ckpt, "init")
+
+    def anneal_from(self, path: str | os.PathLike, ckpt: dict | None = None) -> None:
+        """Start a V-JEPA 2 cooldown (``optimization.is_anneal``) from the pretraining checkpoint ``path``
+        (``ckpt``: its contents, if already read): encoder, predictor and target weights and the AdamW
+        state (moments and their step counts, as the official ``load_checkpoint`` with ``is_anneal``
+        loads them), at step 0: the linear-decay lr schedule, masks and data order start fresh."""
+        ckpt = read_checkpoint(path) if ckpt is None else ckpt
+        bad = not_pretraining_checkpoint(ckpt, str(path), "optimization.anneal_ckpt")
+        if bad:
+            raise CheckpointError(bad)
+        if not ckpt.get("opt"):
+            raise CheckpointError(f"optimization.anneal_ckpt: {path} has no optimizer state ('opt')")
+        if self.parallel == "fsdp":
+            self._load_fsdp(ckpt)
+        else:
+            try:
+                self._load_weights(ckpt, path)
+            except CheckpointError as e:
+                raise CheckpointError(f"optimization.anneal_ckpt: {e}") from None
+            (self.fused_optimizer or self.optimizer).load_state_dict(ckpt["opt"])
+        if self.target_copy is not None:
+            self.target_copy.refresh()
+        self.init_info = self._start_record(path, ckpt, "anneal")
+
+    @staticmethod
+    def _start_record(path, ckpt: dict, kind: str) -> dict:
+        """What ``init_from`` / ``anneal_from`` record in this run's checkpoints (``vjepa_fast.init_from``)."""
         extra = ckpt.get("vjepa_fast") or {}
-        self.init_info = {"path": str(path), "step": checkpoint_step(ckpt, None),
-                          "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
-                          "config_history": extra.get("config_history")
-                          or ([{"from_step": 0, "config": extra["config"]}] if "config" in extra else [])}
+        return {"path": str(path), "kind": kind, "step": checkpoint_step(ckpt, None),
+                "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
+                "config_history": extra.get("config_history")
+                or ([{"from_step": 0, "config": extra["config"]}] if "config" in extra else [])}
+
+    def _load_weights(self, ckpt: dict, path, keep_resized_pos_embed: bool = True) -> None:
+        """Encoder, predictor and target of ``ckpt`` (read from ``path``) into the model: V2 runs through
+        :func:`~vjepa_fast.checkpoint_v2.load_vjepa2_checkpoint` (official V2 training checkpoints and
+        released files: position tables a RoPE model lacks dropped, surplus mask tokens left out; what
+        it did is printed), V1 runs as before."""
+        if not self.cfg.is_v2:
+            load_vjepa_checkpoint(self.model, ckpt, source=str(path), keep_resized_pos_embed=keep_resized_pos_embed)
+            return
+        try:
+            report = load_vjepa2_checkpoint(self.model, ckpt)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        dropped = {k: r for k, r in report.modules.items()
+                   if r.dropped or (r.mask_tokens is not None and (r.mask_tokens.not_loaded or r.mask_tokens.kept_init))}
+        if dropped and self.is_main:
+            self.out(f"note: {path}: " + "; ".join(str(r) for r in dropped.values()))
 
     def _load_fsdp(self, ckpt: dict) -> None:
         from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
@@ -798,6 +897,14 @@ class Trainer:
                 self.out(f"meta.init_from: encoder, predictor and target weights of {plan.path} "
                          f"(its step {self.init_info['step'] if self.init_info['step'] is not None else '?'}); "
                          "step 0 with a fresh optimizer, schedules, masks and data order")
+        elif plan.kind == "anneal":
+            self.anneal_from(plan.path, plan.ckpt)
+            if self.is_main:
+                step = self.init_info["step"]
+                self.out(f"cooldown (optimization.is_anneal): weights and AdamW state of {plan.path} "
+                         f"(its step {step if step is not None else '?'}); step 0, lr linear from "
+                         f"{self.cfg.optimization.lr:g} to {self.cfg.optimization.final_lr:g} over "
+                         f"{self.schedules.lr.T_max} steps, fresh masks and data order")
         if self.is_main:
             for note in plan.notes:
                 self.out(f"note: {note}")
@@ -820,22 +927,35 @@ class Trainer:
         first_loss = last_loss = math.nan
         t0 = t_window = time.perf_counter()
         steps_at_start = self.step
+        # Official V2 meta.sync_gc: no automatic collections (they stall every rank at random
+        # moments); one every GC_EVERY steps instead, at the same step on every rank.
+        sync_gc = cfg.meta.sync_gc and gc.isenabled()
+        if sync_gc:
+            gc.disable()
+            gc.collect()
         flops_window = 0.0
         data_s_window = 0.0
         rate = math.nan
         try:
             while self.step < total:
                 itr = self.step
+                if sync_gc and itr % GC_EVERY == 0 and itr > steps_at_start:
+                    gc.collect()
                 t_data = time.perf_counter()
                 clips = source(itr)
-                if image_model and clips.dim() == 5:
-                    clips = clips[:, :, 0]
-                B = clips.shape[0] // self.num_clips
-                masks_enc, masks_pred = self.masks.sample(B, itr)
-                flops_window += self.flop_model.step_flops(
-                    clips.shape[0], [m.shape[1] for m in masks_enc], [m.shape[1] for m in masks_pred])
-                masks_enc = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_enc, self.num_clips)]
-                masks_pred = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_pred, self.num_clips)]
+                if cfg.is_v2:
+                    clips, masks_enc, masks_pred, flops, n_clips = self._v2_batch(clips, itr)
+                    flops_window += flops
+                else:
+                    if image_model and clips.dim() == 5:
+                        clips = clips[:, :, 0]
+                    n_clips = clips.shape[0]
+                    B = clips.shape[0] // self.num_clips
+                    masks_enc, masks_pred = self.masks.sample(B, itr)
+                    flops_window += self.flop_model.step_flops(
+                        clips.shape[0], [m.shape[1] for m in masks_enc], [m.shape[1] for m in masks_pred])
+                    masks_enc = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_enc, self.num_clips)]
+                    masks_pred = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_pred, self.num_clips)]
                 data_s = time.perf_counter() - t_data
                 data_s_window += data_s
                 metrics = self.train_step(clips, masks_enc, masks_pred)
@@ -847,7 +967,7 @@ class Trainer:
                     now = time.perf_counter()
                     n = len(buffered)
                     ms_per_step = (now - t_window) * 1000 / n
-                    rate = n * clips.shape[0] * self.world_size / (now - t_window)
+                    rate = n * n_clips * self.world_size / (now - t_window)
                     rows = [[itr_ // self.ipe, itr_, *vals, lr_, wd_, round(ms_per_step, 2), round(dms, 2), round(rate, 2)]
                             for (itr_, lr_, wd_, dms, _), vals in zip(buffered, values)]
                     if math.isnan(first_loss):
@@ -885,6 +1005,8 @@ class Trainer:
                     if epoch_done:
                         self._periodic_checkpoint(folder, last_loss)
         finally:
+            if sync_gc:
+                gc.enable()
             if log_file is not None:
                 log_file.close()
             if tb is not None:
@@ -894,6 +1016,28 @@ class Trainer:
         seconds = time.perf_counter() - t0
         return FitResult(self.step, last_loss, first_loss, str(latest) if wrote_checkpoint else None, str(log_path),
                          seconds, rate)
+
+    def _v2_batch(self, batch, step: int):
+        """A V-JEPA 2 batch for :class:`TrainStep`: ``(clips, masks_enc, masks_pred, flops, clips in the
+        batch)`` with lists over the clip-length groups present (masks from
+        :meth:`~vjepa_fast.masks.MultiSeqMaskCollator.sample_groups`, on the device). ``batch``: a
+        :class:`~vjepa_fast.data.MultiLengthBatch`, or a ``[B, C, T, H, W]`` tensor from a source of
+        one clip length."""
+        if isinstance(batch, torch.Tensor):
+            batch = MultiLengthBatch([int(batch.shape[2])] * batch.shape[0], {int(batch.shape[2]): batch})
+        if not isinstance(batch, MultiLengthBatch):
+            raise TypeError(f"a V-JEPA 2 run's source must give a MultiLengthBatch or a [B, C, T, H, W] tensor, "
+                            f"got {type(batch).__name__}")
+        groups = self.masks.sample_groups(batch.fpcs, step)
+        clips = [batch.clips[g.fpc] for g in groups]
+        flops = 0.0
+        for g, c in zip(groups, clips):
+            T, H, W = self.masks.grid(g.fpc)
+            flops += self.flop_model.step_flops(c.shape[0], [m.shape[1] for m in g.masks_enc],
+                                                [m.shape[1] for m in g.masks_pred], num_tokens=T * H * W)
+        masks_enc = [[m.to(self.device, non_blocking=True) for m in g.masks_enc] for g in groups]
+        masks_pred = [[m.to(self.device, non_blocking=True) for m in g.masks_pred] for g in groups]
+        return clips, masks_enc, masks_pred, flops, batch.batch_size
 
     def _save_params(self, folder: Path) -> None:
         """Write ``params-pretrain.yaml``. On a resume whose config differs from the one there, that
@@ -953,13 +1097,16 @@ class Trainer:
         d, m = self.cfg.data, self.model
         n_enc = sum(p.numel() for p in m.encoder.parameters())
         n_pred = sum(p.numel() for p in m.predictor.parameters())
-        src = "synthetic clips" if isinstance(self.source, SyntheticClips) else f"{type(self.source).__name__}"
+        synthetic = isinstance(self.source, (SyntheticClips, SyntheticMultiLengthClips))
+        src = "synthetic clips" if synthetic else f"{type(self.source).__name__}"
         par = f", {self.parallel} x{self.world_size}" if self.world_size > 1 else ""
         opts = "".join([", fused AdamW+EMA" if self.fused_optimizer is not None else "",
                         f", {self.cfg.meta.dtype} target copy" if self.target_copy is not None else ""])
+        frames = (f"V-JEPA 2, clip lengths {list(dict.fromkeys(d.dataset_fpcs))} frames at {d.crop_size}px"
+                  if self.cfg.is_v2 else f"{d.num_frames}x{d.crop_size}px")
         return (f"pretraining {self.cfg.model.model_name} (encoder {n_enc / 1e6:.2f}M, predictor {n_pred / 1e6:.2f}M params) "
                 f"on {src}: {total} steps, ipe {self.ipe}, batch {d.batch_size}x{self.world_size}, "
-                f"{d.num_frames}x{d.crop_size}px, {self.cfg.meta.dtype} on {self.device}{par}{opts}")
+                f"{frames}, {self.cfg.meta.dtype} on {self.device}{par}{opts}")
 
     def _progress(self, total, loss, lr, wd, rate, data_frac, eta, flops_per_s) -> str:
         s = (f"{_bar(self.step, total)} {self.step}/{total} | ep {self.step // self.ipe} | loss {loss:.4f} | "
