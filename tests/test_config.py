@@ -726,3 +726,24 @@ def test_v2_keys_and_their_normal_forms(tmp_path):
     v1["optimization"]["anneal_ckpt"] = "x.pt"
     with pytest.raises(ConfigError, match="cooldown is part of the V-JEPA 2 recipe"):
         load_config(_write(tmp_path, v1))
+
+
+V2_OURS = {
+    "v2_vitl16_pretrain_256px_16f": "vitl16/pretrain-256px-16f", "v2_vitl16_cooldown_256px_64f": "vitl16/cooldown-256px-64f",
+    "v2_vith16_pretrain_256px_16f": "vith16/pretrain-256px-16f", "v2_vith16_cooldown_256px_64f": "vith16/cooldown-256px-64f",
+    "v2_vitg16_pretrain_256px_16f": "vitg16/pretrain-256px-16f", "v2_vitg16_cooldown_256px_64f": "vitg16/cooldown-256px-64f",
+    "v2_vitg16_cooldown_384px_64f": "vitg16/cooldown-384px-64f",
+}
+
+
+@pytest.mark.parametrize("ours, official", sorted(V2_OURS.items()))
+def test_our_v2_versions_keep_official_hyperparameters(ours, official):
+    """Ours differ only in paths, SLURM keys, keys without effect, the documented meta.load_checkpoint of
+    a pretraining run (resume-if-present there, explicit here) and keys of our own left at defaults."""
+    a = _flatten(load_config(CONFIGS / "pretrain" / f"{ours}.yaml").to_dict())
+    b = _flatten(load_config(OFFICIAL_V2 / "train" / f"{official}.yaml").to_dict())
+    drop = ["data.datasets", "logging.folder", "folder", "optimization.anneal_ckpt", "logging.log_every",
+            *ACCEPTED_AND_IGNORED] + ([] if "cooldown" in ours else ["meta.load_checkpoint"])
+    assert _without(a, drop) == _without(b, drop)
+    assert a["optimization.anneal_ckpt"] == (None if "pretrain" in ours else
+                                             f"runs/{ours.split('_cooldown')[0]}_pretrain_256px_16f/jepa-latest.pth.tar")
