@@ -183,3 +183,104 @@ def test_refuses_cuda_graph_modes_with_dynamic_context():
     model = compile_vjepa(tiny_vjepa(depth=1), backend="eager")
     with pytest.raises(ValueError, match="already compiled"):
         compile_vjepa(model)
+
+
+# -- V-JEPA 2: forward_groups (RoPE, per-group mask tokens, the group loss) ------------------------
+
+V2_FRAMES = 8  # the model is built for max(dataset_fpcs); groups of 4 and 8 frames
+
+
+def tiny_v2(depth: int = 2):
+    torch.manual_seed(0)
+    return build_vjepa(
+        "vit_tiny", crop_size=CROP, num_frames=V2_FRAMES, patch_size=16, tubelet_size=2, embed_dim=64,
+        depth=depth, num_heads=2, pred_embed_dim=32, pred_depth=1, pred_num_heads=2, num_mask_tokens=4,
+        use_rope=True, depth_rescale=True,
+    )
+
+
+def v2_batches(splits, frames=(4, 8), cfgs=(SHORT, LONG)):
+    """``step -> (clips, masks_enc, masks_pred)`` of a V2 multi-length batch: group g holds
+    ``splits[step % len(splits)][g]`` clips of ``frames[g]`` frames, masks from the official
+    collator (two generators by default) at that clip length (the V2 collator keys its
+    generators by clip length)."""
+    collators = {t: MultiBlock3DMaskCollator(list(cfgs), crop_size=CROP, num_frames=t, patch_size=16,
+                                             tubelet_size=2) for t in frames}  # fmt: skip
+
+    def batch(step):
+        gen = torch.Generator().manual_seed(100 + step)
+        sizes = splits[step % len(splits)]
+        clips, me, mp = [], [], []
+        for b, t in zip(sizes, frames):
+            clips.append(torch.randn(b, 3, t, CROP, CROP, generator=gen))
+            enc, pred = collators[t].sample(b, step)
+            me.append(enc)
+            mp.append(pred)
+        return clips, me, mp
+
+    return batch
+
+
+def train_groups(model, steps: int, batch) -> tuple[list[float], set]:
+    """The V2 step in fp32 through forward_groups: forward, backward, AdamW, EMA."""
+    opt = build_optimizer(model.encoder, model.predictor)
+    for g in opt.param_groups:
+        g["lr"], g["weight_decay"] = 1e-3, 0.0 if g.get("WD_exclude") else 0.04
+    losses, seen = [], set()
+    for step in range(steps):
+        clips, me, mp = batch(step)
+        seen.add(tuple(m.shape[1] for ms in (*me, *mp) for m in ms))
+        out = model.forward_groups(clips, me, mp)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update_(model.target_encoder, model.encoder, 0.99)
+        losses.append(out.loss.item())
+    return losses, seen
+
+
+def assert_same_group_training(compiled, eager, steps, batch):
+    got, seen = train_groups(compiled, steps, batch)
+    want, _ = train_groups(eager, steps, batch)
+    assert len(seen) > steps // 2, f"mask lengths barely vary ({len(seen)} distinct in {steps} steps)"
+    for step, (a, b) in enumerate(zip(got, want)):
+        assert abs(a - b) <= LOSS_RTOL * abs(b), f"step {step}: compiled loss {a} vs eager {b}"
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_v2_groups_compile_once_over_changing_masks(kernels, monkeypatch):
+    """One clip-length group (every official V2 config): 1 target + 1 student graph over steps of
+    new mask lengths, and the compiled training equals eager (aot_eager: bit-identical)."""
+    monkeypatch.setenv("VJEPA_FAST_KERNELS", kernels)
+    if kernels == "triton":
+        from vjepa_fast.kernels.testing import kernel_test_device
+
+        if kernel_test_device() is None:
+            pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    steps = 12 if kernels == "torch" else 3  # the Triton interpreter is slow
+    eager = tiny_v2(depth=1)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = compile_vjepa(copy.deepcopy(eager), backend=counter)
+    batch = v2_batches([(B,)], frames=(8,))
+    assert_same_group_training(compiled, eager, steps, batch)
+    assert compile_stats() == ONE_EACH
+    code = "\n".join(g.code for g in counter.graphs)
+    for op in ("masked_gather", "rope_rotate_qk", "masked_l1_loss"):
+        assert (f"torch.ops.vjepa_fast.{op}.default" in code) == (kernels == "triton"), op
+
+
+@pytest.mark.slow
+def test_v2_two_groups_one_student_graph_whatever_the_split():
+    """Two clip lengths whose share of the batch changes every step: the batch dims are dynamic, so
+    one student graph serves every split; the target compiles once per clip length (its batch dim
+    is dynamic too). A one-group batch is another structure: one more student graph. One mask
+    generator keeps the (symbolic-shape heavy) trace short."""
+    eager = tiny_v2(depth=1)
+    compiled = compile_vjepa(copy.deepcopy(eager), backend="aot_eager")
+    splits = [(2, 4), (3, 3), (4, 2), (5, 2)]
+    assert_same_group_training(compiled, eager, 4, v2_batches(splits, cfgs=[LONG]))
+    assert compile_stats() == {**ONE_EACH, "target": 2, "recompiles": 1}
+    train_groups(compiled, 2, v2_batches([(4,)], frames=(8,), cfgs=[LONG]))
+    assert compile_stats() == {**ONE_EACH, "target": 2, "student": 2, "recompiles": 2}

@@ -79,7 +79,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .jepa import VJEPA
+from .jepa import VJEPA, mark_group_batches_dynamic
 from .vision_transformer import VisionTransformer
 
 __all__ = ["compile_vjepa", "compile_stats", "compiled_attention_ops", "is_compiled", "reset_compile_stats"]
@@ -105,6 +105,24 @@ class DynamicTokens:
         for m in (*masks_enc, *masks_pred):
             torch._dynamo.maybe_mark_dynamic(m, 1)
         return self.compiled(model, clips, masks_enc, masks_pred, h)
+
+
+class DynamicGroups:
+    """Calls a compiled ``forward_student_groups`` (V2) with the token dim of every mask of every
+    group marked dynamic, and, with more than one group, the batch dim of every group's clips,
+    masks and target features (:func:`vjepa_fast.jepa.mark_group_batches_dynamic`). The number of
+    groups is part of the traced structure: one graph per group count (1 in every official V2
+    config, whose ``dataset_fpcs`` give one clip length)."""
+
+    def __init__(self, compiled: Callable):
+        self.compiled = compiled
+
+    def __call__(self, model: VJEPA, clips, masks_enc, masks_pred, hs):
+        for me, mp in zip(masks_enc, masks_pred):
+            for m in (*me, *mp):
+                torch._dynamo.maybe_mark_dynamic(m, 1)
+        mark_group_batches_dynamic(clips, masks_enc, masks_pred, hs)
+        return self.compiled(model, clips, masks_enc, masks_pred, hs)
 
 
 def compile_vjepa(
@@ -151,6 +169,10 @@ def compile_vjepa(
         type(model).forward_student, dynamic=None if dynamic_context else False, mode=mode, **common
     )
     model.compiled_student = DynamicTokens(student) if dynamic_context else student
+    groups = torch.compile(
+        type(model).forward_student_groups, dynamic=None if dynamic_context else False, mode=mode, **common
+    )
+    model.compiled_student_groups = DynamicGroups(groups) if dynamic_context else groups
     return model
 
 
@@ -159,8 +181,9 @@ def is_compiled(model: VJEPA) -> bool:
 
 
 def _regions() -> dict[tuple, str]:
-    codes = {"target": VisionTransformer.forward.__code__, "student": VJEPA.forward_student.__code__}
-    return {(c.co_name, os.path.realpath(c.co_filename), c.co_firstlineno): r for r, c in codes.items()}
+    codes = [("target", VisionTransformer.forward.__code__), ("student", VJEPA.forward_student.__code__),
+             ("student", VJEPA.forward_student_groups.__code__)]  # V1 and V2 students: one region
+    return {(c.co_name, os.path.realpath(c.co_filename), c.co_firstlineno): r for r, c in codes}
 
 
 def compile_stats() -> dict[str, int]:

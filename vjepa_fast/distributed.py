@@ -165,9 +165,13 @@ class StudentModule(nn.Module):
         self.__dict__["_vjepa"] = model
 
     def forward(self, clips, masks_enc, masks_pred, h):
-        """-> ``(loss, loss_jepa, loss_reg, preds, context)`` against raw target features ``h``."""
+        """-> ``(loss, loss_jepa, loss_reg, preds, context)`` against raw target features ``h``; a
+        V2 multi-length batch (lists over clip-length groups) goes to ``forward_student_groups``."""
         model = self.__dict__["_vjepa"]
-        student = model.compiled_student or type(model).forward_student
+        if isinstance(clips, (list, tuple)):
+            student = model.compiled_student_groups or type(model).forward_student_groups
+        else:
+            student = model.compiled_student or type(model).forward_student
         return student(model, clips, masks_enc, masks_pred, h)
 
 

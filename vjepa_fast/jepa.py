@@ -149,6 +149,8 @@ class VJEPA(nn.Module):
         #: Set by :func:`vjepa_fast.compile.compile_vjepa`: a compiled ``forward_student`` that takes
         #: the model first. None runs eagerly.
         self.compiled_student = None
+        #: The same for V2's :meth:`forward_student_groups` (one graph per number of groups).
+        self.compiled_student_groups = None
         #: Set by ``compile_vjepa(target_mode="reduce-overhead")``: the target forward replays a CUDA
         #: graph, whose output buffers the next replay reuses (the train step marks each step's start).
         self.target_cuda_graph = False
@@ -169,20 +171,36 @@ class VJEPA(nn.Module):
         batch, in ``dataset_fpcs`` order); ``masks_enc[g][i]`` / ``masks_pred[g][i]``: int64
         ``[B_g, K]`` context / target token ids of mask config i. Group g uses mask token
         ``g % num_mask_tokens`` for all of its mask configs (official ``PredictorMultiSeqWrapper``).
-        Runs eagerly (``compiled_student`` is V1's signature); ``pack_context`` and
-        ``sparse_patch_embed`` apply per group."""
-        _check_groups(clips, masks_enc, masks_pred)
+
+        Official order (vjepa2 ``app/vjepa/train.py``): the target over every group, then the
+        student (:meth:`forward_student_groups`; compiled when ``compiled_student_groups`` is set
+        by :func:`vjepa_fast.compile.compile_vjepa`). ``pack_context`` and ``sparse_patch_embed``
+        apply per group."""
+        check_groups(clips, masks_enc, masks_pred)
         if self.reg_coeff:
             raise ValueError(f"reg_coeff={self.reg_coeff}: the V2 objective has no regulariser")
-        targets, contexts, preds = [], [], []
-        for g, (c, me, mp) in enumerate(zip(clips, masks_enc, masks_pred)):
-            with torch.no_grad():
-                targets.append(self.target_encoder(c))
-            ctx = self.encoder.forward_masks(c, me, packed=self.pack_context, sparse_embed=self.sparse_patch_embed)
-            contexts.append(ctx)
-            preds.append(self.predictor.forward_masks(ctx, me, mp, packed=self.pack_context, mask_indices=[g] * len(me)))
-        loss = jepa_loss_groups(preds, targets, masks_pred, self.loss_exp)
-        return JEPAGroupsOutput(loss, preds, contexts, targets)
+        mark_group_batches_dynamic(clips, masks_enc, masks_pred)
+        with torch.no_grad():
+            targets = [self.target_encoder(c) for c in clips]
+        student = self.compiled_student_groups or type(self).forward_student_groups
+        loss, _, _, preds, contexts = student(self, clips, masks_enc, masks_pred, targets)
+        return JEPAGroupsOutput(loss, list(preds), list(contexts), targets)
+
+    def forward_student_groups(
+        self, clips: Sequence[torch.Tensor], masks_enc: Sequence[Sequence[torch.Tensor]],
+        masks_pred: Sequence[Sequence[torch.Tensor]], hs: Sequence[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+        """V2's counterpart of :meth:`forward_student`: the context encoder over every group (each
+        group's mask configs), then the predictor over every group (the official
+        ``MultiSeqWrapper`` / ``PredictorMultiSeqWrapper`` order), then :func:`jepa_loss_groups`
+        against the raw target features ``hs[g]`` [B_g, N_g, D]. Returns (loss, loss_jepa, loss_reg,
+        preds, context) like :meth:`forward_student`; the V2 loss has no regulariser (loss_reg 0)."""
+        contexts = [self.encoder.forward_masks(c, me, packed=self.pack_context, sparse_embed=self.sparse_patch_embed)
+                    for c, me in zip(clips, masks_enc)]
+        preds = [self.predictor.forward_masks(ctx, me, mp, packed=self.pack_context, mask_indices=[g] * len(me))
+                 for g, (ctx, me, mp) in enumerate(zip(contexts, masks_enc, masks_pred))]
+        loss = jepa_loss_groups(preds, hs, masks_pred, self.loss_exp)
+        return loss, loss, loss.new_zeros(()), preds, contexts
 
     def forward_context(
         self, clips: torch.Tensor, masks_enc: Sequence[torch.Tensor], masks_pred: Sequence[torch.Tensor]
@@ -265,7 +283,9 @@ class JEPAGroupsOutput:
     targets: list[torch.Tensor]
 
 
-def _check_groups(clips, masks_enc, masks_pred) -> None:
+def check_groups(clips, masks_enc, masks_pred) -> None:
+    """A V2 batch's structure: equally long lists over groups of clip tensors and of per-mask-config
+    lists of int64 ``[B_g, K]`` masks. Raises ValueError saying what it must be."""
     if not all(isinstance(v, (list, tuple)) for v in (clips, masks_enc, masks_pred)):
         raise ValueError("forward_groups takes lists over clip-length groups: clips [G] of [B_g, C, T_g, H, W] "
                          "tensors, masks_enc / masks_pred [G] lists of int64 [B_g, K] tensors per mask config")
@@ -283,6 +303,27 @@ def _check_groups(clips, masks_enc, masks_pred) -> None:
                 if not isinstance(m, torch.Tensor) or m.dtype != torch.int64 or m.dim() != 2 or m.shape[0] != c.shape[0]:
                     got = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
                     raise ValueError(f"{name}[{g}][{i}] must be int64 [B={c.shape[0]}, K], got {got}")
+
+
+def is_grouped_batch(clips) -> bool:
+    """A V2 multi-length batch (a list of clip groups), not a V1 clip tensor."""
+    return isinstance(clips, (list, tuple))
+
+
+def mark_group_batches_dynamic(clips, masks_enc, masks_pred, targets=None) -> None:
+    """With more than one clip-length group, how the batch splits into groups changes from step to
+    step (the V2 sampler draws each sample's dataset), so the batch dim of every group's clips, masks
+    (and target features) is marked dynamic for torch.compile: one graph for every split instead of
+    one per group size. One group (every official V2 config) keeps its batch static. A no-op for
+    eager code."""
+    if len(clips) < 2:
+        return
+    for g, c in enumerate(clips):
+        torch._dynamo.maybe_mark_dynamic(c, 0)
+        for m in (*masks_enc[g], *masks_pred[g]):
+            torch._dynamo.maybe_mark_dynamic(m, 0)
+        if targets is not None:
+            torch._dynamo.maybe_mark_dynamic(targets[g], 0)
 
 
 def build_vjepa(

@@ -83,7 +83,7 @@ from .distributed import (
     local_tensors,
     wrap_student,
 )
-from .jepa import build_vjepa
+from .jepa import build_vjepa, check_groups, is_grouped_batch, mark_group_batches_dynamic
 from .masks import build_mask_collator
 from .optim import FusedAdamWEMA, build_optimizer, clip_gradients, clipping_active
 from .preflight import PreflightError, config_changes, plan_pretrain_start, pretrain_problems
@@ -402,7 +402,11 @@ def build_step_state(model, device: torch.device, dtype: torch.dtype, fused_opti
 
 class TrainStep:
     """One official V-JEPA iteration, the hot path of :class:`Trainer` and of the benchmark's fast
-    step (``benchmarks/train_step.py``), which both call it.
+    step (``benchmarks/train_step.py``), which both call it. A micro-batch is V1's
+    ``(clips [B, C, T, H, W], masks_enc, masks_pred)`` or V2's multi-length batch
+    ``(clips [G] of [B_g, C, T_g, H, W], masks_enc [G][mask configs], masks_pred [G][...])``: the
+    target runs per group and the student is ``VJEPA.forward_student_groups`` (the V2 loss, no
+    regulariser; V2 never clips, so pass no ``clip_grad``).
 
     schedules.step (lr, wd) → per micro-batch: target forward (no grad; the working copy when
     given) → student forward (context encoder + predictor + loss) → backward of loss / n → clipping
@@ -435,8 +439,11 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def forward_target(self, clips: torch.Tensor) -> torch.Tensor:
-        """Raw target features [B, N, D] (call under :meth:`autocast`)."""
+    def forward_target(self, clips):
+        """Raw target features [B, N, D] (call under :meth:`autocast`); for a V2 multi-length batch
+        (a list of clip groups) a list with one [B_g, N_g, D] per group."""
+        if is_grouped_batch(clips):
+            return [self._target_group(c) for c in clips]
         if self.target_copy is not None:
             return self.target_copy(clips)
         h = self.model.forward_target(clips)
@@ -444,6 +451,17 @@ class TrainStep:
             # FSDP2 keeps a root module's parameters unsharded after forward (expecting a backward);
             # the target has none, and its stale unsharded copy would hide the EMA update from the
             # next forward.
+            self.model.target_encoder.reshard()
+        return h
+
+    @torch.no_grad()
+    def _target_group(self, clips: torch.Tensor) -> torch.Tensor:
+        # A V2 group may have another frame count than the model was built with (RoPE): no
+        # geometry check against the model here (check_groups checks the batch's structure).
+        if self.target_copy is not None:
+            return self.target_copy(clips)
+        h = self.model.target_encoder(clips)
+        if self.fsdp:
             self.model.target_encoder.reshard()
         return h
 
@@ -472,6 +490,9 @@ class TrainStep:
         for i, (clips, masks_enc, masks_pred) in enumerate(micro):
             if i:
                 phase("target_fwd")
+            if is_grouped_batch(clips):
+                check_groups(clips, masks_enc, masks_pred)
+                mark_group_batches_dynamic(clips, masks_enc, masks_pred)
             sync_ctx = contextlib.nullcontext()
             if n > 1 and i < n - 1 and hasattr(self.student, "no_sync"):
                 sync_ctx = self.student.no_sync()
