@@ -190,12 +190,12 @@ def test_refuses_cuda_graph_modes_with_dynamic_context():
 V2_FRAMES = 8  # the model is built for max(dataset_fpcs); groups of 4 and 8 frames
 
 
-def tiny_v2(depth: int = 2):
+def tiny_v2(depth: int = 2, activation_checkpointing: int = 0):
     torch.manual_seed(0)
     return build_vjepa(
         "vit_tiny", crop_size=CROP, num_frames=V2_FRAMES, patch_size=16, tubelet_size=2, embed_dim=64,
         depth=depth, num_heads=2, pred_embed_dim=32, pred_depth=1, pred_num_heads=2, num_mask_tokens=4,
-        use_rope=True, depth_rescale=True,
+        use_rope=True, depth_rescale=True, activation_checkpointing=activation_checkpointing,
     )
 
 
@@ -252,7 +252,8 @@ def assert_same_group_training(compiled, eager, steps, batch):
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 def test_v2_groups_compile_once_over_changing_masks(kernels, monkeypatch):
     """One clip-length group (every official V2 config): 1 target + 1 student graph over steps of
-    new mask lengths, and the compiled training equals eager (aot_eager: bit-identical)."""
+    new mask lengths, and the compiled training equals eager (aot_eager: bit-identical); with the
+    encoder's and predictor's one block activation-checkpointed (traced as dynamo's checkpoint op)."""
     monkeypatch.setenv("VJEPA_FAST_KERNELS", kernels)
     if kernels == "triton":
         from vjepa_fast.kernels.testing import kernel_test_device
@@ -260,7 +261,7 @@ def test_v2_groups_compile_once_over_changing_masks(kernels, monkeypatch):
         if kernel_test_device() is None:
             pytest.skip("needs CUDA or TRITON_INTERPRET=1")
     steps = 12 if kernels == "torch" else 3  # the Triton interpreter is slow
-    eager = tiny_v2(depth=1)
+    eager = tiny_v2(depth=1, activation_checkpointing=1)
     counter = CompileCounterWithBackend("aot_eager")
     compiled = compile_vjepa(copy.deepcopy(eager), backend=counter)
     batch = v2_batches([(B,)], frames=(8,))

@@ -27,7 +27,7 @@ from . import kernels
 from .attention import attention
 from .packed import Packing, document_attention
 from .pos_embed import interpolate_pos_embed, sincos_table
-from .rope import RotaryPositions, angle_dtype_of, rope_dim
+from .rope import RotaryPositions, angle_dtype_of, rope_dim, rope_tables
 from .tokens import gather_tokens
 
 # Width, depth, heads and MLP ratio of the official factories. vit_gigantic's official factory
@@ -122,6 +122,16 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+def _rope_tables(rope: RotaryPositions, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos/sin tables for q/k (``RotaryPositions.tables``: computed once per forward pass). While
+    torch.compile traces, they are built afresh in every block instead (the traced graph's CSE
+    merges the copies): filling the cache inside an activation-checkpointed block is a side effect
+    that dynamo refuses to trace."""
+    if torch.compiler.is_compiling():
+        return rope_tables(rope.ids, rope.grid_hw, q.shape[-1], rope.angle_dtype or q.dtype)
+    return rope.tables(q.shape[-1], q.dtype)
+
+
 class Attention(nn.Module):
     """Self-attention over [B, L, C]. ``rope`` (V2) rotates q and k by each token's position
     (:class:`vjepa_fast.rope.RotaryPositions`) before the attention call; the backend choice stays
@@ -139,7 +149,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         if rope is not None:
             # RotaryPositions.rotate's math, routed to the fused kernel (VJEPA_FAST_KERNELS).
-            q, k = kernels.rope_rotate_qk(q, k, *rope.tables(q.shape[-1], q.dtype))
+            q, k = kernels.rope_rotate_qk(q, k, *_rope_tables(rope, q))
         if packing is None:
             x = attention(q, k, v)
         else:
