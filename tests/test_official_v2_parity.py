@@ -311,6 +311,76 @@ def test_optimizer_and_ema_step(case_dir, kernel_setting, fused):
                 assert (delta[zero] - delta_ref[zero]).abs().max() <= 0.01 * step["lr"], f"{key}.{name} update (zero grads)"
 
 
+def trainer_for_case(case: dict, folder: Path):
+    """A :class:`~vjepa_fast.train.Trainer` built from a pretraining config that describes the case (the
+    V2 keys a user writes: dataset_fpcs, use_rope, pred_num_heads, the V2 schedules and AdamW)."""
+    from vjepa_fast.config import PretrainConfig  # noqa: PLC0415
+    from vjepa_fast.train import Trainer  # noqa: PLC0415
+
+    c, o = case["config"], case["config"]["optimization"]
+    raw = {
+        "data": {"synthetic": True, "dataset_fpcs": c["dataset_fpcs"], "batch_size": c["batch"], "crop_size": c["crop"],
+                 "patch_size": c["patch"], "tubelet_size": c["tubelet"], "num_workers": 0},
+        "mask": c["mask"],
+        "model": {"model_name": "vit_tiny", "embed_dim": c["embed_dim"], "depth": c["depth"], "pred_depth": c["pred_depth"],
+                  "pred_embed_dim": c["pred_dim"], "pred_num_heads": c["pred_num_heads"], "use_rope": c["use_rope"],
+                  "uniform_power": c["uniform_power"], "zero_init_mask_tokens": c["zero_init_mask_tokens"],
+                  "use_activation_checkpointing": c["use_activation_checkpointing"], "use_silu": c["use_silu"],
+                  "use_pred_silu": c["use_pred_silu"], "wide_silu": c["wide_silu"]},
+        "loss": {"loss_exp": c["loss_exp"]},
+        "meta": {"dtype": "float32", "device": "cpu", "seed": c["seed"]},
+        "optimization": {k: o[k] for k in ("ipe", "epochs", "ipe_scale", "warmup", "start_lr", "lr", "final_lr",
+                                           "weight_decay", "final_weight_decay", "ema", "betas", "eps")},
+        "logging": {"folder": str(folder)},
+    }
+    cfg = PretrainConfig.from_dict(raw)
+    assert cfg.is_v2 and cfg.model.encoder_num_heads == c["num_heads"] and cfg.num_mask_tokens == c["num_mask_tokens"]
+    return Trainer(cfg, preflight=False, out=lambda s: None)
+
+
+def test_trainer_step_from_a_config_is_the_official_step(case_dir, kernel_setting, tmp_path):
+    """The whole trainer path of a V2 config (model from the config, official checkpoint loaded through
+    the V2 loader, optimizer, schedules, the grouped step, EMA): one step gives the case's loss and
+    after-states."""
+    case = load_case(case_dir)
+    trainer = trainer_for_case(case, tmp_path)
+    trainer._load_weights(read_checkpoint(case_dir / "checkpoint.pth.tar"), case_dir / "checkpoint.pth.tar")
+    metrics = trainer.train_step(case["clips"], case["masks_enc"], case["masks_pred"])
+    assert abs(float(metrics["loss"]) - case["loss"]) <= OUT_TOL * abs(case["loss"])
+    assert float(metrics["enc-grad-norm"]) == 0.0  # no clipping
+    step = case["step"]
+    assert abs(trainer.schedules.lr(1) - step["lr"]) <= SCHED_TOL and trainer.schedules.momentum() == step["ema_momentum"]
+    for key, ref_key in (("encoder", "encoder_after"), ("predictor", "predictor_after"), ("target_encoder", "target_after")):
+        got = getattr(trainer.model, key).state_dict()
+        ref = {clean_key(k): v for k, v in step[ref_key].items()}
+        assert set(got) == set(ref), key
+        for name, r in ref.items():
+            e = rel(got[name], r)
+            assert e <= STEP_TOL, f"{key}.{name} after the trainer's step: {e:.3g}"
+    for name in case["no_grad_params"]:  # the mask tokens of the absent groups: exactly unchanged
+        key = name.split(".backbone.", 1)[1]
+        assert torch.equal(trainer.model.predictor.state_dict()[key],
+                           read_checkpoint(case_dir / "checkpoint.pth.tar")["predictor"]["module.backbone." + key])
+
+
+def test_trainer_resumes_the_official_training_checkpoint(case_dir, tmp_path):
+    """``meta.load_checkpoint`` with the official file as the run's latest: weights, AdamW state and
+    the official fast-forward of schedules and masks by ``epoch * ipe``."""
+    import shutil  # noqa: PLC0415
+
+    case = load_case(case_dir)
+    trainer = trainer_for_case(case, tmp_path)
+    shutil.copy(case_dir / "checkpoint.pth.tar", tmp_path / "jepa-latest.pth.tar")
+    trainer.resume(tmp_path / "jepa-latest.pth.tar")
+    ipe = case["config"]["optimization"]["ipe"]
+    epoch = read_checkpoint(case_dir / "checkpoint.pth.tar")["epoch"]
+    assert trainer.step == trainer.schedules.iteration == trainer.masks.step_count == epoch * ipe
+    fresh = build_case_model(case, case_dir)
+    for key in ("encoder", "predictor", "target_encoder"):
+        for (name, a), b in zip(getattr(fresh, key).state_dict().items(), getattr(trainer.model, key).state_dict().values()):
+            assert torch.equal(a, b), f"{key}.{name}"
+
+
 def test_schedules_pretrain(case_dir):
     case = load_case(case_dir)
     s = case["schedules"]
