@@ -171,6 +171,10 @@ def clones(tmp_path_factory, demo_data, pretrained):
 
 def _needs_a_run(argv: list[str]) -> bool:
     joined = " ".join(argv)
+    if "--config" in argv:  # a V-JEPA 2 cooldown starts from another run's checkpoint
+        cfg = load_config(REPO / argv[argv.index("--config") + 1])
+        if isinstance(cfg, PretrainConfig) and cfg.optimization.is_anneal:
+            return True
     return (argv[0] in ("probe", "context-use", "embed") or "runs/" in joined or "meta.load_checkpoint=true" in joined
             or (argv[0] == "check-config" and "configs/evals/" in joined))
 
