@@ -15,6 +15,18 @@ fixed sequence of steps shared by both implementations) and synthetic on-device 
   ``--compile``);
 * ``--impl both`` (default): both, one after the other, plus a ratio line.
 
+``--arch v2``: V-JEPA 2 (RoPE, depth rescale, predictor 12 x 384 with 12 heads, six mask tokens,
+the V2 multi-length collator and schedules; defaults ViT-L/16 16 x 256, batch 24, ``--fpcs`` 3 x 16:
+one clip-length group as in every V2 pretrain config), the reference being
+``benchmarks/reference_step_v2.py`` (the official V2 structure: per-group and per-mask loops with a
+full patch embedding each, RoPE tables per head and block, per-row sort in the predictor, every
+block activation-checkpointed, GradScaler even for bf16, foreach AdamW, ``_foreach`` EMA, a host sync
+per step). The fast path checkpoints the leading N blocks of its encoder and predictor given by
+``--activation-checkpointing`` (default 0; a comma list such as ``0,12,all`` times the fast path
+once per setting after one reference run, each row with its peak memory). FLOP counts
+(``flops_step_counted``) include the recomputed forward of checkpointed blocks
+(``flops_recomputed_step0``); ``flops_step`` and the MFU count each forward once.
+
 Timing: warm-up steps first, then the median (and p20 / p80) of ``--steps`` steps; on CUDA each
 step is bracketed by CUDA events recorded without synchronising (the fast path keeps its CPU
 run-ahead), on CPU by ``time.perf_counter``. Per-phase times come from a separate pass (events at
@@ -32,6 +44,8 @@ pretraining YAML (``--config``). On CPU it runs and reports, and asserts nothing
     python benchmarks/train_step.py                                  # ViT-L/16, 16x224, batch 24, both
     python benchmarks/train_step.py --model vit_huge --impl fast --compile
     python benchmarks/train_step.py --check-loss 50                  # loss parity, 50 steps
+    python benchmarks/train_step.py --arch v2 --activation-checkpointing 0,all   # V2 ViT-L/16 16x256
+    python benchmarks/train_step.py --arch v2 --model vit_giant_xformers --impl fast
     python benchmarks/train_step.py --device cpu --model vit_tiny --embed-dim 64 --depth 2 --heads 2 \\
         --pred-dim 32 --pred-depth 1 --frames 8 --crop 64 --batch 2 --steps 3 --warmup 1
 
@@ -66,12 +80,13 @@ import torch  # noqa: E402
 from envinfo import git_commit  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from flops import count_flops, model_step_flops  # noqa: E402
+from flops import StepFlops, count_flops, model_step_flops, vit_layer_flops  # noqa: E402
 from reference_step import ReferenceStep  # noqa: E402
+from reference_step_v2 import ReferenceStepV2  # noqa: E402
 from vjepa_fast import kernels  # noqa: E402
 from vjepa_fast.attention import get_attention_backend, load_attention_table, set_attention_backend  # noqa: E402
 from vjepa_fast.jepa import build_vjepa  # noqa: E402
-from vjepa_fast.masks import build_mask_collator  # noqa: E402
+from vjepa_fast.masks import MultiSeqMaskCollator, build_mask_collator  # noqa: E402
 from vjepa_fast.schedules import Schedules  # noqa: E402
 from vjepa_fast.train import TrainStep, build_step_state  # noqa: E402
 from vjepa_fast.vision_transformer import VIT_PRESETS  # noqa: E402
@@ -87,6 +102,14 @@ VITL16_MASKS = [
 # epoch 41 in the official run, so a benchmark at the start of training does not clip).
 VITL16_SCHEDULES = dict(ipe=300, epochs=300, ipe_scale=1.25, warmup=40, start_lr=2e-4, lr=6.25e-4,
                         final_lr=1e-6, weight_decay=0.04, final_weight_decay=0.4, ema=(0.998, 1.0))
+# configs/train/vitl16/pretrain-256px-16f.yaml (V-JEPA 2): the same two mask generators
+# (full_complement false), three datasets of 16-frame clips, warmup 1e-4 -> 5.25e-4 over 40 epochs
+# then constant, weight decay 0.04 and EMA 0.99925 constant, no clipping; ViT-g's 800 epochs (the
+# L/H files say 10, a placeholder: nothing in the first steps depends on it).
+V2_MASKS = [{**m, "full_complement": False} for m in VITL16_MASKS]
+V2_SCHEDULES = dict(ipe=300, epochs=800, ipe_scale=1.25, warmup=40, start_lr=1e-4, lr=5.25e-4, final_lr=5.25e-4,
+                    weight_decay=0.04, final_weight_decay=0.04, ema=(0.99925, 0.99925))
+V2_DATASETS = 3  # K710, SSv2, HowTo100M: dataset_fpcs [16, 16, 16] in every V2 pretrain config
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
           "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -174,6 +197,14 @@ class BenchSetup:
     target_working_copy: Optional[bool] = None
     #: > 0: step i uses the masks of step i mod mask_cycle (--mask-cycle)
     mask_cycle: int = 0
+    #: "v1" (one clip tensor, V1 collator) or "v2" (multi-length batches: ``fpcs`` holds the clip
+    #: length of every sample, ``collator`` is a MultiSeqMaskCollator)
+    arch: str = "v1"
+    fpcs: tuple = ()
+    #: fast impl: leading blocks of the encoder and of the predictor under activation checkpointing
+    #: (one item of --activation-checkpointing: a count or "all"; the V2 reference checkpoints
+    #: every block, as official)
+    activation_checkpointing: object = 0
     _masks: dict = field(default_factory=dict)
 
     def build_model(self):
@@ -190,15 +221,36 @@ class BenchSetup:
         if self.mask_cycle > 0:
             step %= self.mask_cycle
         if step not in self._masks:
-            enc, pred = self.collator.sample(self.batch, step)
-            self._masks[step] = ([m.to(self.device) for m in enc], [m.to(self.device) for m in pred])
+            if self.arch == "v2":  # lists over clip-length groups, each a list over mask configs
+                groups = self.collator.sample_groups(list(self.fpcs), step)
+                self._masks[step] = ([[m.to(self.device) for m in g.masks_enc] for g in groups],
+                                     [[m.to(self.device) for m in g.masks_pred] for g in groups])
+            else:
+                enc, pred = self.collator.sample(self.batch, step)
+                self._masks[step] = ([m.to(self.device) for m in enc], [m.to(self.device) for m in pred])
         return self._masks[step]
 
-    def clips(self, step: int) -> torch.Tensor:
-        """Synthetic normalised clips of ``step`` (deterministic; generated on the device)."""
+    def groups(self) -> list[tuple[int, int]]:
+        """V2: ``(frames, clips)`` of every clip-length group of a batch, in the collator's order
+        (one group ``(frames, batch)`` for V1)."""
+        if self.arch != "v2":
+            return [(self.frames, self.batch)]
+        return [(fpc, len(rows)) for fpc, rows in self.collator.group_rows(list(self.fpcs))]
+
+    def clips(self, step: int):
+        """Synthetic normalised clips of ``step`` (deterministic; generated on the device): a tensor
+        [B, 3, T, H, W] (V1) or a list with one [B_g, 3, T_g, H, W] per clip-length group (V2)."""
         g = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + step)
-        shape = (self.batch, 3, self.frames, self.crop, self.crop)
-        return torch.randn(shape, generator=g, device=self.device)
+        out = [torch.randn((b, 3, t, self.crop, self.crop), generator=g, device=self.device)
+               for t, b in self.groups()]
+        return out if self.arch == "v2" else out[0]
+
+    def mask_pairs(self, step: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(group, masks_enc, masks_pred)`` of every mask config of every group at ``step``."""
+        enc, pred = self.masks(step)
+        if self.arch != "v2":
+            return [(0, e, p) for e, p in zip(enc, pred)]
+        return [(g, e, p) for g, (eg, pg) in enumerate(zip(enc, pred)) for e, p in zip(eg, pg)]
 
     def attention_shapes(self, step: int) -> set[tuple[str, int]]:
         """The (role, length) of the fast path's student attention calls at ``step``: the context
@@ -206,22 +258,55 @@ class BenchSetup:
         builds an execution graph for every new shape (forward and backward; the target's one
         length is built once), so new ones per step tell what a short run pays that a long one,
         whose finite set of mask lengths has been seen, does not."""
-        enc, pred = self.masks(step)
-        return ({("context", e.shape[1]) for e in enc}
-                | {("predictor", e.shape[1] + p.shape[1]) for e, p in zip(enc, pred)})
+        pairs = self.mask_pairs(step)
+        return ({("context", g, e.shape[0], e.shape[1]) for g, e, _ in pairs}
+                | {("predictor", g, e.shape[0], e.shape[1] + p.shape[1]) for g, e, p in pairs})
 
     def mask_lengths(self, steps) -> list[tuple[int, int]]:
-        """Mean (Kc, Kt) per mask config over ``steps``."""
+        """Mean (Kc, Kt) per mask config (V2: per group and mask config, groups first) over ``steps``."""
         out = []
-        for g in range(len(self.masks(steps[0])[0])):
-            kc = statistics.mean(self.masks(s)[0][g].shape[1] for s in steps)
-            kt = statistics.mean(self.masks(s)[1][g].shape[1] for s in steps)
+        for j in range(len(self.mask_pairs(steps[0]))):
+            kc = statistics.mean(self.mask_pairs(s)[j][1].shape[1] for s in steps)
+            kt = statistics.mean(self.mask_pairs(s)[j][2].shape[1] for s in steps)
             out.append((kc, kt))
         return out
 
+    def analytic_flops(self, model, steps, impl: str, recompute: tuple = (0, 0)) -> StepFlops:
+        """:func:`flops.model_step_flops` at the mean mask lengths of ``steps``, summed over the
+        clip-length groups; the reference embeds the whole clip once per mask config, the fast
+        path once per group. ``recompute``: blocks of the encoder / predictor under activation
+        checkpointing, whose forward runs again in the backward (added to the student's FLOPs)."""
+        lengths = self.mask_lengths(steps)
+        pairs = self.mask_pairs(steps[0])
+        total = StepFlops(0.0, 0.0, 0.0)
+        for g, (frames, b) in enumerate(self.groups()):
+            mine = [kk for kk, (gg, _, _) in zip(lengths, pairs) if gg == g]
+            embeds = len(mine) if impl == "reference" else 1
+            f = model_step_flops(model, b, frames, self.crop, mine, embeds)
+            enc, pred = model.encoder, model.predictor
+            hidden, p_hidden = enc.blocks[0].mlp.fc1.out_features, pred.predictor_blocks[0].mlp.fc1.out_features
+            ctx_extra = sum(recompute[0] * vit_layer_flops(kc, enc.embed_dim, hidden) for kc, _ in mine)
+            pred_extra = sum(recompute[1] * vit_layer_flops(kc + kt, pred.predictor_embed_dim, p_hidden)
+                             for kc, kt in mine)  # fmt: skip
+            total = StepFlops(total.target_fwd + f.target_fwd, total.context_fwd_bwd + f.context_fwd_bwd + b * ctx_extra,
+                              total.predictor_fwd_bwd + f.predictor_fwd_bwd + b * pred_extra)
+        return total
+
 
 def add_size_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and input size (defaults: official ViT-L/16, 16x224, batch 24)")
+    g = p.add_argument_group("model and input size (defaults: official ViT-L/16, 16x224, batch 24; "
+                             "--arch v2: V-JEPA 2 ViT-L/16, 16x256, batch 24)")
+    g.add_argument("--arch", default="v1", choices=["v1", "v2"],
+                   help="v1: V-JEPA (sin-cos positions, reference_step.py); v2: V-JEPA 2 (RoPE, multi-length "
+                   "batches, depth rescale, predictor heads 12, 6 mask tokens; reference_step_v2.py)")
+    g.add_argument("--fpcs", default=None,
+                   help="v2: clip length of each dataset, comma-separated (default: 3 x --frames, one group as "
+                   "in every V2 pretrain config); sample b of a batch has fpcs[b %% len] frames")
+    g.add_argument("--activation-checkpointing", default=None, metavar="N[,N...]",
+                   help="fast impl: leading blocks of the encoder and of the predictor checkpointed (0 = none, "
+                   "'all'; default 0, or --config's model.use_activation_checkpointing); a comma list runs "
+                   "the fast impl once per setting (peak memory of each). The v2 reference checkpoints every "
+                   "block, as official")
     g.add_argument("--config", default=None,
                    help="pretraining YAML; sizes, dtype, masks and schedules from it")
     g.add_argument("overrides", nargs="*", help="dotted overrides for --config, e.g. data.batch_size=8")
@@ -269,6 +354,8 @@ def make_setup(args) -> BenchSetup:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.config:
         return _setup_from_config(args, device)
+    if getattr(args, "arch", "v1") == "v2":
+        return _setup_v2(args, device)
     name = args.model or "vit_large"
     given = (("embed_dim", args.embed_dim), ("depth", args.depth), ("num_heads", args.heads))
     enc_kw = {k: v for k, v in given if v is not None}
@@ -292,6 +379,54 @@ def make_setup(args) -> BenchSetup:
     setup.head_dims = (preset["embed_dim"] // heads, pred_dim // (args.pred_heads or heads))
     _set_fast_options(setup, args)
     return setup
+
+
+def _setup_v2(args, device: torch.device) -> BenchSetup:
+    """V-JEPA 2 as configs/train/*/pretrain-256px-16f.yaml builds it (RoPE, depth rescale, predictor
+    12 x 384 with 12 heads, len(mask) x len(dataset_fpcs) mask tokens) at the given sizes, the V2
+    multi-length collator and the V2 schedules."""
+    name = args.model or "vit_large"
+    given = (("embed_dim", args.embed_dim), ("depth", args.depth), ("num_heads", args.heads))
+    enc_kw = {k: v for k, v in given if v is not None}
+    batch, frames, crop = args.batch or 24, args.frames or 16, args.crop or 256
+    pred_dim, pred_depth, pred_heads = args.pred_dim or 384, args.pred_depth or 12, args.pred_heads or 12
+    dataset_fpcs = [int(f) for f in args.fpcs.split(",")] if args.fpcs else [frames] * V2_DATASETS
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    seed = args.seed if args.seed is not None else 0
+
+    def build():
+        # Built for the longest clip, as official (the predictor's grid and mask-token count).
+        return build_vjepa(name, crop_size=crop, patch_size=16, num_frames=max(dataset_fpcs), tubelet_size=2,
+                           uniform_power=True, pred_depth=pred_depth, pred_embed_dim=pred_dim,
+                           pred_num_heads=pred_heads, num_mask_tokens=len(V2_MASKS) * len(dataset_fpcs),
+                           use_rope=True, depth_rescale=True, **enc_kw)
+
+    collator = MultiSeqMaskCollator(V2_MASKS, dataset_fpcs, crop_size=crop, patch_size=16, tubelet_size=2,
+                                    seed=seed)
+    describe = {"model": name, "config": None, "arch": "v2", "dataset_fpcs": dataset_fpcs}
+    preset = {**VIT_PRESETS[name], **enc_kw}
+    setup = BenchSetup(device, dtype, batch, max(dataset_fpcs), crop, 16, 2, seed, describe, build, collator,
+                       V2_SCHEDULES, None, False)
+    setup.arch = "v2"
+    setup.fpcs = tuple(dataset_fpcs[b % len(dataset_fpcs)] for b in range(batch))
+    setup.head_dims = (preset["embed_dim"] // preset["num_heads"], pred_dim // pred_heads)
+    _set_fast_options(setup, args)
+    return setup
+
+
+def checkpoint_settings(value: str, depth: int, pred_depth: int) -> list[tuple[int, int]]:
+    """``--activation-checkpointing`` -> [(encoder blocks, predictor blocks), ...]: each item an int
+    (that many leading blocks of each, capped at the depth) or ``all``."""
+    out = []
+    for item in str(value).split(","):
+        item = item.strip().lower()
+        if item == "all":
+            out.append((depth, pred_depth))
+        elif item.isdigit():
+            out.append((min(int(item), depth), min(int(item), pred_depth)))
+        else:
+            raise ValueError(f"--activation-checkpointing: {item!r} is not a block count or 'all'")
+    return out
 
 
 def _flag(value: str | None, default: Optional[bool] = None) -> Optional[bool]:
@@ -337,9 +472,13 @@ def _setup_from_config(args, device: torch.device) -> BenchSetup:
                        lr=o.lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
                        final_weight_decay=o.final_weight_decay, ema=tuple(o.ema))
     seed = args.seed if args.seed is not None else cfg.meta.seed
-    collator = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size,
-                                   num_frames=d.num_frames, patch_size=d.patch_size,
-                                   tubelet_size=d.tubelet_size, seed=seed)
+    if cfg.is_v2:
+        collator = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, patch_size=d.patch_size,
+                                       tubelet_size=d.tubelet_size, seed=seed, dataset_fpcs=d.dataset_fpcs)
+    else:
+        collator = build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size,
+                                       num_frames=d.num_frames, patch_size=d.patch_size,
+                                       tubelet_size=d.tubelet_size, seed=seed)
     describe = {"model": m.model_name, "config": str(args.config)}
     dtype = DTYPES[cfg.meta.dtype]
     if args.device is None and cfg.meta.device != "auto":
@@ -348,6 +487,12 @@ def _setup_from_config(args, device: torch.device) -> BenchSetup:
                        seed, describe, lambda: build_model_from_config(cfg), collator, schedule_kw,
                        10.0 if args.clip else None, args.official_loggers)
     setup.attn_from_config = cfg.meta.attn_backend if cfg.meta.attn_backend != "auto" else None
+    if cfg.is_v2:
+        setup.arch = "v2"
+        setup.describe.update(arch="v2", dataset_fpcs=list(d.dataset_fpcs))
+        setup.fpcs = tuple(d.dataset_fpcs[b % len(d.dataset_fpcs)] for b in range(d.batch_size))
+    ac = m.use_activation_checkpointing
+    setup.activation_checkpointing = "all" if ac is True else int(ac)  # the config's, unless the flag is given
     embed_dim = m.embed_dim or VIT_PRESETS[m.model_name]["embed_dim"]
     setup.head_dims = (embed_dim // m.encoder_num_heads, m.pred_embed_dim // m.predictor_num_heads)
     _set_fast_options(setup, args, cfg.meta)
@@ -414,11 +559,15 @@ class FastStep:
 
 def make_step(impl: str, model, setup: BenchSetup, compile: bool = False):
     if impl == "reference":
+        if setup.arch == "v2":
+            return ReferenceStepV2(model, setup.schedules(), setup.dtype)
         return ReferenceStep(model, setup.schedules(), setup.dtype, setup.clip_grad, setup.official_loggers)
     if impl == "fast":
         # Plain attributes read per forward: the reference impl builds its own model and never sees them.
         model.pack_context = bool(getattr(setup, "pack_context", False))
         model.sparse_patch_embed = bool(getattr(setup, "sparse_embed", False))
+        (model.encoder.activation_checkpointing, model.predictor.activation_checkpointing), = checkpoint_settings(
+            setup.activation_checkpointing, len(model.encoder.blocks), len(model.predictor.predictor_blocks))
         return FastStep(model, setup.schedules(), setup.dtype, setup.clip_grad, compile=compile,
                         fused_optimizer=setup.fused_optimizer, target_copy=setup.target_working_copy,
                         cuda_graphs=bool(getattr(setup, "cuda_graphs", False)))
@@ -800,16 +949,20 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
     before = ([0] if not args.no_flops else []) + warm
     new_shapes = new_attention_shapes(setup, before, timed)
     mask_lengths = setup.mask_lengths(timed or [0])
-    embeds = len(mask_lengths) if impl == "reference" else 1  # full-clip patch embeds per step
-    sizes = (model, setup.batch, setup.frames, setup.crop)
-    analytic = model_step_flops(*sizes, mask_lengths, embeds)
-    analytic0 = model_step_flops(*sizes, setup.mask_lengths([0]), embeds)
+    recompute = ckpt_blocks(impl, model, setup)
+    analytic = setup.analytic_flops(model, timed or [0], impl)
+    analytic0 = setup.analytic_flops(model, [0], impl)
+    # FlopCounterMode counts what ran, activation checkpointing's second forward included; the
+    # formula with the same recompute is what the count is checked against.
+    analytic0_run = setup.analytic_flops(model, [0], impl, recompute)
     # The count is exact for step 0's masks; the timed steps have other mask lengths, so the
-    # count is carried over to their mean lengths with the analytic formula's ratio.
-    flops_step = flops * analytic.total / analytic0.total if flops is not None else analytic.total
+    # count is carried over to their mean lengths with the analytic formula's ratio (and without
+    # the recomputed forward: the MFU counts the model's FLOPs once).
+    flops_step = flops * analytic.total / analytic0_run.total if flops is not None else analytic.total
     med = statistics.median(ms)
     row = {
-        "bench": "train_step", "impl": impl, **environment(device), **setup.describe, **model_desc(model),
+        "bench": "train_step", "impl": impl, **environment(device), "arch": setup.arch, **setup.describe,
+        **model_desc(model), "activation_checkpointing": list(recompute),
         "batch": setup.batch, "frames": setup.frames, "crop": setup.crop,
         "tokens": (setup.frames // setup.tubelet) * (setup.crop // setup.patch) ** 2,
         "dtype": DTYPE_NAMES[setup.dtype],
@@ -839,7 +992,8 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "clips_s": round(setup.batch * 1e3 / med, 3),
         "ms_step_official_gpu_timer": round(official_ms, 4) if official_ms is not None else None,
         "flops_step": int(flops_step), "flops_step_counted": flops,
-        "flops_step_analytic": int(analytic.total), "flops_step_analytic_step0": int(analytic0.total),
+        "flops_step_analytic": int(analytic.total), "flops_step_analytic_step0": int(analytic0_run.total),
+        "flops_recomputed_step0": int(analytic0_run.total - analytic0.total),
         "flops_analytic_split": {k: int(v) for k, v in analytic.as_dict().items()},
         "tflops_s": round(flops_step / (med / 1e3) / 1e12, 4),
         "mfu": round(flops_step / (med / 1e3) / (peak[0] * 1e12), 5) if peak else None,
@@ -856,6 +1010,16 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
     return row
 
 
+def ckpt_blocks(impl: str, model, setup: BenchSetup) -> tuple[int, int]:
+    """(encoder, predictor) blocks whose forward runs again in the backward: every block in the V2
+    reference (official), the fast model's own setting otherwise."""
+    if impl == "reference":
+        if setup.arch == "v2":
+            return len(model.encoder.blocks), len(model.predictor.predictor_blocks)
+        return 0, 0
+    return int(model.encoder.activation_checkpointing), int(model.predictor.activation_checkpointing)
+
+
 def _compile_stats():
     try:
         from vjepa_fast.compile import compile_stats
@@ -870,8 +1034,10 @@ def ratio_row(ref: dict, fast: dict) -> dict:
         if ref["phases"].get(k):
             phases[k] = round(v / ref["phases"][k], 4)
     return {
-        "bench": "train_step", "impl": "ratio", "model": ref["model"], "batch": ref["batch"],
+        "bench": "train_step", "impl": "ratio", "arch": ref["arch"], "model": ref["model"], "batch": ref["batch"],
         "device_name": ref["device_name"], "dtype": ref["dtype"],
+        "activation_checkpointing_fast": fast["activation_checkpointing"],
+        "activation_checkpointing_reference": ref["activation_checkpointing"],
         "ms_ratio_fast_over_reference": round(fast["ms_step"] / ref["ms_step"], 4),
         "speedup_fast_vs_reference": round(ref["ms_step"] / fast["ms_step"], 4),
         "clips_s_reference": ref["clips_s"], "clips_s_fast": fast["clips_s"],
@@ -916,7 +1082,8 @@ def check_loss(setup: BenchSetup, args) -> dict:
     tol = args.tol if args.tol is not None else default_tolerance(setup)
     max_rel = max(rel) if rel else 0.0
     return {
-        "bench": "train_step", "mode": "check_loss", **environment(setup.device), **setup.describe, **desc,
+        "bench": "train_step", "mode": "check_loss", **environment(setup.device), "arch": setup.arch,
+        **setup.describe, **desc, "activation_checkpointing_fast": setup.activation_checkpointing,
         "batch": setup.batch, "frames": setup.frames, "crop": setup.crop, "dtype": DTYPE_NAMES[setup.dtype],
         "attn_backend": get_attention_backend(), "kernels": kernels.kernel_backend(setup.device),
         "steps": n, "losses_reference": ref, "losses_fast": fast, "rel_diff": rel,
@@ -980,6 +1147,14 @@ def main(argv: list[str] | None = None) -> int:
     if setup.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the official main does
     choose_attention(args, setup)
+    ac_given = args.activation_checkpointing
+    settings = [setup.activation_checkpointing] if ac_given is None else [v.strip() for v in ac_given.split(",")]
+    try:
+        for v in settings:
+            checkpoint_settings(v, 1, 1)
+    except ValueError as e:
+        build_parser().error(str(e))
+    setup.activation_checkpointing = settings[0]
     if args.check_loss:
         row = check_loss(setup, args)
         emit(row, args.out)
@@ -990,13 +1165,17 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.no_mfu:
         peak = measure_matmul_tflops(setup.device, setup.dtype)
     clips_pool = [setup.clips(0), setup.clips(1)]
-    impls = ["reference", "fast"] if args.impl == "both" else [args.impl]
-    rows = {}
-    for impl in impls:
-        rows[impl] = bench_impl(impl, setup, args, clips_pool, peak)
-        emit(rows[impl], args.out)
-    if len(rows) == 2:
-        emit(ratio_row(rows["reference"], rows["fast"]), args.out)
+    ref = None
+    if args.impl in ("reference", "both"):
+        ref = bench_impl("reference", setup, args, clips_pool, peak)
+        emit(ref, args.out)
+    if args.impl in ("fast", "both"):
+        for value in settings:  # one fast row per activation-checkpointing setting
+            setup.activation_checkpointing = value
+            fast = bench_impl("fast", setup, args, clips_pool, peak)
+            emit(fast, args.out)
+            if ref is not None:
+                emit(ratio_row(ref, fast), args.out)
     return 0
 
 

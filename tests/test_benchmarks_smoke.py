@@ -6,6 +6,8 @@
   encoder pass per mask, repeat-index gathers, full-length target LayerNorm, foreach AdamW, Python
   EMA loop) and the fast step (fused kernels / their references, fused EMA) must give the same
   losses and weights in fp32;
+* ``--arch v2``: the same for V-JEPA 2 against ``reference_step_v2.py`` (two clip lengths in the
+  loss check), with one fast row per activation-checkpointing setting;
 * ``benchmarks/profile_step.py`` writes a Chrome trace and a table of top ops.
 """
 from __future__ import annotations
@@ -135,6 +137,63 @@ def test_check_loss_with_triton_kernels_in_interpreter(capsys, monkeypatch):
     rc = train_step.main(TINY + ["--check-loss", "2"])
     row = _json_lines(capsys.readouterr().out)[0]
     assert row["kernels"] == "triton"
+    assert rc == 0 and row["pass"] and row["max_rel_diff"] <= 1e-5, row
+
+
+TINY_V2 = ["--device", "cpu", "--arch", "v2", "--model", "vit_tiny", "--embed-dim", "96", "--depth", "2",
+           "--heads", "3", "--pred-dim", "48", "--pred-depth", "2", "--pred-heads", "3", "--frames", "8",
+           "--crop", "64", "--batch", "2"]  # fmt: skip
+
+
+def test_train_step_v2_reference_and_fast_side_by_side(capsys):
+    """--arch v2: the official V2 structure (reference_step_v2.py: per-group loops, every block
+    checkpointed, _foreach EMA) against the fast path, one fast row (and ratio) per
+    activation-checkpointing setting; FLOP counts include the checkpointed blocks' second forward."""
+    rc = train_step.main(TINY_V2 + ["--impl", "both", "--steps", "2", "--warmup", "1", "--phase-steps", "1",
+                                    "--activation-checkpointing", "0,all"])  # fmt: skip
+    assert rc == 0
+    rows = _json_lines(capsys.readouterr().out)
+    assert [r["impl"] for r in rows] == ["reference", "fast", "ratio", "fast", "ratio"]
+    ref, fast0, fast_all = rows[0], rows[1], rows[3]
+    for r in (ref, fast0, fast_all):
+        assert IMPL_FIELDS <= set(r), IMPL_FIELDS - set(r)
+        assert r["arch"] == "v2" and r["dataset_fpcs"] == [8, 8, 8] and r["tokens"] == 64
+        assert r["ms_step"] > 0 and r["loss_last"] > 0 and r["peak_mem_gib"] is None  # CPU
+        assert abs(r["flops_step_analytic_step0"] / r["flops_step_counted"] - 1) < 0.05, r
+    assert ref["activation_checkpointing"] == [2, 2] and ref["grad_scaler"] is False  # fp32: no scaler
+    assert fast0["activation_checkpointing"] == [0, 0] and fast_all["activation_checkpointing"] == [2, 2]
+    assert fast0["flops_recomputed_step0"] == 0 < fast_all["flops_recomputed_step0"] == ref["flops_recomputed_step0"]
+    # Model FLOPs (the MFU's) count a recomputed forward once: equal with and without checkpointing.
+    assert fast0["flops_step_analytic"] == fast_all["flops_step_analytic"]
+    # The reference embeds each group's whole clip once per mask config; the fast path once.
+    assert ref["flops_step_analytic"] > fast0["flops_step_analytic"]
+    assert [r["activation_checkpointing_fast"] for r in (rows[2], rows[4])] == [[0, 0], [2, 2]]
+
+
+def test_check_loss_v2_two_clip_lengths_every_fast_option_fp32(capsys):
+    """Two clip-length groups (8 and 4 frames in one batch of 3), packed context, the fused
+    AdamW+EMA step and activation checkpointing on the fast path: the same losses and weights as
+    the official V2 structure in fp32."""
+    rc = train_step.main(TINY_V2 + ["--fpcs", "8,4", "--batch", "3", "--check-loss", "3", "--pack-context",
+                                    "--fused-optimizer", "on", "--activation-checkpointing", "1"])  # fmt: skip
+    row = _json_lines(capsys.readouterr().out)[0]
+    assert rc == 0 and row["pass"] and row["max_rel_diff"] <= 1e-5, row
+    assert row["arch"] == "v2" and row["dataset_fpcs"] == [8, 4] and row["activation_checkpointing_fast"] == "1"
+    assert row["param_max_abs_diff"] < 1e-6
+    assert row["losses_reference"][0] != row["losses_reference"][-1]
+
+
+def test_check_loss_v2_with_triton_kernels_in_interpreter(capsys, monkeypatch):
+    """V2 with the Triton kernels (RoPE, gather, loss; run by the interpreter) against the official
+    V2 structure."""
+    from vjepa_fast.kernels import HAS_TRITON, INTERPRET
+
+    if not (HAS_TRITON and INTERPRET):
+        pytest.skip("needs triton with TRITON_INTERPRET=1 at import")
+    monkeypatch.setenv("VJEPA_FAST_KERNELS", "triton")
+    rc = train_step.main(TINY_V2 + ["--check-loss", "2"])
+    row = _json_lines(capsys.readouterr().out)[0]
+    assert row["kernels"] == "triton" and row["arch"] == "v2"
     assert rc == 0 and row["pass"] and row["max_rel_diff"] <= 1e-5, row
 
 
