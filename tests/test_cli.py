@@ -57,10 +57,10 @@ def test_check_config_prints_the_resolved_config_and_writes_nothing(tmp_path, ca
 
 
 def test_check_config_lists_every_problem(tmp_path, capsys):
-    rc = main(["check-config", "--config", TINY, "optimization.weight_decy=0.1", "data.batch_size=0", "model.use_rope=true"])
+    rc = main(["check-config", "--config", TINY, "optimization.weight_decy=0.1", "data.batch_size=0", "model.pred_is_frame_causal=true"])
     err = capsys.readouterr().err
     assert rc == 2 and "3 problem(s); the run would not start" in err
-    assert "unknown key 'optimization.weight_decy'" in err and "unknown key 'model.use_rope'" in err
+    assert "unknown key 'optimization.weight_decy'" in err and "unknown key 'model.pred_is_frame_causal'" in err
     assert "'data.batch_size': 0" in err
     # past the keys: data, checkpoints and the start of the run
     bad = tmp_path / "index.csv"
