@@ -22,6 +22,19 @@ The strategy: two compiled regions, one static, one with symbolic token counts
    its lengths. Marked dims are never duck-shaped, so lengths that happen to be equal in the
    first traced step still get their own symbols.
 
+V-JEPA 2 (:meth:`VJEPA.forward_groups`): the student is :meth:`VJEPA.forward_student_groups`
+(``model.compiled_student_groups``, counted as the same ``student`` region), its masks' token dims
+marked dynamic the same way (:class:`DynamicGroups`). The number of clip-length groups is part of
+the traced structure, so there is one student graph per group count (one in every official V2
+config). With several groups the split of the batch between them changes every step, so their
+batch dims are marked dynamic too (the target's as well: it then compiles once per clip length).
+The RoPE tables are built inside the traced blocks (activation checkpointing forbids caching them
+across blocks there; the graph's CSE merges the copies). Measured on CPU (tests/test_compile.py,
+aot_eager): 1 target + 1 student graph and 0 recompiles over 12 steps of changing masks, with the
+blocks activation-checkpointed; with two groups of changing sizes, 1 student graph and 2 target
+graphs (one per length). ``benchmarks/train_step.py --arch v2 --compile`` with inductor on the CPU
+(tiny model, 2 warm-up + 3 timed steps): 1 + 1 graphs, nothing compiled during the timed steps.
+
 The modules are not wrapped: the target's ``forward`` is replaced on the instance and the
 student is reached through ``model.compiled_student``, so parameters, the optimizer, the EMA and
 ``state_dict`` (no ``_orig_mod.`` prefix: the official checkpoint format) are those of the eager
