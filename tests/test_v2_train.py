@@ -165,3 +165,64 @@ def test_sync_gc_collects_every_50_steps_and_restores_the_collector(tmp_path, mo
     monkeypatch.setattr(gc, "collect", lambda *a: calls.append(gc.isenabled()) or real(*a))
     Trainer(v2_cfg(tmp_path, "optimization.max_steps=2", "meta.sync_gc=true"), **QUIET).fit()
     assert calls and not any(calls) and gc.isenabled()  # collected with the collector off, then on again
+
+
+_DDP_WORKER = """
+import sys
+from vjepa_fast.config import PretrainConfig
+from vjepa_fast.distributed import cleanup_distributed, init_distributed
+from vjepa_fast.train import pretrain
+info = init_distributed("cpu")
+assert info.world_size == 2
+pretrain(PretrainConfig.from_yaml(sys.argv[1], sys.argv[2:]), out=lambda s: None)
+cleanup_distributed(info)
+"""
+
+
+def test_two_rank_ddp_run_equals_one_process_averaging_both_ranks(tmp_path):
+    """DDP over gloo, 2 processes: the predictor's mask tokens 2 and 3 (no such clip-length group) are
+    never used, which DDP accepts only with find_unused_parameters (as the official V2 trainer sets);
+    the result equals one process averaging both ranks' micro-batches, and the unused tokens stay."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from vjepa_fast.masks import build_mask_collator  # noqa: PLC0415
+    from vjepa_fast.train import SyntheticMultiLengthClips, build_model_from_config  # noqa: PLC0415
+
+    steps = 2
+    overrides = ["data.dataset_fpcs=[8,4]", "data.num_frames=8", "data.batch_size=2", "optimization.ipe=2",
+                 "optimization.epochs=3", "optimization.warmup=1", f"optimization.max_steps={steps}",
+                 "logging.log_every=1", "meta.device=cpu", *SMALL]
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(TINY),
+           f"logging.folder={tmp_path / 'ddp'}", *overrides]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    cfg = PretrainConfig.from_yaml(TINY, [f"logging.folder={tmp_path / 'ref'}", *overrides])
+    d = cfg.data
+    ref = Trainer(cfg, **QUIET)
+    sources = [SyntheticMultiLengthClips(d.batch_size, d.dataset_fpcs, d.crop_size, "cpu", cfg.meta.seed, r) for r in (0, 1)]
+    masks = [build_mask_collator(d.mask_type, cfg.mask_dicts(), crop_size=d.crop_size, patch_size=d.patch_size,
+                                 tubelet_size=d.tubelet_size, seed=cfg.meta.seed, rank=r, dataset_fpcs=d.dataset_fpcs)
+             for r in (0, 1)]
+    for step in range(steps):
+        micro = []
+        for r in (0, 1):
+            batch = sources[r](step)
+            groups = masks[r].sample_groups(batch.fpcs, step)
+            micro.append(([batch.clips[g.fpc] for g in groups], [g.masks_enc for g in groups], [g.masks_pred for g in groups]))
+        ref.train_step_accum(micro)
+    ck = read_checkpoint(tmp_path / "ddp" / "jepa-latest.pth.tar")
+    assert ck["world_size"] == 2 and ck["vjepa_fast"]["step"] == steps
+    for key in ("encoder", "predictor", "target_encoder"):
+        got = {k.removeprefix("module.backbone."): v for k, v in ck[key].items()}
+        for name, want in getattr(ref.model, key).state_dict().items():
+            torch.testing.assert_close(got[name], want, atol=1e-5, rtol=1e-5, msg=f"{key}.{name}")
+    fresh = build_model_from_config(cfg).predictor.state_dict()
+    for j in (2, 3):
+        assert torch.equal(ck["predictor"][f"module.backbone.mask_tokens.{j}"], fresh[f"mask_tokens.{j}"])

@@ -168,14 +168,14 @@ ACCEPTED_AND_IGNORED: Dict[str, str] = {
 #: Why ``app: vjepa_droid`` files (V-JEPA 2-AC) are refused.
 VJEPA_DROID_REFUSAL = (
     "app: 'vjepa_droid' is the V-JEPA 2-AC (action-conditioned) training config "
-    "(official app/vjepa_droid: a frozen V-JEPA 2 encoder, a block-causal action/state predictor, DROID robot "
-    "trajectories); it is not implemented here. This project trains and evaluates V-JEPA and V-JEPA 2 "
-    "(app: vjepa; e.g. configs/pretrain/v2_vitg16_pretrain_256px_16f.yaml)")
+    "(official app/vjepa_droid: a frozen V-JEPA 2 encoder, a block-causal action/state predictor, "
+    "DROID robot trajectories); it is not implemented here. This project trains and evaluates V-JEPA and "
+    "V-JEPA 2 (app: vjepa; e.g. configs/pretrain/v2_vitg16_pretrain_256px_16f.yaml)")
 #: Why ``eval_name: action_anticipation_frozen`` files (V-JEPA 2's EK100 eval) are refused.
 ANTICIPATION_REFUSAL = (
-    "eval_name: 'action_anticipation_frozen' (V-JEPA 2's EPIC-KITCHENS-100 action anticipation with encoder + "
-    "predictor features) is not implemented here; the frozen evaluations are video_classification_frozen and "
-    "image_classification_frozen")
+    "eval_name: 'action_anticipation_frozen' (V-JEPA 2's EPIC-KITCHENS-100 action anticipation with "
+    "encoder + predictor features) is not implemented here; the frozen evaluations are "
+    "video_classification_frozen and image_classification_frozen")
 
 
 class ConfigError(ValueError):
@@ -592,7 +592,8 @@ class DataConfig:
                 _check(self.num_clips == 1, f"{p}.num_clips", self.num_clips,
                        "the V-JEPA 2 trainer (data.dataset_fpcs) uses one clip per sample")
                 _check(self.mask_type == "multiblock3d", f"{p}.mask_type", self.mask_type,
-                       "V-JEPA 2 multi-length batches (data.dataset_fpcs) have only the multiblock3d collator")
+                       "V-JEPA 2 multi-length batches (data.dataset_fpcs) have only the multiblock3d "
+                       "collator")
         _check(self.num_workers >= 0, f"{p}.num_workers", self.num_workers, "must be >= 0")
         if all(positive):
             image = " (image pretraining: num_frames 1 with tubelet_size 1)" if self.num_frames == 1 else ""
@@ -937,8 +938,8 @@ class PretrainConfig(_RootConfig):
         crop = self.data.crop_size
         if isinstance(crop, list):
             if _check(len(crop) == 2 and crop[0] == crop[1], "data.crop_size", crop,
-                      "a [height, width] pair must have equal sides: pretraining builds square models and masks "
-                      "(so does the official trainer); give one int"):
+                      "a [height, width] pair must have equal sides: pretraining builds square models and "
+                      "masks (so does the official trainer); give one int"):
                 self.data.crop_size = crop[0]
             else:
                 self.data.crop_size = 224  # keeps the other checks meaningful; the problem is reported
@@ -997,12 +998,15 @@ class PretrainConfig(_RootConfig):
         for i, m in enumerate(self.mask):
             for flag in ("full_complement", "pred_full_complement", "inv_block"):
                 if getattr(m, flag):
-                    _check(False, f"mask[{i}].{flag}", True, f"is an option of the V-JEPA 2 mask collator: {need}")
+                    _check(False, f"mask[{i}].{flag}", True,
+                           f"is an option of the V-JEPA 2 mask collator: {need}")
         if self.optimization.is_anneal:
-            _check(False, "optimization.is_anneal", True, f"the cooldown is part of the V-JEPA 2 recipe: {need}")
+            _check(False, "optimization.is_anneal", True,
+                   f"the cooldown is part of the V-JEPA 2 recipe: {need}")
         if self.data.fps is not None:
-            _check(False, "data.fps", self.data.fps, f"fps-based frame steps are the V-JEPA 2 loader's: {need}, "
-                   "or use data.sampling_rate / data.clip_duration")
+            _check(False, "data.fps", self.data.fps,
+                   f"fps-based frame steps are the V-JEPA 2 loader's: {need}, or use data.sampling_rate / "
+                   "data.clip_duration")
 
     # -- convenience -----------------------------------------------------------------------------
     def mask_dicts(self) -> List[Dict[str, Any]]:
@@ -1418,9 +1422,10 @@ class EvalConfig(_RootConfig):
 #: The encoder wrappers of the official V2 eval files (``model_kwargs.module_name``) that map onto
 #: this project's frozen evaluation, and the kind of eval each belongs to.
 V2_EVAL_MODULES = {
-    "evals.video_classification_frozen.modelcustom.vit_encoder_multiclip": "video_classification_frozen",
-    "evals.video_classification_frozen.modelcustom.vit_encoder_multiclip_multilevel": "video_classification_frozen",
-    "evals.image_classification_frozen.modelcustom.vit_encoder": "image_classification_frozen",
+    f"evals.{kind}.modelcustom.{wrapper}": kind for kind, wrapper in (
+        ("video_classification_frozen", "vit_encoder_multiclip"),
+        ("video_classification_frozen", "vit_encoder_multiclip_multilevel"),
+        ("image_classification_frozen", "vit_encoder"))
 }
 
 #: V2 eval-file key -> our key (dotted), or ``None`` with the reason it has no effect here
@@ -1448,10 +1453,10 @@ V2_EVAL_KEYS: Dict[str, str] = {
 V2_EVAL_IGNORED: Dict[str, str] = {
     "max_workers": "read nowhere in the official V2 code (the vitl ssv2 file's; its eval then runs the "
                    "num_workers default, 12)",
-    "model_kwargs.module_name": "selects the official encoder wrapper; its choices are what the other keys set "
-                                "here (out_layers, image or video, segments concatenated)",
-    "model_kwargs.wrapper_kwargs.max_frames": "frames of the position table that use_pos_embed would add in the "
-                                              "official wrapper; unused with use_pos_embed false",
+    "model_kwargs.module_name": "selects the official encoder wrapper; its choices are what the other keys "
+                                "set here (out_layers, image or video, segments concatenated)",
+    "model_kwargs.wrapper_kwargs.max_frames": "frames of the position table that use_pos_embed would add in "
+                                              "the official wrapper; unused with use_pos_embed false",
     "model_kwargs.wrapper_kwargs.use_pos_embed": "only false (every official file): the V2 encoders use RoPE",
     "experiment.optimization.use_pos_embed": "not read by the official eval; only false accepted",
     "model_kwargs.pretrain_kwargs.encoder.img_temporal_dim_size": "only null (every official file)",
@@ -1484,13 +1489,15 @@ def v2_eval_to_ours(raw: Dict[str, Any]) -> Dict[str, Any]:
     key is reported (:func:`_report`) with its V2 name."""
     out: Dict[str, Any] = {"protocol": "v2"}
     eval_name = raw.get("eval_name")
-    module = (raw.get("model_kwargs") or {}).get("module_name") if isinstance(raw.get("model_kwargs"), dict) else None
+    model_kwargs = raw.get("model_kwargs") if isinstance(raw.get("model_kwargs"), dict) else {}
+    module = model_kwargs.get("module_name")
+    mkey = "model_kwargs.module_name"
     if module is not None and module not in V2_EVAL_MODULES:
-        _report(ConfigError(f"invalid value for 'model_kwargs.module_name': {module!r} (this project runs the "
-                            f"encoder wrappers {', '.join(V2_EVAL_MODULES)})", key="model_kwargs.module_name"))
+        _report(ConfigError(f"invalid value for '{mkey}': {module!r} (this project runs the encoder wrappers "
+                            f"{', '.join(V2_EVAL_MODULES)})", key=mkey))
     elif module is not None and eval_name is not None and V2_EVAL_MODULES[module] != eval_name:
-        _report(ConfigError(f"invalid value for 'model_kwargs.module_name': {module!r} is an encoder of "
-                            f"{V2_EVAL_MODULES[module]}, but eval_name is {eval_name!r}", key="model_kwargs.module_name"))
+        _report(ConfigError(f"invalid value for '{mkey}': {module!r} is an encoder of "
+                            f"{V2_EVAL_MODULES[module]}, but eval_name is {eval_name!r}", key=mkey))
     video = eval_name != "image_classification_frozen"
 
     def put(dotted: str, value: Any) -> None:
@@ -1509,7 +1516,8 @@ def v2_eval_to_ours(raw: Dict[str, Any]) -> Dict[str, Any]:
             put("pretrain.checkpoint", os.path.abspath(value))
         elif key in V2_EVAL_KEYS:
             if key == "model_kwargs.wrapper_kwargs.img_as_video_nframes" and video:
-                _report(ConfigError(f"'{key}' belongs to image evals (eval_name: image_classification_frozen)", key=key))
+                _report(ConfigError(f"'{key}' belongs to image evals (eval_name: "
+                                    "image_classification_frozen)", key=key))
                 continue
             put(V2_EVAL_KEYS[key], value)
         elif key in V2_EVAL_IGNORED:
@@ -1518,10 +1526,13 @@ def v2_eval_to_ours(raw: Dict[str, Any]) -> Dict[str, Any]:
             if key.endswith("img_temporal_dim_size") and value is not None:
                 _report(_err(key, value, "only null is supported"))
         else:
-            close = difflib.get_close_matches(key, list(V2_EVAL_KEYS) + list(V2_EVAL_IGNORED), n=1, cutoff=0.75)
+            known = list(V2_EVAL_KEYS) + list(V2_EVAL_IGNORED)
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             _report(ConfigError(f"unknown key '{key}' (V-JEPA 2 eval layout){hint}", key=key))
-    frames = (raw.get("experiment") or {}).get("data", {}).get("frames_per_clip") if isinstance(raw.get("experiment"), dict) else None
+    experiment = raw.get("experiment") if isinstance(raw.get("experiment"), dict) else {}
+    data = experiment.get("data") if isinstance(experiment.get("data"), dict) else {}
+    frames = data.get("frames_per_clip")
     if video and isinstance(frames, int):
         put("pretrain.frames_per_clip", frames)
     return out

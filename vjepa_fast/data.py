@@ -170,8 +170,8 @@ def build_sampler(dataset: VideoDataset, rank: int = 0, world_size: int = 1, see
     the dataset has ``sample_weights`` (``data.datasets_weights``): without replacement as V1's,
     with ``replacement`` as V2's."""
     if dataset.sample_weights is not None:
-        return DistributedWeightedSampler(dataset.sample_weights, num_replicas=world_size, rank=rank, seed=seed,
-                                          replacement=replacement)
+        return DistributedWeightedSampler(dataset.sample_weights, num_replicas=world_size, rank=rank,
+                                          seed=seed, replacement=replacement)
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
@@ -251,7 +251,8 @@ class VideoClipSource:
         loader_dataset = RandAugmentClips(self.dataset, self.seed, rank) if self.auto_augment else self.dataset
         self.loader = DataLoader(
             loader_dataset, batch_size=d.batch_size, sampler=self.sampler, drop_last=True,
-            num_workers=d.num_workers, pin_memory=self.pin, persistent_workers=d.persistent_workers and d.num_workers > 0,
+            num_workers=d.num_workers, pin_memory=self.pin,
+            persistent_workers=d.persistent_workers and d.num_workers > 0,
             collate_fn=collate_uint8,
         )
         n = len(self.sampler.base) // d.batch_size
@@ -326,8 +327,9 @@ class VideoClipSource:
         out: dict[int, torch.Tensor] = {}
         for fpc in dict.fromkeys(fpcs):
             rows = [b for b, f in enumerate(fpcs) if f == fpc]
-            x = apply_video_transform([clips[b] for b in rows], boxes[rows], flips[rows], self.crop_size, IMAGENET_MEAN,
-                                      IMAGENET_STD, device=self.device, out_dtype=self.out_dtype)
+            x = apply_video_transform([clips[b] for b in rows], boxes[rows], flips[rows], self.crop_size,
+                                      IMAGENET_MEAN, IMAGENET_STD, device=self.device,
+                                      out_dtype=self.out_dtype)
             out[fpc] = random_erase_batch_(x, self.reprob, self.seed, self.rank, step, positions=rows)
         return MultiLengthBatch(fpcs, out)
 

@@ -219,8 +219,8 @@ def wrap_student(model: nn.Module, parallel: str = "ddp", device: torch.device |
         buffer_sync_off = ({"forward_sync_buffers": False}
                            if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
                            else {"broadcast_buffers": False})
-        return DDP(student, device_ids=ids, gradient_as_bucket_view=True, find_unused_parameters=find_unused_parameters,
-                   **buffer_sync_off)
+        return DDP(student, device_ids=ids, gradient_as_bucket_view=True,
+                   find_unused_parameters=find_unused_parameters, **buffer_sync_off)
     if parallel == "fsdp":
         _fsdp_shard([model.encoder, model.predictor, model.target_encoder], device, mp_dtype)
         return student

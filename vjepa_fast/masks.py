@@ -311,7 +311,8 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         self.seed = _check_seed("seed", seed)
         self.rank = _check_seed("rank", rank)
         if position_generator is not None and not isinstance(position_generator, torch.Generator):
-            raise ValueError(f"position_generator must be a torch.Generator or None, got {position_generator!r}")
+            raise ValueError(
+                f"position_generator must be a torch.Generator or None, got {position_generator!r}")
         self.position_generator = position_generator
         self.stream_key = tuple(_check_seed("stream_key entry", k) for k in stream_key)
         self._step = 0
@@ -392,10 +393,12 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
                     out[b] = ctx[0]
                     break
             else:
-                raise RuntimeError(f"context still empty after {_MAX_RESAMPLE_ROUNDS} redraws (block {t}x{h}x{w})")
+                raise RuntimeError(
+                    f"context still empty after {_MAX_RESAMPLE_ROUNDS} redraws (block {t}x{h}x{w})")
         return out
 
-    def _context_from_starts(self, spec: _BlockSpec, starts: np.ndarray, t: int, h: int, w: int) -> np.ndarray:
+    def _context_from_starts(self, spec: _BlockSpec, starts: np.ndarray, t: int, h: int,
+                             w: int) -> np.ndarray:
         """Bool ``[B, N]`` context (True) of blocks of size ``(t, h, w)`` at ``starts`` ``[B, nb, 3]``
         (each row ``(t0, y0, x0)``): the complement of their union, minus the frames past
         ``max_context_duration``."""
@@ -498,11 +501,14 @@ class MultiSeqMaskCollator(_StepCounterMixin):
     ):
         if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
             raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
-        if isinstance(dataset_fpcs, (str, Mapping)) or not isinstance(dataset_fpcs, Sequence) or not dataset_fpcs:
-            raise ValueError(f"dataset_fpcs={dataset_fpcs!r} must be a non-empty list of clip lengths (frames)")
+        if (isinstance(dataset_fpcs, (str, Mapping)) or not isinstance(dataset_fpcs, Sequence)
+                or not dataset_fpcs):
+            raise ValueError(
+                f"dataset_fpcs={dataset_fpcs!r} must be a non-empty list of clip lengths (frames)")
         for f in dataset_fpcs:
             if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 1:
-                raise ValueError(f"dataset_fpcs={list(dataset_fpcs)!r}: every clip length must be an int >= 1")
+                raise ValueError(
+                    f"dataset_fpcs={list(dataset_fpcs)!r}: every clip length must be an int >= 1")
         self.fpcs = list(dict.fromkeys(int(f) for f in dataset_fpcs))
         self.flags: list[dict[str, bool]] = []
         plain = []

@@ -161,9 +161,9 @@ def mask_problems(cfg: PretrainConfig) -> list[str]:
     if d.mask_type != "multiblock3d":
         return []
     # The spatial grid decides the block sizes; a V2 run's clip lengths change only T.
-    col = MultiBlock3DMaskCollator([{k: v for k, v in m.items() if k not in V2_MASK_FLAGS} for m in cfg.mask_dicts()],
-                                   crop_size=d.crop_size, num_frames=d.num_frames, patch_size=d.patch_size,
-                                   tubelet_size=d.tubelet_size)
+    cfgs = [{k: v for k, v in m.items() if k not in V2_MASK_FLAGS} for m in cfg.mask_dicts()]
+    col = MultiBlock3DMaskCollator(cfgs, crop_size=d.crop_size, num_frames=d.num_frames,
+                                   patch_size=d.patch_size, tubelet_size=d.tubelet_size)
     T, H, W = col.grid
     problems = []
     for i, spec in enumerate(col.specs):
@@ -264,7 +264,8 @@ def _read(path: Path, key: str, problems: list[str], mmap: bool) -> dict | None:
         return None
 
 
-def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], v2: bool) -> tuple[list[str], list[str]]:
+def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                 v2: bool) -> tuple[list[str], list[str]]:
     """``(problems, notes)`` of loading the (prefix-cleaned) ``state`` into a module whose state dict is
     ``own``. ``v2``: as :func:`vjepa_fast.checkpoint_v2.load_vjepa2_checkpoint` loads it: position
     tables the module lacks (RoPE) are dropped, and mask tokens beyond the module's are left out (a
@@ -279,7 +280,8 @@ def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tens
                 del state[k]
         extra = sorted(k for k in state if k.startswith("mask_tokens.") and k not in own)
         if extra:
-            notes.append(f"{len(extra)} mask tokens of the file are beyond the model's and not loaded ({', '.join(extra)})")
+            notes.append(f"{len(extra)} mask tokens of the file are beyond the model's and not loaded "
+                         f"({', '.join(extra)})")
             for k in extra:
                 del state[k]
     problems, _ = state_problems(own, state)
@@ -287,7 +289,8 @@ def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tens
 
 
 def _check_start_weights(plan: StartPlan, cfg: PretrainConfig, key: str, path: Path,
-                         model_state: Mapping[str, Mapping[str, torch.Tensor]] | None, mmap: bool) -> dict | None:
+                         model_state: Mapping[str, Mapping[str, torch.Tensor]] | None,
+                         mmap: bool) -> dict | None:
     """Read the checkpoint that ``key`` (meta.init_from or optimization.anneal_ckpt) names, check it is
     a pretraining checkpoint whose encoder, predictor and target fit the model; notes for the config
     changes. Returns the checkpoint (None after a problem)."""
@@ -308,8 +311,8 @@ def _check_start_weights(plan: StartPlan, cfg: PretrainConfig, key: str, path: P
             problems, notes = fit_problems(model_state[name], clean_state_dict(ckpt[name]), cfg.is_v2)
             plan.notes += [f"{key}: {path}: its {name}: {n}" for n in notes]
             if problems:
-                plan.problems.append(f"{key}: {path}: its {name} does not fit the model this config builds:\n    "
-                                     + "\n    ".join(problems))
+                plan.problems.append(f"{key}: {path}: its {name} does not fit the model this config "
+                                     "builds:\n    " + "\n    ".join(problems))
     return ckpt
 
 
@@ -331,8 +334,8 @@ def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None,
     own = folder / m.read_checkpoint if m.read_checkpoint else latest
     if o.is_anneal and m.load_checkpoint and own.is_file() and not o.resume_anneal:
         plan.problems.append(
-            f"{own} holds this cooldown's own checkpoint, and optimization.resume_anneal is false: starting again "
-            f"from optimization.anneal_ckpt would overwrite it (the official trainer does). Set "
+            f"{own} holds this cooldown's own checkpoint, and optimization.resume_anneal is false: starting "
+            f"again from optimization.anneal_ckpt would overwrite it (the official trainer does). Set "
             "optimization.resume_anneal=true to continue it, or choose another logging.folder")
         return plan
     if m.load_checkpoint and own.is_file():
@@ -388,15 +391,17 @@ def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None,
     if o.is_anneal:
         path = Path(o.anneal_ckpt)
         plan.kind, plan.path = "anneal", path
-        plan.ckpt = ckpt = _check_start_weights(plan, cfg, "optimization.anneal_ckpt", path, model_state, mmap)
+        plan.ckpt = ckpt = _check_start_weights(plan, cfg, "optimization.anneal_ckpt", path, model_state,
+                                                mmap)
         if ckpt is not None and not ckpt.get("opt"):
             plan.problems.append(
-                f"optimization.anneal_ckpt: {path} has no optimizer state ('opt'), and a cooldown continues the "
-                "pretraining's AdamW moments (official is_anneal). To start from its weights alone, use "
+                f"optimization.anneal_ckpt: {path} has no optimizer state ('opt'), and a cooldown continues "
+                "the pretraining's AdamW moments (official is_anneal). To start from its weights alone, use "
                 "meta.init_from with optimization.is_anneal=false (a fresh optimizer)")
-        elif ckpt is not None and (ckpt.get("vjepa_fast") or {}).get("opt_format") == "fsdp_fqn" and m.parallel != "fsdp":
-            plan.problems.append(f"optimization.anneal_ckpt: {path}: its optimizer state was written by an FSDP run; "
-                                 "run the cooldown with meta.parallel=fsdp")
+        elif (ckpt is not None and (ckpt.get("vjepa_fast") or {}).get("opt_format") == "fsdp_fqn"
+              and m.parallel != "fsdp"):
+            plan.problems.append(f"optimization.anneal_ckpt: {path}: its optimizer state was written by an "
+                                 "FSDP run; run the cooldown with meta.parallel=fsdp")
     elif m.init_from:
         path = Path(m.init_from)
         plan.kind, plan.path = "init", path

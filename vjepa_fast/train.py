@@ -613,8 +613,8 @@ class Trainer:
         self.owns_source = source is None
         if source is None:
             if d.synthetic and cfg.is_v2:
-                source = SyntheticMultiLengthClips(d.batch_size, d.dataset_fpcs, d.crop_size, self.device, cfg.meta.seed,
-                                                   self.rank, channels=cfg.model.in_chans)
+                source = SyntheticMultiLengthClips(d.batch_size, d.dataset_fpcs, d.crop_size, self.device,
+                                                   cfg.meta.seed, self.rank, channels=cfg.model.in_chans)
             elif d.synthetic:
                 source = SyntheticClips(d.batch_size, d.num_frames, d.crop_size, self.device, cfg.meta.seed, self.rank,
                                         channels=cfg.model.in_chans)
@@ -636,7 +636,8 @@ class Trainer:
         mp = self.dtype if (self.parallel == "fsdp" and self.dtype != torch.float32) else None
         # V2: the mask tokens of clip lengths absent from a batch get no gradient (official DDP:
         # find_unused_parameters=True), and AdamW leaves them untouched.
-        self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp, find_unused_parameters=cfg.is_v2)
+        self.student = wrap_student(self.model, cfg.meta.parallel, self.device, mp,
+                                    find_unused_parameters=cfg.is_v2)
         # The target copy is built after compile_vjepa (above), though it also follows a compiled
         # forward set later.
         self.optimizer, self.fused_optimizer, self.target_copy, notes = build_step_state(
@@ -845,7 +846,8 @@ class Trainer:
 
     @staticmethod
     def _start_record(path, ckpt: dict, kind: str) -> dict:
-        """What ``init_from`` / ``anneal_from`` record in this run's checkpoints (``vjepa_fast.init_from``)."""
+        """What ``init_from`` / ``anneal_from`` record in this run's checkpoints
+        (``vjepa_fast.init_from``)."""
         extra = ckpt.get("vjepa_fast") or {}
         return {"path": str(path), "kind": kind, "step": checkpoint_step(ckpt, None),
                 "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
@@ -858,14 +860,18 @@ class Trainer:
         released files: position tables a RoPE model lacks dropped, surplus mask tokens left out; what
         it did is printed), V1 runs as before."""
         if not self.cfg.is_v2:
-            load_vjepa_checkpoint(self.model, ckpt, source=str(path), keep_resized_pos_embed=keep_resized_pos_embed)
+            load_vjepa_checkpoint(self.model, ckpt, source=str(path),
+                                  keep_resized_pos_embed=keep_resized_pos_embed)
             return
         try:
             report = load_vjepa2_checkpoint(self.model, ckpt)
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
-        dropped = {k: r for k, r in report.modules.items()
-                   if r.dropped or (r.mask_tokens is not None and (r.mask_tokens.not_loaded or r.mask_tokens.kept_init))}
+        def changed(r) -> bool:
+            t = r.mask_tokens
+            return bool(r.dropped) or (t is not None and bool(t.not_loaded or t.kept_init))
+
+        dropped = {k: r for k, r in report.modules.items() if changed(r)}
         if dropped and self.is_main:
             self.out(f"note: {path}: " + "; ".join(str(r) for r in dropped.values()))
 
@@ -975,8 +981,10 @@ class Trainer:
                     masks_enc, masks_pred = self.masks.sample(B, itr)
                     flops_window += self.flop_model.step_flops(
                         clips.shape[0], [m.shape[1] for m in masks_enc], [m.shape[1] for m in masks_pred])
-                    masks_enc = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_enc, self.num_clips)]
-                    masks_pred = [m.to(self.device, non_blocking=True) for m in repeat_masks(masks_pred, self.num_clips)]
+                    masks_enc = [m.to(self.device, non_blocking=True)
+                                 for m in repeat_masks(masks_enc, self.num_clips)]
+                    masks_pred = [m.to(self.device, non_blocking=True)
+                                  for m in repeat_masks(masks_pred, self.num_clips)]
                 data_s = time.perf_counter() - t_data
                 data_s_window += data_s
                 metrics = self.train_step(clips, masks_enc, masks_pred)
@@ -1047,8 +1055,8 @@ class Trainer:
         if isinstance(batch, torch.Tensor):
             batch = MultiLengthBatch([int(batch.shape[2])] * batch.shape[0], {int(batch.shape[2]): batch})
         if not isinstance(batch, MultiLengthBatch):
-            raise TypeError(f"a V-JEPA 2 run's source must give a MultiLengthBatch or a [B, C, T, H, W] tensor, "
-                            f"got {type(batch).__name__}")
+            raise TypeError(f"a V-JEPA 2 run's source must give a MultiLengthBatch or a [B, C, T, H, W] "
+                            f"tensor, got {type(batch).__name__}")
         groups = self.masks.sample_groups(batch.fpcs, step)
         clips = [batch.clips[g.fpc] for g in groups]
         flops = 0.0

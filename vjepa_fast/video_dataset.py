@@ -296,7 +296,8 @@ class VideoDataset(Dataset):
             raise ValueError("max_retries must be >= 1")
 
         if fps is not None and (not fps > 0 or duration is not None):
-            raise ValueError(f"fps={fps!r} must be > 0 and excludes duration={duration!r} (one way to the frame step)")
+            raise ValueError(
+                f"fps={fps!r} must be > 0 and excludes duration={duration!r} (one way to the frame step)")
         self.fps = None if fps is None else float(fps)
         paths, labels, counts = read_index_files(self.data_paths)
         if not paths:
@@ -304,8 +305,8 @@ class VideoDataset(Dataset):
         if dataset_fpcs is None:
             dataset_fpcs = [self.frames_per_clip] * len(counts)
         if len(dataset_fpcs) != len(counts) or any(int(f) < 1 for f in dataset_fpcs):
-            raise ValueError(f"dataset_fpcs={list(dataset_fpcs)!r} must give a clip length >= 1 for each of the "
-                             f"{len(counts)} index files {self.data_paths}")
+            raise ValueError(f"dataset_fpcs={list(dataset_fpcs)!r} must give a clip length >= 1 for each of "
+                             f"the {len(counts)} index files {self.data_paths}")
         self.dataset_fpcs = [int(f) for f in dataset_fpcs]
         self._ends = np.cumsum(counts).tolist()  # sample i belongs to index file bisect_right(ends, i)
         self.samples: list[str] = paths
@@ -355,7 +356,8 @@ class VideoDataset(Dataset):
         """Frames per clip of sample ``index``: its index file's entry of ``dataset_fpcs``."""
         return self.dataset_fpcs[bisect.bisect_right(self._ends, int(index))]
 
-    def load_video(self, path: str, rng: np.random.Generator, fpc: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    def load_video(self, path: str, rng: np.random.Generator,
+                   fpc: int | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         """Decode the ``fpc``-frame clips (default ``frames_per_clip``) of one file; raises ``_SkipSample``
         when the file cannot be used."""
         fpc = self.frames_per_clip if fpc is None else int(fpc)
