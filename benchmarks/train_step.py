@@ -1169,14 +1169,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.impl in ("reference", "both"):
         ref = bench_impl("reference", setup, args, clips_pool, peak)
         emit(ref, args.out)
+    rc = 0
     if args.impl in ("fast", "both"):
         for value in settings:  # one fast row per activation-checkpointing setting
             setup.activation_checkpointing = value
-            fast = bench_impl("fast", setup, args, clips_pool, peak)
+            oom = None
+            try:
+                fast = bench_impl("fast", setup, args, clips_pool, peak)
+            except torch.OutOfMemoryError as e:
+                oom = str(e).strip()[:300]
+            if oom is not None:
+                # Too little checkpointing for this GPU is a result too: say so, try the next setting
+                # (freed outside the except clause, whose traceback holds the failed step's tensors).
+                _free(setup.device)
+                emit({"bench": "train_step", "impl": "fast", **environment(setup.device), "arch": setup.arch,
+                      **setup.describe, "activation_checkpointing": value, "error": f"out of memory: {oom}"},
+                     args.out)  # fmt: skip
+                rc = 1
+                continue
             emit(fast, args.out)
             if ref is not None:
                 emit(ratio_row(ref, fast), args.out)
-    return 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -170,6 +170,25 @@ def test_train_step_v2_reference_and_fast_side_by_side(capsys):
     assert [r["activation_checkpointing_fast"] for r in (rows[2], rows[4])] == [[0, 0], [2, 2]]
 
 
+def test_train_step_out_of_memory_setting_is_reported_and_the_next_one_runs(capsys, monkeypatch):
+    """A setting too light on activation checkpointing for the GPU: an error row names it, the next
+    setting still runs, and the exit status says something failed."""
+    real = train_step.bench_impl
+
+    def bench(impl, setup, *a, **kw):
+        if impl == "fast" and setup.activation_checkpointing == "0":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(impl, setup, *a, **kw)
+
+    monkeypatch.setattr(train_step, "bench_impl", bench)
+    rc = train_step.main(TINY_V2 + ["--impl", "fast", "--steps", "1", "--warmup", "0", "--phase-steps", "0",
+                                    "--no-flops", "--no-mfu", "--activation-checkpointing", "0,all"])  # fmt: skip
+    rows = _json_lines(capsys.readouterr().out)
+    assert rc == 1 and len(rows) == 2
+    assert rows[0]["activation_checkpointing"] == "0" and rows[0]["error"].startswith("out of memory")
+    assert rows[1]["activation_checkpointing"] == [2, 2] and rows[1]["ms_step"] > 0
+
+
 def test_check_loss_v2_two_clip_lengths_every_fast_option_fp32(capsys):
     """Two clip-length groups (8 and 4 frames in one batch of 3), packed context, the fused
     AdamW+EMA step and activation checkpointing on the fast path: the same losses and weights as
