@@ -14,7 +14,7 @@ DECODERS    := av torchcodec
 ifeq ($(shell uname -s)-$(shell uname -m),Linux-x86_64)
 DECODERS    += decord==0.6.0
 endif
-EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark safetensors $(DECODERS) scikit-learn scikit-video pillow matplotlib tensorboard
+EXTRA_DEPS  := numpy pyyaml pytest pytest-benchmark pytest-xdist safetensors $(DECODERS) scikit-learn scikit-video pillow matplotlib tensorboard
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench clean-venv
@@ -31,8 +31,11 @@ $(STAMP): setup.py Makefile
 demo: $(STAMP)
 	$(BIN)/vjepa-fast demo
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist; a file stays on one worker, so
+# module fixtures are built once). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-only

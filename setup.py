@@ -27,7 +27,7 @@ setup(
         # safetensors for vjepa-fast embed's default output
         "video": ["av", "decord; platform_system == 'Linux' and platform_machine == 'x86_64'", "safetensors"],
         "demo": ["scikit-learn", "scikit-video", "pillow", "matplotlib"],
-        "dev": ["pytest", "pytest-benchmark"],
+        "dev": ["pytest", "pytest-benchmark", "pytest-xdist"],
         "hf": ["safetensors"],  # Hugging Face V-JEPA 2 checkpoints (vjepa_fast.hf_vjepa2)
     },
     entry_points={"console_scripts": ["vjepa-fast=vjepa_fast.cli:main"]},

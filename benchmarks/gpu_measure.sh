@@ -14,7 +14,8 @@
 # Stages, most important first (budget in seconds, cut to what is left of DEADLINE; "took" =
 # measured on an H200 on 2026-11-30, benchmarks/results/gpu_measure/):
 #   env          environment + the two ceilings: bf16 matmul TFLOP/s, device copy GB/s    40  took 7-8
-#   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        100  took 51-53
+#   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        130  took 51-53
+#                (before the RoPE kernel's tests were added)
 #   vitl         train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager       120  took 49
 #   vitl_steady  the same with the warm-up steps' masks reused (no new attention shapes)   90  ~50 (est.)
 #   ablate       fast eager, one option at a time, profiled: default (+ the cost of a new
@@ -27,6 +28,10 @@
 #   loss         20-step loss check, reference vs fast eager with packed context + sparse   60  ~30 (est.)
 #   loss_all     50-step loss check, every option (compiled)                              150  ran out at 99
 #   vith         ViT-H/16: reference vs fast, every option                                120  not reached
+#   v2l          V-JEPA 2 ViT-L/16 16x256 batch 24: official V2 structure vs fast, without
+#                and with activation checkpointing (peak memory of each)                  180  ~100 (est.)
+#   v2_loss      V2 20-step loss check, reference vs fast                                  90  ~45 (est.)
+#   v2g          V2 ViT-g/16 (vit_giant_xformers), 10 timed steps                         240  ~170 (est.)
 #   kbench       kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy       60  gather: 16
 # A bare machine took about 30 s to start (device time, not in DEADLINE). What does not fit one call
 # runs in a second with ONLY="...".
@@ -56,6 +61,7 @@ T0=$SECONDS
 
 PY="${PYTHON:-python3}"
 [[ -x "$REPO/.venv/bin/python" && -z "${PYTHON:-}" ]] && PY="$REPO/.venv/bin/python"
+[[ "$PY" == */* ]] && PY="$(realpath -s "$PY")"  # the stages run from a scratch directory
 export PYTHONUNBUFFERED=1
 # vjepa_fast finds ./kernels as vjepa_fast.kernels in a checkout, so no install is needed.
 export PYTHONPATH="$REPO:$REPO/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
@@ -73,6 +79,10 @@ if [[ "$SIZE" == tiny ]]; then
     CHECK_EAGER=2
     ATTN=(--model tiny --device cpu)
     OPTS=(--pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
+    V2L=(--device cpu --arch v2 --model vit_tiny --embed-dim 96 --depth 2 --heads 3 --pred-dim 48 --pred-depth 2
+         --pred-heads 3 --frames 8 --crop 64 --batch 2 --dtype fp32)
+    V2G=("${V2L[@]}")
+    V2G_STEPS=(--steps 2 --warmup 1 --phase-steps 1)
     ENV_ARGS=(--device cpu --small)
     KTESTS=(-k "odd_sizes and dtype0")
 else
@@ -86,6 +96,9 @@ else
     CHECK_EAGER=20
     ATTN=(--model vit_large --batch 24)
     OPTS=(--compile --cuda-graphs --pack-context --sparse-embed --attn tuned --attn-table "$LOGS/attention_table.json")
+    V2L=(--arch v2 --model vit_large --batch 24 --frames 16 --crop 256 --dtype bf16)
+    V2G=(--arch v2 --model vit_giant_xformers --batch 24 --frames 16 --crop 256 --dtype bf16)
+    V2G_STEPS=(--steps 10 --warmup 3 --phase-steps 3)
     ENV_ARGS=()
     KTESTS=()
 fi
@@ -128,7 +141,7 @@ stage() {
 cd "$WORK"
 TS=("$REPO/benchmarks/train_step.py")
 stage env 40 "$PY" "$REPO/benchmarks/gpu_env.py" "${ENV_ARGS[@]}"
-stage kernels 100 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,masked_l1_loss,ema}.py \
+stage kernels 130 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,masked_l1_loss,ema,rope}.py \
     --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
     ${KTESTS[@]+"${KTESTS[@]}"}
 stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
@@ -148,6 +161,11 @@ stage vitl_all 220 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[
 stage loss 60 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK_EAGER" --pack-context --sparse-embed
 stage loss_all 150 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK" "${OPTS[@]}"
 stage vith 120 "$PY" "${TS[@]}" "${H[@]}" "${STEPS[@]}" --impl both "${OPTS[@]}"
+# V-JEPA 2: the official V2 step structure against the fast path, without and with every block
+# activation-checkpointed (peak memory of each), then a loss check, then ViT-g.
+stage v2l 180 "$PY" "${TS[@]}" "${V2L[@]}" "${STEPS[@]}" --impl both --activation-checkpointing 0,all
+stage v2_loss 90 "$PY" "${TS[@]}" "${V2L[@]}" --check-loss "$CHECK_EAGER"
+stage v2g 240 "$PY" "${TS[@]}" "${V2G[@]}" "${V2G_STEPS[@]}" --impl both --activation-checkpointing 0,all
 if [[ "$SIZE" == tiny && ( -z "${ONLY:-}" || " $ONLY " == *" kbench "* ) ]]; then
     say "== kbench: skipped (needs CUDA)"
     printf 'kbench\tskipped\t0\t-\n' >> "$STAGES"

@@ -50,6 +50,9 @@ def _options(row: dict) -> str:
         opts.append(f"attn={row['attn_backend']}")
     if row.get("mask_cycle"):
         opts.append(f"masks/{row['mask_cycle']}")
+    ac = row.get("activation_checkpointing")
+    if ac and any(ac):
+        opts.append(f"ckpt={'/'.join(map(str, ac))}")
     return ",".join(opts) or "-"
 
 
@@ -79,7 +82,7 @@ def summary(stages_path: Path, results_path: Path, logs: Path | None) -> str:
             cs = cs if isinstance(cs, dict) else {}
             prof = r.get("profile") or {}
             body.append([
-                str(r.get("model")), r["impl"],
+                str(r.get("model")) + (" V2" if r.get("arch") == "v2" else ""), r["impl"],
                 _options(r) if r["impl"] == "fast" else "official structure" + (
                     f",masks/{r['mask_cycle']}" if r.get("mask_cycle") else ""),
                 _fmt(r.get("ms_step")), _fmt(r.get("clips_s")),

@@ -276,16 +276,22 @@ def test_gpu_measure_script_runs_at_tiny_size(tmp_path):
     env_row = next(r for r in rows if r.get("kind") == "environment")
     assert env_row["commit"] == "abc1234" and env_row["copy_gbps"] > 0 and env_row["matmul_tflops"] > 0
     impls = [r.get("impl", r.get("mode")) for r in rows if r.get("bench") == "train_step"]
-    # vitl, vitl_steady, 4 ablations, vitl_all, vith; references and ratios of the three "both" stages
-    assert impls.count("fast") == 8 and impls.count("reference") == 3 and impls.count("ratio") == 3, impls
+    # V1: vitl, vitl_steady, 4 ablations, vitl_all, vith (references and ratios of the three "both"
+    # stages); V2: v2l and v2g, each a reference and a fast row (and ratio) per activation-checkpointing setting
+    v1 = [r.get("impl", r.get("mode")) for r in rows if r.get("bench") == "train_step" and r.get("arch") != "v2"]
+    v2 = [r for r in rows if r.get("bench") == "train_step" and r.get("arch") == "v2"]
+    assert v1.count("fast") == 8 and v1.count("reference") == 3, v1
+    assert impls.count("ratio") == 3 + 4, impls
+    assert [r["impl"] for r in v2 if r.get("impl") in ("reference", "fast")] == ["reference", "fast", "fast"] * 2, v2
+    assert [any(r["activation_checkpointing"]) for r in v2 if r.get("impl") == "fast"] == [False, True] * 2, v2
     checks = [r for r in rows if r.get("mode") == "check_loss"]
-    assert len(checks) == 2 and all(r["pass"] for r in checks), checks
+    assert len(checks) == 3 and all(r["pass"] for r in checks), checks
     fast = [r for r in rows if r.get("impl") == "fast"]
     assert any(r.get("profile") and r.get("attn_shape_cost") for r in fast), "ablation diagnostics missing"
     assert any(r.get("mask_cycle") == 3 for r in fast) and any(r.get("attn_backend") == "flash" for r in fast)
     summary = (tmp_path / "summary.txt").read_text()
     for stage in ("env", "kernels", "vitl", "vitl_steady", "ablate", "attn", "vitl_all", "loss", "loss_all",
-                  "vith"):
+                  "vith", "v2l", "v2_loss", "v2g"):
         assert re.search(rf"^{stage}\s+ok\s", summary, re.M), summary
     assert re.search(r"^kbench\s+skipped", summary, re.M) and "loss check" in summary and "PASS" in summary
     assert re.search(r"kernel tests: \d+ passed", summary), summary
