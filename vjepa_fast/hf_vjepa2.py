@@ -28,6 +28,7 @@ What differs from the official code (key_map.md, "Differences"), and what this m
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -54,6 +55,54 @@ _BLOCK_COPY = (
     (r"(norm1|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)", r"\1.\2"),
 )
 _QKV = ("query", "key", "value")
+
+# Keys outside the blocks, (official, Hugging Face) prefixes of ``.weight`` / ``.bias``: one table
+# serves both directions (Hugging Face names relative to ``encoder.`` / ``predictor.``).
+_ENCODER_NAMES = (("patch_embed.proj.", "embeddings.patch_embeddings.proj."), ("norm.", "layernorm."))
+_PREDICTOR_NAMES = (("predictor_embed.", "embeddings.predictor_embeddings."), ("predictor_norm.", "layernorm."),
+                    ("predictor_proj.", "proj."))  # fmt: skip
+
+# The probe, (official, Hugging Face) name templates: ``{i}`` a block index, ``{n}`` a digit, ``{p}``
+# weight or bias. One table serves both directions.
+_PROBE_NAMES = (
+    ("pooler.query_tokens", "pooler.query_tokens"),
+    ("pooler.blocks.{i}.attn.proj.{p}", "pooler.self_attention_layers.{i}.self_attn.out_proj.{p}"),
+    ("pooler.blocks.{i}.norm{n}.{p}", "pooler.self_attention_layers.{i}.layer_norm{n}.{p}"),
+    ("pooler.blocks.{i}.mlp.fc{n}.{p}", "pooler.self_attention_layers.{i}.mlp.fc{n}.{p}"),
+    ("pooler.cross_attention_block.norm{n}.{p}", "pooler.cross_attention_layer.layer_norm{n}.{p}"),
+    ("pooler.cross_attention_block.xattn.q.{p}", "pooler.cross_attention_layer.cross_attn.q_proj.{p}"),
+    ("pooler.cross_attention_block.mlp.fc{n}.{p}", "pooler.cross_attention_layer.mlp.fc{n}.{p}"),
+    ("linear.{p}", "classifier.{p}"),
+)
+# Fused official projections split by rows into one Hugging Face tensor per part ``{c}``, in order.
+_PROBE_FUSED = (
+    ("pooler.blocks.{i}.attn.qkv.{p}", "pooler.self_attention_layers.{i}.self_attn.{c}_proj.{p}", "qkv"),
+    ("pooler.cross_attention_block.xattn.kv.{p}", "pooler.cross_attention_layer.cross_attn.{c}_proj.{p}", "kv"),
+)
+_FIELDS = {"i": r"(?P<i>\d+)", "n": r"(?P<n>\d)", "p": r"(?P<p>weight|bias)"}
+
+
+@functools.cache
+def _pattern(template: str, parts: str = "") -> re.Pattern:
+    """A name template as a regex: its fields become named groups (``{c}``: one of ``parts``)."""
+    fields = {**_FIELDS, "c": f"(?P<c>[{parts}])"}
+    pieces = re.split(r"\{(\w)\}", template)
+    return re.compile("".join(re.escape(x) if j % 2 == 0 else fields[x] for j, x in enumerate(pieces)))
+
+
+def _match(key: str, template: str, parts: str = "") -> dict | None:
+    """The fields of ``key`` when it fits ``template`` (whole key), else None."""
+    m = _pattern(template, parts).fullmatch(key)
+    return None if m is None else m.groupdict()
+
+
+def _renamed(key: str, names, src: int) -> str | None:
+    """``key`` through the first (official, Hugging Face) prefix pair of ``names`` whose side ``src``
+    (0 official, 1 Hugging Face) it starts with; None when none does."""
+    for pair in names:
+        if key.startswith(pair[src]):
+            return pair[1 - src] + key.rsplit(".", 1)[1]
+    return None
 
 
 def _safetensors():
@@ -124,12 +173,10 @@ def encoder_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "encoder.") -> d
     for k, v in sd.items():
         if k in used or k == "pos_embed":
             continue
-        if k.startswith("patch_embed.proj."):
-            out[prefix + "embeddings.patch_embeddings.proj." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("norm."):
-            out[prefix + "layernorm." + k.rsplit(".", 1)[1]] = v
-        else:
+        name = _renamed(k, _ENCODER_NAMES, 0)
+        if name is None:
             raise CheckpointError(f"no Hugging Face name for encoder key {k!r}")
+        out[prefix + name] = v
     return out
 
 
@@ -145,12 +192,8 @@ def predictor_to_hf(sd: Mapping[str, torch.Tensor], prefix: str = "predictor.") 
         m = re.fullmatch(r"mask_tokens\.(\d+)", k)
         if m:
             tokens[int(m.group(1))] = v
-        elif k.startswith("predictor_embed."):
-            out[prefix + "embeddings.predictor_embeddings." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("predictor_norm."):
-            out[prefix + "layernorm." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("predictor_proj."):
-            out[prefix + "proj." + k.rsplit(".", 1)[1]] = v
+        elif (name := _renamed(k, _PREDICTOR_NAMES, 0)) is not None:
+            out[prefix + name] = v
         else:
             raise CheckpointError(f"no Hugging Face name for predictor key {k!r}")
     if sorted(tokens) != list(range(len(tokens))) or not tokens:
@@ -163,31 +206,18 @@ def probe_to_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An :class:`AttentiveClassifierV2` state dict → Hugging Face's ``pooler.*`` / ``classifier.*``."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k == "pooler.query_tokens":
-            out[k] = v
-        elif m := re.fullmatch(r"pooler\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)", k):
-            for name, part in zip("qkv", v.chunk(3, dim=0)):
-                out[f"pooler.self_attention_layers.{m[1]}.self_attn.{name}_proj.{m[2]}"] = part
-        elif m := re.fullmatch(r"pooler\.blocks\.(\d+)\.attn\.proj\.(weight|bias)", k):
-            out[f"pooler.self_attention_layers.{m[1]}.self_attn.out_proj.{m[2]}"] = v
-        elif m := re.fullmatch(r"pooler\.blocks\.(\d+)\.norm(\d)\.(weight|bias)", k):
-            out[f"pooler.self_attention_layers.{m[1]}.layer_norm{m[2]}.{m[3]}"] = v
-        elif m := re.fullmatch(r"pooler\.blocks\.(\d+)\.mlp\.fc(\d)\.(weight|bias)", k):
-            out[f"pooler.self_attention_layers.{m[1]}.mlp.fc{m[2]}.{m[3]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_block\.norm(\d)\.(weight|bias)", k):
-            out[f"pooler.cross_attention_layer.layer_norm{m[1]}.{m[2]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_block\.xattn\.q\.(weight|bias)", k):
-            out[f"pooler.cross_attention_layer.cross_attn.q_proj.{m[1]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_block\.xattn\.kv\.(weight|bias)", k):
-            key, value = v.chunk(2, dim=0)
-            out[f"pooler.cross_attention_layer.cross_attn.k_proj.{m[1]}"] = key
-            out[f"pooler.cross_attention_layer.cross_attn.v_proj.{m[1]}"] = value
-        elif m := re.fullmatch(r"pooler\.cross_attention_block\.mlp\.fc(\d)\.(weight|bias)", k):
-            out[f"pooler.cross_attention_layer.mlp.fc{m[1]}.{m[2]}"] = v
-        elif m := re.fullmatch(r"linear\.(weight|bias)", k):
-            out[f"classifier.{m[1]}"] = v
+        for ours, hf, parts in _PROBE_FUSED:
+            if (f := _match(k, ours)) is not None:
+                for c, part in zip(parts, v.chunk(len(parts), dim=0)):
+                    out[hf.format(**f, c=c)] = part
+                break
         else:
-            raise CheckpointError(f"no Hugging Face name for probe key {k!r}")
+            for ours, hf in _PROBE_NAMES:
+                if (f := _match(k, ours)) is not None:
+                    out[hf.format(**f)] = v
+                    break
+            else:
+                raise CheckpointError(f"no Hugging Face name for probe key {k!r}")
     return out
 
 
@@ -204,12 +234,10 @@ def hf_to_encoder(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         if k in used:
             continue
-        if k.startswith("embeddings.patch_embeddings.proj."):
-            out["patch_embed.proj." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("layernorm."):
-            out["norm." + k.rsplit(".", 1)[1]] = v
-        else:
+        name = _renamed(k, _ENCODER_NAMES, 1)
+        if name is None:
             raise CheckpointError(f"unknown Hugging Face encoder key 'encoder.{k}'")
+        out[name] = v
     return out
 
 
@@ -227,12 +255,8 @@ def hf_to_predictor(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
                 raise CheckpointError(f"predictor.embeddings.mask_tokens must be [M, 1, 1, Dp], got {tuple(v.shape)}")
             for j in range(v.shape[0]):
                 out[f"mask_tokens.{j}"] = v[j].clone()
-        elif k.startswith("embeddings.predictor_embeddings."):
-            out["predictor_embed." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("layernorm."):
-            out["predictor_norm." + k.rsplit(".", 1)[1]] = v
-        elif k.startswith("proj."):
-            out["predictor_proj." + k.rsplit(".", 1)[1]] = v
+        elif (name := _renamed(k, _PREDICTOR_NAMES, 1)) is not None:
+            out[name] = v
         else:
             raise CheckpointError(f"unknown Hugging Face predictor key 'predictor.{k}'")
     return out
@@ -241,37 +265,26 @@ def hf_to_predictor(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def hf_to_probe(hf_sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face ``pooler.*`` / ``classifier.*`` → an :class:`AttentiveClassifierV2` state dict."""
     out: dict[str, torch.Tensor] = {}
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+    groups: dict[str, tuple[dict[str, torch.Tensor], str]] = {}
     for k, v in hf_sd.items():
         if not k.startswith(("pooler.", "classifier.")):
             continue
-        if k == "pooler.query_tokens":
-            out[k] = v
-        elif m := re.fullmatch(r"pooler\.self_attention_layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", k):
-            groups.setdefault(f"pooler.blocks.{m[1]}.attn.qkv.{m[3]}", {})[m[2]] = v
-        elif m := re.fullmatch(r"pooler\.self_attention_layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", k):
-            out[f"pooler.blocks.{m[1]}.attn.proj.{m[2]}"] = v
-        elif m := re.fullmatch(r"pooler\.self_attention_layers\.(\d+)\.layer_norm(\d)\.(weight|bias)", k):
-            out[f"pooler.blocks.{m[1]}.norm{m[2]}.{m[3]}"] = v
-        elif m := re.fullmatch(r"pooler\.self_attention_layers\.(\d+)\.mlp\.fc(\d)\.(weight|bias)", k):
-            out[f"pooler.blocks.{m[1]}.mlp.fc{m[2]}.{m[3]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_layer\.layer_norm(\d)\.(weight|bias)", k):
-            out[f"pooler.cross_attention_block.norm{m[1]}.{m[2]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_layer\.cross_attn\.q_proj\.(weight|bias)", k):
-            out[f"pooler.cross_attention_block.xattn.q.{m[1]}"] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_layer\.cross_attn\.([kv])_proj\.(weight|bias)", k):
-            groups.setdefault(f"pooler.cross_attention_block.xattn.kv.{m[2]}", {})[m[1]] = v
-        elif m := re.fullmatch(r"pooler\.cross_attention_layer\.mlp\.fc(\d)\.(weight|bias)", k):
-            out[f"pooler.cross_attention_block.mlp.fc{m[1]}.{m[2]}"] = v
-        elif m := re.fullmatch(r"classifier\.(weight|bias)", k):
-            out[f"linear.{m[1]}"] = v
+        for ours, hf, parts in _PROBE_FUSED:
+            if (f := _match(k, hf, parts)) is not None:
+                c = f.pop("c")
+                groups.setdefault(ours.format(**f), ({}, parts))[0][c] = v
+                break
         else:
-            raise CheckpointError(f"unknown Hugging Face probe key {k!r}")
-    for name, parts in groups.items():
-        order = "qkv" if ".qkv." in name else "kv"
-        if set(parts) != set(order):
-            raise CheckpointError(f"{name}: Hugging Face parts {sorted(parts)}; need {list(order)}")
-        out[name] = torch.cat([parts[c] for c in order], dim=0)
+            for ours, hf in _PROBE_NAMES:
+                if (f := _match(k, hf)) is not None:
+                    out[ours.format(**f)] = v
+                    break
+            else:
+                raise CheckpointError(f"unknown Hugging Face probe key {k!r}")
+    for name, (found, order) in groups.items():
+        if set(found) != set(order):
+            raise CheckpointError(f"{name}: Hugging Face parts {sorted(found)}; need {list(order)}")
+        out[name] = torch.cat([found[c] for c in order], dim=0)
     return out
 
 
