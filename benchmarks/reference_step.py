@@ -169,24 +169,17 @@ def adamw_logger(optimizer) -> tuple[float, float]:
 # -- the step ----------------------------------------------------------------------------------
 
 
-class ReferenceStep:
-    """One official V-JEPA iteration per call on ``model`` (a :class:`vjepa_fast.VJEPA`).
-
-    ``__call__(clips, masks_enc, masks_pred, phase=None)`` returns the loss as a Python float (the
-    official step does). ``phase(name)`` is called when a phase starts (``target_fwd``,
-    ``ctx_pred_fwd_bwd``, ``optimizer``, ``ema``, ``host_sync``) and with ``None`` at the end.
-    """
+class OfficialStep:
+    """What the official V1 and V2 steps share (V2: ``reference_step_v2.py``): AdamW with PyTorch's
+    default (foreach) implementation over the four official groups, a ``GradScaler`` whenever autocast
+    is on (the official code makes one even for bf16), the scaled backward and optimizer step, and the
+    official ``gpu_timer`` around each call. Subclasses define ``_train_step(clips, masks_enc,
+    masks_pred, phase) -> float``."""
 
     impl = "reference"
 
-    def __init__(
-        self,
-        model,
-        schedules,
-        dtype: torch.dtype = torch.float32,
-        clip_grad: float | None = None,
-        official_loggers: bool = False,
-    ):
+    def __init__(self, model, schedules, dtype: torch.dtype = torch.float32,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):  # fmt: skip
         self.model = model
         self.encoder, self.predictor = model.encoder, model.predictor
         self.target_encoder = model.target_encoder
@@ -194,12 +187,9 @@ class ReferenceStep:
         self.schedules = schedules
         self.dtype = dtype
         self.mixed_precision = dtype in (torch.bfloat16, torch.float16)
-        self.clip_grad = clip_grad
-        self.official_loggers = official_loggers
-        self.loss_exp, self.reg_coeff = model.loss_exp, model.reg_coeff
+        self.loss_exp = model.loss_exp
         # Official init_opt: AdamW over the four groups, default implementation (foreach on CUDA).
-        groups = param_groups(self.encoder, self.predictor)
-        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(param_groups(self.encoder, self.predictor), betas=betas, eps=eps)
         # Official: `GradScaler() if mixed_precision else None`, bf16 included.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision else None
         #: ms of each step by the official ``gpu_timer`` (CUDA only): what the official CSV logs.
@@ -210,9 +200,64 @@ class ReferenceStep:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Official: the scaled loss's backward, then unscale (mixed precision); else plain backward."""
+        if self.mixed_precision:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> None:
+        if self.mixed_precision:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _train_step(self, clips, masks_enc, masks_pred, phase) -> float:
+        raise NotImplementedError
+
+    def __call__(self, clips, masks_enc, masks_pred, phase: Phase = None) -> float:
+        phase = phase or _no_phase
+        if self.device.type == "cuda":  # official gpu_timer
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            loss = self._train_step(clips, masks_enc, masks_pred, phase)
+            end.record()
+            torch.cuda.synchronize()
+            self.gpu_timer_ms.append(start.elapsed_time(end))
+        else:
+            loss = self._train_step(clips, masks_enc, masks_pred, phase)
+        phase(None)
+        return loss
+
+
+class ReferenceStep(OfficialStep):
+    """One official V-JEPA iteration per call on ``model`` (a :class:`vjepa_fast.VJEPA`).
+
+    ``__call__(clips, masks_enc, masks_pred, phase=None)`` returns the loss as a Python float (the
+    official step does). ``phase(name)`` is called when a phase starts (``target_fwd``,
+    ``ctx_pred_fwd_bwd``, ``optimizer``, ``ema``, ``host_sync``) and with ``None`` at the end.
+    """
+
+    def __init__(
+        self,
+        model,
+        schedules,
+        dtype: torch.dtype = torch.float32,
+        clip_grad: float | None = None,
+        official_loggers: bool = False,
+    ):
+        super().__init__(model, schedules, dtype)
+        self.clip_grad = clip_grad
+        self.official_loggers = official_loggers
+        self.reg_coeff = model.reg_coeff
+
     def _train_step(self, clips, masks_enc, masks_pred, phase) -> float:
         encoder, predictor, target_encoder = self.encoder, self.predictor, self.target_encoder
-        optimizer, scaler = self.optimizer, self.scaler
+        optimizer = self.optimizer
         phase("target_fwd")
         self.schedules.step(optimizer)  # official: lr / wd schedulers step before the forward
 
@@ -246,20 +291,12 @@ class ReferenceStep:
             loss_reg += torch.mean(F.relu(1.0 - pstd_z))
             loss = loss_jepa + self.reg_coeff * loss_reg
 
-        if self.mixed_precision:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        self._backward(loss)
         if self.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), self.clip_grad)
             torch.nn.utils.clip_grad_norm_(predictor.parameters(), self.clip_grad)
         phase("optimizer")
-        if self.mixed_precision:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        self._optimizer_step()
         if self.official_loggers:
             grad_logger(encoder.named_parameters())
             grad_logger(predictor.named_parameters())
@@ -274,18 +311,3 @@ class ReferenceStep:
                 param_k.data.mul_(m).add_((1.0 - m) * param_q.detach().data)
         phase("host_sync")
         return float(loss.detach())  # official: float(loss) (a host sync)
-
-    def __call__(self, clips, masks_enc, masks_pred, phase: Phase = None) -> float:
-        phase = phase or _no_phase
-        if self.device.type == "cuda":  # official gpu_timer
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            loss = self._train_step(clips, masks_enc, masks_pred, phase)
-            end.record()
-            torch.cuda.synchronize()
-            self.gpu_timer_ms.append(start.elapsed_time(end))
-        else:
-            loss = self._train_step(clips, masks_enc, masks_pred, phase)
-        phase(None)
-        return loss

@@ -32,31 +32,13 @@ here with the module's sub-modules (``patch_embed``, ``blocks``, ``norm``, ``pre
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Optional, Sequence
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vjepa_fast.optim import param_groups
-
-Phase = Optional[Callable[[Optional[str]], None]]
-
-
-def _no_phase(name: str | None) -> None:  # default hook: no phase marks
-    return None
-
-
-def apply_masks(x: torch.Tensor, masks: Sequence[torch.Tensor], concat: bool = True):
-    """Official ``src/masks/utils.py:apply_masks`` (V2 unchanged): gather with a repeated index."""
-    all_x = []
-    for m in masks:
-        mask_keep = m.unsqueeze(-1).repeat(1, 1, x.size(-1))
-        all_x += [torch.gather(x, dim=1, index=mask_keep)]
-    if not concat:
-        return all_x
-    return torch.cat(all_x, dim=0)
+# The frame of the step (OfficialStep: optimizer, scaler, backward, gpu_timer, phase hook) and apply_masks
+# (V2 unchanged) are V1's, from benchmarks/reference_step.py (benchmarks/ is on sys.path).
+from reference_step import OfficialStep, apply_masks
 
 
 # -- RoPE attention as RoPEAttention computes it ------------------------------------------------
@@ -181,7 +163,7 @@ def multiseq_predictor(pred, ctxt, masks_ctxt, masks_tgt):
 # -- the step ----------------------------------------------------------------------------------
 
 
-class ReferenceStepV2:
+class ReferenceStepV2(OfficialStep):
     """One official V-JEPA 2 iteration per call on ``model`` (a :class:`vjepa_fast.VJEPA` with RoPE).
 
     ``__call__(clips, masks_enc, masks_pred, phase=None)``: ``clips`` a list over clip-length groups
@@ -190,34 +172,15 @@ class ReferenceStepV2:
     marks ``target_fwd``, ``ctx_pred_fwd_bwd``, ``optimizer``, ``ema``, ``host_sync`` and ``None``.
     """
 
-    impl = "reference"
-
     def __init__(self, model, schedules, dtype: torch.dtype = torch.float32,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):  # fmt: skip
         if not model.encoder.use_rope:
             raise ValueError("ReferenceStepV2 runs V-JEPA 2 models (use_rope=True); V1 models: reference_step.py")
-        self.model = model
-        self.encoder, self.predictor = model.encoder, model.predictor
-        self.target_encoder = model.target_encoder
-        self.device = next(model.parameters()).device
-        self.schedules = schedules
-        self.dtype = dtype
-        self.mixed_precision = dtype in (torch.bfloat16, torch.float16)
-        self.loss_exp = model.loss_exp
-        # Official init_opt: AdamW over the four groups, default implementation (foreach on CUDA).
-        self.optimizer = torch.optim.AdamW(param_groups(self.encoder, self.predictor), betas=betas, eps=eps)
-        # Official: `GradScaler() if mixed_precision else None`, bf16 included.
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.mixed_precision else None
-        self.gpu_timer_ms: list[float] = []
-
-    def autocast(self):
-        if not self.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        super().__init__(model, schedules, dtype, betas, eps)
 
     def _train_step(self, clips, masks_enc, masks_pred, phase) -> float:
         encoder, predictor, target_encoder = self.encoder, self.predictor, self.target_encoder
-        optimizer, scaler = self.optimizer, self.scaler
+        optimizer = self.optimizer
         phase("target_fwd")
         self.schedules.step(optimizer)  # official: lr / wd schedulers step before the forward
 
@@ -244,17 +207,9 @@ class ReferenceStepV2:
             phase("ctx_pred_fwd_bwd")
             z = forward_context(clips)
             loss = loss_fn(z, h)
-        if self.mixed_precision:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
+        self._backward(loss)
         phase("optimizer")
-        if self.mixed_precision:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        self._optimizer_step()
         optimizer.zero_grad()
 
         phase("ema")
@@ -266,18 +221,3 @@ class ReferenceStepV2:
             torch._foreach_add_(params_k, params_q, alpha=1 - m)
         phase("host_sync")
         return float(loss.detach())  # official: float(loss) (a host sync)
-
-    def __call__(self, clips, masks_enc, masks_pred, phase: Phase = None) -> float:
-        phase = phase or _no_phase
-        if self.device.type == "cuda":  # official gpu_timer
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            loss = self._train_step(clips, masks_enc, masks_pred, phase)
-            end.record()
-            torch.cuda.synchronize()
-            self.gpu_timer_ms.append(start.elapsed_time(end))
-        else:
-            loss = self._train_step(clips, masks_enc, masks_pred, phase)
-        phase(None)
-        return loss
