@@ -39,12 +39,15 @@ from .utils import (
     check_launchable,
     compute_dtype,
     device_spec,
+    gathered_rows,
     metadata,
     needs_int64,
     persistent_programs,
     round_to,
     row_tiling,
     spec_of,
+    tile_mask,
+    tile_rows_cols,
 )
 
 # Runtime lengths and strides that change with the mask length: not specialised (no recompiles).
@@ -79,27 +82,14 @@ def _masked_gather_kernel(
     Persistent: program p handles tiles p, p + num_programs, ... (a runtime bound). References: MAE /
     V-JEPA ``apply_masks``.
     """
-    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
     tile = tl.program_id(0)
     while tile < n_tiles:
-        rt = tile // N_D
-        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
-        row_mask = rows < n_rows
-        b = rows // K
-        k = rows - b * K
-        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        rows, cols = tile_rows_cols(tile, D, BLOCK_R, BLOCK_D)
+        row_mask, b, _, src = gathered_rows(rows, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, INDEX_64)
         if INDEX_64:
-            src = src.to(tl.int64)
-            b = b.to(tl.int64)
             rows = rows.to(tl.int64)
             cols = cols.to(tl.int64)
-        else:
-            src = src.to(tl.int32)
-        if D % BLOCK_D == 0:  # no column tail: the mask is per row, constant along D
-            mask = row_mask[:, None]
-        else:
-            mask = row_mask[:, None] & (cols < D)[None, :]
+        mask = tile_mask(row_mask, cols, D, BLOCK_D)
         # Contiguous tokens: X_stride_d == 1 is specialised to a constant, so the load is 128-bit
         # along D. Token-major x (X_stride_n == 1): no axis is contiguous and Triton's coalescing
         # puts the lanes on the first axis, the BLOCK_R >= 32 tokens (checked in the tests).
@@ -133,27 +123,13 @@ def _masked_scatter_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dx[b, idx[b,k], :] = grad[b, k, :]; indices unique per row, so plain stores."""
-    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
     tile = tl.program_id(0)
     while tile < n_tiles:
-        rt = tile // N_D
-        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
-        row_mask = rows < n_rows
-        b = rows // K
-        k = rows - b * K
-        dst = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        rows, cols = tile_rows_cols(tile, D, BLOCK_R, BLOCK_D)
+        row_mask, b, k, dst = gathered_rows(rows, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, INDEX_64)
         if INDEX_64:
-            dst = dst.to(tl.int64)
-            b = b.to(tl.int64)
-            k = k.to(tl.int64)
             cols = cols.to(tl.int64)
-        else:
-            dst = dst.to(tl.int32)
-        if D % BLOCK_D == 0:  # no column tail: the mask is per row, constant along D
-            mask = row_mask[:, None]
-        else:
-            mask = row_mask[:, None] & (cols < D)[None, :]
+        mask = tile_mask(row_mask, cols, D, BLOCK_D)
         g = tl.load(GRAD_ptr + (b * GRAD_stride_b + k * GRAD_stride_k)[:, None] + cols[None, :] * GRAD_stride_d,
                     mask=mask)  # fmt: skip
         g = round_to(g, DX_ptr.dtype.element_ty)

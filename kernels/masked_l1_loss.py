@@ -28,15 +28,36 @@ from .utils import (
     check_launchable,
     compute_dtype,
     device_spec,
+    gathered_rows,
     metadata,
     needs_int64,
     persistent_programs,
     round_to,
     row_tiling,
     spec_of,
+    tile_mask,
 )
 
 LN_EPS = reference.LN_EPS
+
+
+@triton.jit
+def _column_block(c, row_mask, D: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(cols, mask) of column block ``c`` of the rows ``row_mask`` selects."""
+    cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
+    if INDEX_64:
+        cols = cols.to(tl.int64)
+    return cols, tile_mask(row_mask, cols, D, BLOCK_D)
+
+
+@triton.jit
+def _tile_rows(tile, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, TGT_stride_b, TGT_stride_n,
+               PRED_stride_b, PRED_stride_k, INDEX_64: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
+    """Row tile ``tile`` -> (rows, row_mask, element offsets of its gathered target rows, of its
+    prediction rows)."""
+    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask, b, k, src = gathered_rows(rows, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, INDEX_64)
+    return rows, row_mask, b * TGT_stride_b + src * TGT_stride_n, b * PRED_stride_b + k * PRED_stride_k
 
 
 @triton.jit
@@ -54,13 +75,7 @@ def _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D: tl.constexpr, CO
     mean = tl.zeros((BLOCK_R,), dtype=COMPUTE)
     m2 = tl.zeros((BLOCK_R,), dtype=COMPUTE)
     for c in range((D + BLOCK_D - 1) // BLOCK_D):
-        cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-        if INDEX_64:
-            cols = cols.to(tl.int64)
-        if D % BLOCK_D == 0:
-            mask = row_mask[:, None]
-        else:
-            mask = row_mask[:, None] & (cols < D)[None, :]
+        cols, mask = _column_block(c, row_mask, D, INDEX_64, BLOCK_D)
         t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0).to(COMPUTE)
         n_b = tl.minimum(tl.cast(D - c * BLOCK_D, COMPUTE), BLOCK_D)  # valid columns in this block
         mean_b = tl.div_rn(tl.sum(t, axis=1), tl.full((BLOCK_R,), 1.0, COMPUTE) * n_b)
@@ -115,28 +130,12 @@ def _masked_l1_loss_fwd_kernel(
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=COMPUTE)
     tile = tl.program_id(0)
     while tile < n_tiles:
-        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_mask = rows < n_rows
-        b = rows // K
-        k = rows - b * K
-        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
-        if INDEX_64:
-            src = src.to(tl.int64)
-            b = b.to(tl.int64)
-            k = k.to(tl.int64)
-        else:
-            src = src.to(tl.int32)
-        t_base = b * TGT_stride_b + src * TGT_stride_n
-        p_base = b * PRED_stride_b + k * PRED_stride_k
+        _, row_mask, t_base, p_base = _tile_rows(tile, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k,
+                                                 TGT_stride_b, TGT_stride_n, PRED_stride_b, PRED_stride_k,
+                                                 INDEX_64, BLOCK_R)  # fmt: skip
         mean, rstd = _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D, COMPUTE, INDEX_64, BLOCK_R, BLOCK_D)
         for c in range((D + BLOCK_D - 1) // BLOCK_D):
-            cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-            if INDEX_64:
-                cols = cols.to(tl.int64)
-            if D % BLOCK_D == 0:
-                mask = row_mask[:, None]
-            else:
-                mask = row_mask[:, None] & (cols < D)[None, :]
+            cols, mask = _column_block(c, row_mask, D, INDEX_64, BLOCK_D)
             t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0)
             p = tl.load(PRED_ptr + p_base[:, None] + cols[None, :] * PRED_stride_d, mask=mask, other=0.0)
             t_hat = (t.to(COMPUTE) - mean[:, None]) * rstd[:, None]
@@ -175,29 +174,14 @@ def _masked_l1_loss_bwd_kernel(
     scale = tl.div_rn(tl.load(GOUT_ptr).to(COMPUTE), tl.cast(numel, COMPUTE))
     tile = tl.program_id(0)
     while tile < n_tiles:
-        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_mask = rows < n_rows
-        b = rows // K
-        k = rows - b * K
-        src = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+        rows, row_mask, t_base, p_base = _tile_rows(tile, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k,
+                                                    TGT_stride_b, TGT_stride_n, PRED_stride_b, PRED_stride_k,
+                                                    INDEX_64, BLOCK_R)  # fmt: skip
         if INDEX_64:
-            src = src.to(tl.int64)
-            b = b.to(tl.int64)
-            k = k.to(tl.int64)
             rows = rows.to(tl.int64)
-        else:
-            src = src.to(tl.int32)
-        t_base = b * TGT_stride_b + src * TGT_stride_n
-        p_base = b * PRED_stride_b + k * PRED_stride_k
         mean, rstd = _row_stats(TGT_ptr, t_base, row_mask, TGT_stride_d, eps, D, COMPUTE, INDEX_64, BLOCK_R, BLOCK_D)
         for c in range((D + BLOCK_D - 1) // BLOCK_D):
-            cols = c * BLOCK_D + tl.arange(0, BLOCK_D)
-            if INDEX_64:
-                cols = cols.to(tl.int64)
-            if D % BLOCK_D == 0:
-                mask = row_mask[:, None]
-            else:
-                mask = row_mask[:, None] & (cols < D)[None, :]
+            cols, mask = _column_block(c, row_mask, D, INDEX_64, BLOCK_D)
             t = tl.load(TGT_ptr + t_base[:, None] + cols[None, :] * TGT_stride_d, mask=mask, other=0.0)
             p = tl.load(PRED_ptr + p_base[:, None] + cols[None, :] * PRED_stride_d, mask=mask, other=0.0)
             diff = p.to(COMPUTE) - (t.to(COMPUTE) - mean[:, None]) * rstd[:, None]

@@ -42,6 +42,8 @@ from .utils import (
     round_to,
     row_tiling,
     spec_of,
+    split_rows,
+    tile_rows_cols,
     tl_dtype,
 )
 
@@ -85,15 +87,10 @@ def _assemble_predictor_input_kernel(
 
     Persistent: program p handles tiles p, p + num_programs, ... (a runtime bound).
     """
-    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
     tile = tl.program_id(0)
     while tile < n_tiles:
-        rt = tile // N_D
-        rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
-        row_mask = rows < n_rows
-        b = rows // L
-        j = rows - b * L
+        rows, cols = tile_rows_cols(tile, D, BLOCK_R, BLOCK_D)
+        row_mask, b, j = split_rows(rows, n_rows, L, False)
         is_ctx = j < Kc
         ci = tl.load(CTX_IDX_ptr + b * CI_stride_b + j * CI_stride_k, mask=row_mask & is_ctx, other=0)
         ti = tl.load(TGT_IDX_ptr + b * TI_stride_b + (j - Kc) * TI_stride_k, mask=row_mask & (~is_ctx), other=0)
@@ -157,12 +154,7 @@ def _assemble_predictor_input_bwd_kernel(
     rt = pid
     while rt < n_row_tiles:
         rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
-        row_mask = rows < n_rows
-        b = rows // L
-        j = rows - b * L
-        if INDEX_64:
-            b = b.to(tl.int64)
-            j = j.to(tl.int64)
+        row_mask, b, j = split_rows(rows, n_rows, L, INDEX_64)
         is_ctx = j < Kc
         mask = row_mask[:, None] & col_mask[None, :]
         g_offs = (b * GRAD_stride_b + j * GRAD_stride_l)[:, None] + cols[None, :] * GRAD_stride_d

@@ -50,6 +50,8 @@ from .utils import (
     next_power_of_2,
     round_to,
     spec_of,
+    split_rows,
+    tile_mask,
 )
 
 # Runtime lengths: not specialised, so a new mask length never compiles a new variant.
@@ -128,16 +130,8 @@ def _rope_qk_kernel(
         tt = tile // N_HG
         hg = tile - tt * N_HG
         rows = tt * BLOCK_T + tl.arange(0, BLOCK_T)
-        row_mask = rows < n_rows
-        b = rows // L
-        l = rows - b * L
-        if INDEX_64:
-            b = b.to(tl.int64)
-            l = l.to(tl.int64)
-        if BLOCK_HD == HD:  # no column tail: the mask is per row, constant along the head dim
-            mask = row_mask[:, None]
-        else:
-            mask = row_mask[:, None] & (j < HD)[None, :]
+        row_mask, b, l = split_rows(rows, n_rows, L, INDEX_64)
+        mask = tile_mask(row_mask, j, HD, BLOCK_HD)  # BLOCK_HD = next_power_of_2(HD) >= HD
         # Offsets built from the constexpr widths (not runtime strides), so the compiler sees their
         # alignment: multiples of HD for q/k rows, of R for table rows.
         t_row = b * L + l if TABLE_PER_SAMPLE else l

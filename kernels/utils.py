@@ -49,6 +49,60 @@ def fma(a, b, c):
     return y
 
 
+# Index helpers of the row kernels (inlined by Triton: the same code as written in the kernel).
+
+
+@triton.jit
+def tile_rows_cols(tile, D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Tile number -> (rows [BLOCK_R], cols [BLOCK_D]) of a [rows, D] problem tiled row-major:
+    ``cdiv(D, BLOCK_D)`` column tiles per row tile. int32, as ``tl.arange`` makes them."""
+    N_D: tl.constexpr = (D + BLOCK_D - 1) // BLOCK_D
+    rt = tile // N_D
+    rows = rt * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (tile - rt * N_D) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return rows, cols
+
+
+@triton.jit
+def split_rows(rows, n_rows, L, INDEX_64: tl.constexpr):
+    """Rows of a flattened [B, L] problem -> (row_mask = rows < n_rows, b, l), with ``b`` and ``l``
+    widened to int64 when INDEX_64 (else int32)."""
+    row_mask = rows < n_rows
+    b = rows // L
+    l = rows - b * L
+    if INDEX_64:
+        b = b.to(tl.int64)
+        l = l.to(tl.int64)
+    return row_mask, b, l
+
+
+@triton.jit
+def gathered_rows(rows, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, INDEX_64: tl.constexpr):
+    """Rows of a flattened [B, K] index ``IDX`` -> (row_mask, b, k, idx[b, k]). The index is loaded
+    at the offsets of the int32 rows; ``b``, ``k`` and the index come back in int64 when INDEX_64,
+    else int32 (whatever the index dtype)."""
+    row_mask, b, k = split_rows(rows, n_rows, K, False)
+    idx = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
+    if INDEX_64:
+        idx = idx.to(tl.int64)
+        b = b.to(tl.int64)
+        k = k.to(tl.int64)
+    else:
+        idx = idx.to(tl.int32)
+    return row_mask, b, k, idx
+
+
+@triton.jit
+def tile_mask(row_mask, cols, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The [BLOCK_R, BLOCK_D] mask of valid rows and columns. Per row only ([BLOCK_R, 1]) when
+    BLOCK_D divides D: no column tail, and a mask constant along D keeps the accesses vectorised."""
+    if D % BLOCK_D == 0:
+        mask = row_mask[:, None]
+    else:
+        mask = row_mask[:, None] & (cols < D)[None, :]
+    return mask
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
