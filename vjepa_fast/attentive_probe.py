@@ -60,6 +60,37 @@ class CrossAttentionBlock(nn.Module):
         return q + self.mlp(self.norm2(q))
 
 
+def _self_attention_blocks(embed_dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, norm_eps: float,
+                           depth: int) -> nn.ModuleList | None:  # fmt: skip
+    """The pooler's ``depth - 1`` self-attention blocks (None for depth 1: no ``blocks`` keys)."""
+    if depth <= 1:
+        return None
+    return nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth - 1))
+
+
+def _init_pooler(pooler: nn.Module, std: float) -> None:
+    """The init V1 and V2 poolers share: truncated-normal queries and Linear weights (``std``, cut at
+    ±2), zero biases, unit LayerNorms. Each pooler then rescales its residual projections its own way."""
+    nn.init.trunc_normal_(pooler.query_tokens, std=std, a=-2.0, b=2.0)
+    for m in pooler.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _LinearProbe(nn.Module):
+    """``linear(pooler(tokens)[:, 0])``, the classifier of both probe versions (subclasses build
+    ``pooler`` and ``linear``). Input: tokens [B, L, D]; output: logits [B, num_classes]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.linear.in_features:
+            raise ValueError(f"probe expects tokens [B, L, {self.linear.in_features}], got {tuple(x.shape)}")
+        return self.linear(self.pooler(x)[:, 0])
+
+
 class AttentivePooler(nn.Module):
     def __init__(
         self,
@@ -75,22 +106,11 @@ class AttentivePooler(nn.Module):
         super().__init__()
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
         self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps)
-        self.blocks = (
-            nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth - 1))
-            if depth > 1
-            else None
-        )
+        self.blocks = _self_attention_blocks(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, depth)
         self._init(init_std)
 
     def _init(self, std: float) -> None:
-        nn.init.trunc_normal_(self.query_tokens, std=std, a=-2.0, b=2.0)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_pooler(self, std)
         with torch.no_grad():
             xb = self.cross_attention_block
             xb.xattn.proj.weight.div_(math.sqrt(2.0))
@@ -107,7 +127,7 @@ class AttentivePooler(nn.Module):
         return q
 
 
-class AttentiveClassifier(nn.Module):
+class AttentiveClassifier(_LinearProbe):
     """Pooled query → linear head. Input: frozen encoder tokens [B, L, D]; output: logits."""
 
     def __init__(
@@ -128,11 +148,6 @@ class AttentiveClassifier(nn.Module):
         self.linear = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.linear.weight, std=init_std, a=-2.0, b=2.0)
         nn.init.zeros_(self.linear.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.linear.in_features:
-            raise ValueError(f"probe expects tokens [B, L, {self.linear.in_features}], got {tuple(x.shape)}")
-        return self.linear(self.pooler(x)[:, 0])
 
 
 class AttentivePoolerV2(nn.Module):
@@ -159,23 +174,12 @@ class AttentivePoolerV2(nn.Module):
         self.query_tokens = nn.Parameter(torch.zeros(1, num_queries, embed_dim))
         self.cross_attention_block = CrossAttentionBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps,
                                                          with_proj=False)
-        self.blocks = (
-            nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps) for _ in range(depth - 1))
-            if depth > 1
-            else None
-        )
+        self.blocks = _self_attention_blocks(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, depth)
         self.activation_checkpointing = checkpoint_count(activation_checkpointing, depth - 1)
         self._init(init_std)
 
     def _init(self, std: float) -> None:
-        nn.init.trunc_normal_(self.query_tokens, std=std, a=-2.0, b=2.0)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_pooler(self, std)
         with torch.no_grad():
             last = 0
             for last, blk in enumerate(self.blocks or []):
@@ -190,7 +194,7 @@ class AttentivePoolerV2(nn.Module):
         return self.cross_attention_block(q, x)
 
 
-class AttentiveClassifierV2(nn.Module):
+class AttentiveClassifierV2(_LinearProbe):
     """The V-JEPA 2 probe: :class:`AttentivePoolerV2` (one query) → linear head. Input: frozen
     encoder tokens [B, L, D]; output: logits [B, num_classes]. ``depth`` counts the cross-attention
     block (official ``num_probe_blocks``; Hugging Face's ``num_pooler_layers`` = depth − 1);
@@ -214,8 +218,3 @@ class AttentiveClassifierV2(nn.Module):
         self.pooler = AttentivePoolerV2(1, embed_dim, num_heads, mlp_ratio, depth, qkv_bias, norm_eps, init_std,
                                         activation_checkpointing)
         self.linear = nn.Linear(embed_dim, num_classes)  # torch's default init, as the official head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.linear.in_features:
-            raise ValueError(f"probe expects tokens [B, L, {self.linear.in_features}], got {tuple(x.shape)}")
-        return self.linear(self.pooler(x)[:, 0])
