@@ -58,19 +58,17 @@ def lengths(masks_enc, masks_pred) -> tuple[int, ...]:
     return tuple(m.shape[1] for m in (*masks_enc, *masks_pred))
 
 
-def train(model, steps: int, collator=None) -> tuple[list[float], set]:
-    """The trainer's step in fp32: forward, backward, AdamW, EMA. Returns per-step losses and the
-    mask lengths seen."""
+def run_steps(model, steps: int, forward) -> tuple[list[float], set]:
+    """The trainer's step in fp32 ``steps`` times: ``forward(step)`` -> (model output, the mask
+    lengths it used), backward, AdamW (fixed values for what the schedules would set), EMA. Returns
+    per-step losses and the mask lengths seen."""
     opt = build_optimizer(model.encoder, model.predictor)
-    for g in opt.param_groups:  # fixed values for what the schedules would set
+    for g in opt.param_groups:
         g["lr"], g["weight_decay"] = 1e-3, 0.0 if g.get("WD_exclude") else 0.04
-    collator, gen = collator or official_masks(), torch.Generator().manual_seed(1)
     losses, seen = [], set()
     for step in range(steps):
-        clips = torch.randn(B, 3, FRAMES, CROP, CROP, generator=gen)
-        masks_enc, masks_pred = collator.sample(B, step)
-        seen.add(lengths(masks_enc, masks_pred))
-        out = model(clips, masks_enc, masks_pred)
+        out, mask_lengths = forward(step)
+        seen.add(mask_lengths)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -79,9 +77,23 @@ def train(model, steps: int, collator=None) -> tuple[list[float], set]:
     return losses, seen
 
 
-def assert_same_training(compiled, eager, steps: int, *, same_params: bool, collator=None):
-    got, seen = train(compiled, steps, collator)
-    want, _ = train(eager, steps, collator)
+def train(model, steps: int, collator=None) -> tuple[list[float], set]:
+    """:func:`run_steps` on random clips and the collator's masks."""
+    collator, gen = collator or official_masks(), torch.Generator().manual_seed(1)
+
+    def forward(step):
+        clips = torch.randn(B, 3, FRAMES, CROP, CROP, generator=gen)
+        masks_enc, masks_pred = collator.sample(B, step)
+        return model(clips, masks_enc, masks_pred), lengths(masks_enc, masks_pred)
+
+    return run_steps(model, steps, forward)
+
+
+def assert_same_runs(compiled, eager, run, steps: int, *, same_params: bool):
+    """``run(model)`` -> (losses, mask lengths seen) on both models: the masks vary, the losses agree
+    and, with ``same_params``, so do the weights bit for bit."""
+    got, seen = run(compiled)
+    want, _ = run(eager)
     assert len(seen) > steps // 2, f"mask lengths barely vary ({len(seen)} distinct in {steps} steps)"
     for step, (a, b) in enumerate(zip(got, want)):
         assert abs(a - b) <= LOSS_RTOL * abs(b), f"step {step}: compiled loss {a} vs eager {b}"
@@ -90,6 +102,10 @@ def assert_same_training(compiled, eager, steps: int, *, same_params: bool, coll
         # so AdamW turns any rounding difference in it into a full-size step.
         for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+
+def assert_same_training(compiled, eager, steps: int, *, same_params: bool, collator=None):
+    assert_same_runs(compiled, eager, lambda m: train(m, steps, collator), steps, same_params=same_params)
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
@@ -222,31 +238,17 @@ def v2_batches(splits, frames=(4, 8), cfgs=(SHORT, LONG)):
 
 
 def train_groups(model, steps: int, batch) -> tuple[list[float], set]:
-    """The V2 step in fp32 through forward_groups: forward, backward, AdamW, EMA."""
-    opt = build_optimizer(model.encoder, model.predictor)
-    for g in opt.param_groups:
-        g["lr"], g["weight_decay"] = 1e-3, 0.0 if g.get("WD_exclude") else 0.04
-    losses, seen = [], set()
-    for step in range(steps):
+    """:func:`run_steps` of the V2 step through forward_groups on ``batch(step)``."""
+
+    def forward(step):
         clips, me, mp = batch(step)
-        seen.add(tuple(m.shape[1] for ms in (*me, *mp) for m in ms))
-        out = model.forward_groups(clips, me, mp)
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update_(model.target_encoder, model.encoder, 0.99)
-        losses.append(out.loss.item())
-    return losses, seen
+        return model.forward_groups(clips, me, mp), tuple(m.shape[1] for ms in (*me, *mp) for m in ms)
+
+    return run_steps(model, steps, forward)
 
 
 def assert_same_group_training(compiled, eager, steps, batch):
-    got, seen = train_groups(compiled, steps, batch)
-    want, _ = train_groups(eager, steps, batch)
-    assert len(seen) > steps // 2, f"mask lengths barely vary ({len(seen)} distinct in {steps} steps)"
-    for step, (a, b) in enumerate(zip(got, want)):
-        assert abs(a - b) <= LOSS_RTOL * abs(b), f"step {step}: compiled loss {a} vs eager {b}"
-    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+    assert_same_runs(compiled, eager, lambda m: train_groups(m, steps, batch), steps, same_params=True)
 
 
 @pytest.mark.parametrize("kernels", ["torch", "triton"])

@@ -22,15 +22,11 @@ from vjepa_fast.hf_vjepa2 import (
     encoder_to_hf, hf_predict, hf_to_encoder, hf_to_predictor, hf_to_probe, hf_video_to_clip, load_hf_vjepa2,
     predictor_to_hf, probe_to_hf, read_hf_weights, save_hf_vjepa2,
 )
+from helpers import rel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = [Path(p) for p in os.environ.get("VJEPA_HF_VJEPA2_CASES", str(FIXTURES / "hf_vjepa2")).split(os.pathsep) if p]
 TOL = 5e-6
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(params=CASES, ids=lambda p: p.name)

@@ -6,6 +6,7 @@ Each check runs for every kernel setting the package offers.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -15,24 +16,13 @@ import torch
 from vjepa_fast import AttentiveClassifier, Schedules, build_optimizer, build_vjepa, clip_gradients, ema_update_
 from vjepa_fast.checkpoint import clean_key, load_vjepa_checkpoint
 from vjepa_fast.jepa import normalize_targets
+from helpers import load_parity_case, rel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = [Path(p) for p in os.environ.get("VJEPA_PARITY_CASES", str(FIXTURES / "official_parity")).split(os.pathsep) if p]
-KERNEL_SETTINGS = ["torch", "triton"]
+load_case = functools.partial(load_parity_case, what="parity case")
 
 OUT_TOL, GRAD_TOL, STEP_TOL, SCHED_TOL, PROBE_TOL = 1e-5, 1e-4, 1e-5, 1e-12, 1e-5
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def load_case(case_dir: Path) -> dict:
-    case_file = case_dir / "case.pt"
-    assert case_file.is_file(), f"parity case {case_dir} has no case.pt"
-    assert (case_dir / "checkpoint.pth.tar").is_file(), f"parity case {case_dir} has no checkpoint.pth.tar"
-    return torch.load(case_file, map_location="cpu", weights_only=True)
 
 
 def build_case_model(case: dict, case_dir: Path):
@@ -53,12 +43,6 @@ def schedules_for(case: dict) -> Schedules:
         ipe=s["ipe"], epochs=s["epochs"], ipe_scale=s["ipe_scale"], warmup=s["warmup_epochs"], start_lr=s["start_lr"],
         lr=s["ref_lr"], final_lr=s["final_lr"], weight_decay=s["wd"], final_weight_decay=s["final_wd"], ema=tuple(s["ema"]),
     )
-
-
-@pytest.fixture(params=KERNEL_SETTINGS)
-def kernel_setting(request, monkeypatch):
-    monkeypatch.setenv("VJEPA_FAST_KERNELS", request.param)
-    return request.param
 
 
 @pytest.fixture(params=CASES, ids=lambda p: p.name)

@@ -25,6 +25,7 @@ covered, and every context token kept is avoided, by ``num_blocks`` blocks of ex
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -39,25 +40,14 @@ from vjepa_fast.checkpoint import CheckpointError, clean_key, read_checkpoint
 from vjepa_fast.jepa import normalize_targets
 from vjepa_fast.masks import MultiSeqMaskCollator
 from vjepa_fast.optim import FusedAdamWEMA
+from helpers import load_parity_case, rel
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = [Path(p) for p in os.environ.get("VJEPA_V2_PARITY_CASES", str(FIXTURES / "official_v2_parity")).split(os.pathsep) if p]
-KERNEL_SETTINGS = ["torch", "triton"]
+load_case = functools.partial(load_parity_case, what="V2 parity case")
 
 OUT_TOL, GRAD_TOL, STEP_TOL, UPDATE_TOL, SCHED_TOL = 1e-5, 1e-5, 1e-5, 1e-3, 1e-12
 ZERO_GRAD = 1e-9  # |official grad| at or below this: an exact zero holding float32 noise
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def load_case(case_dir: Path) -> dict:
-    case_file = case_dir / "case.pt"
-    assert case_file.is_file(), f"V2 parity case {case_dir} has no case.pt"
-    assert (case_dir / "checkpoint.pth.tar").is_file(), f"V2 parity case {case_dir} has no checkpoint.pth.tar"
-    return torch.load(case_file, map_location="cpu", weights_only=True)
 
 
 def build_case_model(case: dict, case_dir: Path):
@@ -98,12 +88,6 @@ def grad_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     r = rel(got[~zero], ref[~zero]) if (~zero).any() else 0.0
     a = (got[zero] - ref[zero]).abs().max().item() if zero.any() else 0.0
     return r, a
-
-
-@pytest.fixture(params=KERNEL_SETTINGS)
-def kernel_setting(request, monkeypatch):
-    monkeypatch.setenv("VJEPA_FAST_KERNELS", request.param)
-    return request.param
 
 
 @pytest.fixture(params=CASES, ids=lambda p: p.name)

@@ -21,6 +21,7 @@ from vjepa_fast.jepa import build_vjepa
 from vjepa_fast.masks import MultiBlock3DMaskCollator
 from vjepa_fast.packed import Packing, block_diagonal_mask, document_attention, segment_ids
 from vjepa_fast.vision_transformer import PatchEmbed, VisionTransformer
+from helpers import rel
 
 SHORT = {"spatial_scale": (0.15, 0.15), "temporal_scale": (1.0, 1.0), "aspect_ratio": (0.75, 1.5),
          "num_blocks": 8, "max_temporal_keep": 1.0, "max_keep": None}
@@ -46,11 +47,6 @@ def _one_thread_default_impl():
     yield
     packed.set_packed_attention(impl)
     torch.set_num_threads(threads)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def tiny_vjepa(crop: int = CROP, patch: int = PATCH, **kw):

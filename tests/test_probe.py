@@ -53,22 +53,7 @@ FIXTURE_ENCODER = {"model_name": "vit_tiny", "embed_dim": 96, "depth": 3, "num_h
                    "frames_per_clip": 8, "tubelet_size": 2, "patch_size": 16, "uniform_power": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the models here are tiny: intra-op threads only add synchronisation (10x slower on a busy host)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from vjepa_fast.demo_data import make_demo_data
-
-    d = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(d), n_train=16, n_val=8, frames=8, size=32)
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _eval_raw(tmp_path: Path, demo_dir: Path, **over) -> dict:

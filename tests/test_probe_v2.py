@@ -39,21 +39,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared host
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from vjepa_fast.demo_data import make_demo_data
-
-    d = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(d), n_train=16, n_val=8, frames=8, size=32)
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _v2_raw(folder: Path, demo_dir: Path | None = None, checkpoint: str = "checkpoint.pth.tar",

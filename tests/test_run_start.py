@@ -19,12 +19,7 @@ TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
 SMALL = ["model.embed_dim=48", "model.depth=1", "model.pred_depth=1", "model.pred_embed_dim=24"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared host
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg_for(folder, *extra):

@@ -19,7 +19,6 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("av")
 pytest.importorskip("sklearn")
@@ -38,12 +37,7 @@ EXPECTED_RUNNABLE = {"pretrain/demo_digits.yaml", "pretrain/tiny_cpu.yaml", "eva
                      "evals/demo_motion_probe.yaml", "evals/tiny_cpu_probe.yaml"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only add synchronisation on a shared host
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _name(path: Path) -> str:

@@ -40,12 +40,17 @@ def jepa_loss(
         raise ValueError(f"{len(preds)} predictions for {len(masks_pred)} target masks")
     total = 0.0
     for z, m in zip(preds, masks_pred):
-        if loss_exp == 1.0:
-            total = total + kernels.masked_l1_loss(z, h, m)
-        else:
-            t = gather_tokens(normalize_targets(h), m)
-            total = total + torch.mean(torch.abs(z - t) ** loss_exp) / loss_exp
+        total = total + _mask_loss(z, h, m, loss_exp)
     return total / len(preds)
+
+
+def _mask_loss(z: torch.Tensor, h: torch.Tensor, m: torch.Tensor, loss_exp: float) -> torch.Tensor:
+    """``mean(|z − LN(h)[m]|^p)/p`` for one mask config: predictions ``z`` [B, K, D], the raw target
+    output ``h`` [B, N, D], target indices ``m`` [B, K]; fused (norm, gather, L1) for p = 1."""
+    if loss_exp == 1.0:
+        return kernels.masked_l1_loss(z, h, m)
+    t = gather_tokens(normalize_targets(h), m)
+    return torch.mean(torch.abs(z - t) ** loss_exp) / loss_exp
 
 
 def variance_reg(preds: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -263,11 +268,7 @@ def jepa_loss_groups(
         if len(zs) != len(ms):
             raise ValueError(f"group {g}: {len(zs)} predictions for {len(ms)} target masks")
         for z, m in zip(zs, ms):
-            if loss_exp == 1.0:
-                total = total + kernels.masked_l1_loss(z, h, m)
-            else:
-                t = gather_tokens(normalize_targets(h), m)
-                total = total + torch.mean(torch.abs(z - t) ** loss_exp) / loss_exp
+            total = total + _mask_loss(z, h, m, loss_exp)
             n += 1
     return total / n
 

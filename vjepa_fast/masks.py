@@ -144,6 +144,12 @@ def _check_truncation(truncation) -> str:
     return truncation
 
 
+def _check_mask_configs(cfgs_mask) -> None:
+    """The collators' ``cfgs_mask``: a non-empty list (not a single mapping); ValueError otherwise."""
+    if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
+        raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
+
+
 def _to_long(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
@@ -302,8 +308,7 @@ class MultiBlock3DMaskCollator(_StepCounterMixin):
         position_generator: torch.Generator | None = None,
         stream_key: Sequence[int] = (),
     ):
-        if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
-            raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
+        _check_mask_configs(cfgs_mask)
         self.grid = _grid(crop_size, num_frames, patch_size, tubelet_size)
         self.num_tokens = int(np.prod(self.grid))
         self.specs = [_BlockSpec(i, cfg, self.grid) for i, cfg in enumerate(cfgs_mask)]
@@ -499,8 +504,7 @@ class MultiSeqMaskCollator(_StepCounterMixin):
         truncation: str = "earliest",
         position_generator: torch.Generator | None = None,
     ):
-        if isinstance(cfgs_mask, Mapping) or not isinstance(cfgs_mask, Sequence) or len(cfgs_mask) == 0:
-            raise ValueError(f"cfgs_mask={cfgs_mask!r} must be a non-empty list of mask configs")
+        _check_mask_configs(cfgs_mask)
         if (isinstance(dataset_fpcs, (str, Mapping)) or not isinstance(dataset_fpcs, Sequence)
                 or not dataset_fpcs):
             raise ValueError(

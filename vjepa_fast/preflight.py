@@ -264,6 +264,24 @@ def _read(path: Path, key: str, problems: list[str], mmap: bool) -> dict | None:
         return None
 
 
+def _read_pretraining(path: Path, key: str, problems: list[str], mmap: bool) -> dict | None:
+    """The checkpoint ``key`` names at ``path`` when it reads and is a pretraining checkpoint; else
+    None, with the reason added to ``problems``."""
+    ckpt = _read(path, key, problems, mmap)
+    if ckpt is None:
+        return None
+    bad = not_pretraining_checkpoint(ckpt, str(path), key)
+    if bad:
+        problems.append(bad)
+        return None
+    return ckpt
+
+
+def _saved_config(ckpt: Mapping) -> dict | None:
+    """The config a vjepa-fast run recorded in its checkpoint (None for other files)."""
+    return (ckpt.get("vjepa_fast") or {}).get("config")
+
+
 def fit_problems(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                  v2: bool) -> tuple[list[str], list[str]]:
     """``(problems, notes)`` of loading the (prefix-cleaned) ``state`` into a module whose state dict is
@@ -294,14 +312,10 @@ def _check_start_weights(plan: StartPlan, cfg: PretrainConfig, key: str, path: P
     """Read the checkpoint that ``key`` (meta.init_from or optimization.anneal_ckpt) names, check it is
     a pretraining checkpoint whose encoder, predictor and target fit the model; notes for the config
     changes. Returns the checkpoint (None after a problem)."""
-    ckpt = _read(path, key, plan.problems, mmap)
+    ckpt = _read_pretraining(path, key, plan.problems, mmap)
     if ckpt is None:
         return None
-    bad = not_pretraining_checkpoint(ckpt, str(path), key)
-    if bad:
-        plan.problems.append(bad)
-        return None
-    saved = (ckpt.get("vjepa_fast") or {}).get("config")
+    saved = _saved_config(ckpt)
     if saved is not None:
         changes = config_changes(saved, cfg.to_dict())
         if changes:
@@ -341,14 +355,10 @@ def plan_pretrain_start(cfg: PretrainConfig, ipe: int | None, total: int | None,
     if m.load_checkpoint and own.is_file():
         plan.kind, plan.path = "resume", own
         key = "meta.read_checkpoint" if m.read_checkpoint else "meta.load_checkpoint"
-        plan.ckpt = ckpt = _read(own, key, plan.problems, mmap)
+        plan.ckpt = ckpt = _read_pretraining(own, key, plan.problems, mmap)
         if ckpt is None:
             return plan
-        bad = not_pretraining_checkpoint(ckpt, str(own), key)
-        if bad:
-            plan.problems.append(bad)
-            return plan
-        saved = (ckpt.get("vjepa_fast") or {}).get("config")
+        saved = _saved_config(ckpt)
         if saved is not None:
             changes = config_changes(saved, cfg.to_dict())
             if changes and not m.allow_resume_changes:
