@@ -343,12 +343,11 @@ def _setup_context(ctx, inputs, output):
     ctx.mask_shape = mask_token.shape
 
 
-def _backward(ctx, grad_out):
+def _grads(ctx, grad_out, backward):
+    """The five input gradients from ``backward`` (the custom op, or its launcher in eager mode)."""
     if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[4]):
         return None, None, None, None, None
-    grad_ctx, grad_mask = assemble_predictor_input_backward_op(
-        grad_out, ctx.kc, ctx.ctx_dtype, ctx.mask_dtype
-    )
+    grad_ctx, grad_mask = backward(grad_out, ctx.kc, ctx.ctx_dtype, ctx.mask_dtype)
     return (
         grad_ctx if ctx.needs_input_grad[0] else None,
         None,
@@ -356,6 +355,10 @@ def _backward(ctx, grad_out):
         None,  # pos: constant (frozen table)
         grad_mask.reshape(ctx.mask_shape) if ctx.needs_input_grad[4] else None,
     )
+
+
+def _backward(ctx, grad_out):
+    return _grads(ctx, grad_out, assemble_predictor_input_backward_op)
 
 
 assemble_predictor_input_op.register_autograd(_backward, setup_context=_setup_context)
@@ -373,16 +376,7 @@ class _AssemblePredictorInput(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[4]):
-            return None, None, None, None, None
-        grad_ctx, grad_mask = assemble_predictor_input_bwd(grad_out, ctx.kc, ctx.ctx_dtype, ctx.mask_dtype)
-        return (
-            grad_ctx if ctx.needs_input_grad[0] else None,
-            None,
-            None,
-            None,  # pos: constant (frozen table)
-            grad_mask.reshape(ctx.mask_shape) if ctx.needs_input_grad[4] else None,
-        )
+        return _grads(ctx, grad_out, assemble_predictor_input_bwd)
 
 
 # ---------------------------------------------------------------------------------------------------
