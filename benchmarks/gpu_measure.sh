@@ -16,10 +16,13 @@
 #   env          environment + the two ceilings: bf16 matmul TFLOP/s, device copy GB/s    40  took 7-8
 #   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        130  took 51-53
 #                (before the RoPE kernel's tests were added)
-#   vitl         train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager       120  took 49
-#   vitl_steady  the same with the warm-up steps' masks reused (no new attention shapes)   90  ~50 (est.)
+#   vitl         train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager, steady
+#                state (every measured step's attention lengths built in the warm-up)    120  took 49 (before
+#                                                                                          steady state)
+#   vitl_cold    new attention lengths in the measured steps, one implementation per
+#                process: reference, fast (cuDNN), fast with flash attention              90  ~60 (est.)
 #   ablate       fast eager, one option at a time, profiled: default (+ the cost of a new
-#                attention shape), flash attention, packed context, sparse embed         150  ~100 (est.)
+#                attention shape), flash attention, packed context, sparse embed         150  took 122 (cold)
 #   attn         attention backends at the ViT-L shapes -> the tuned table                 45  took 8
 #   vitl_all     the fast path with every option (compile, CUDA-graphed target, tuned
 #                attention, packed context, sparse embed; fused AdamW+EMA and the bf16
@@ -145,9 +148,13 @@ stage kernels 130 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,pred
     --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
     ${KTESTS[@]+"${KTESTS[@]}"}
 stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
-# Steady state: the timed steps reuse the warm-up steps' masks, so no step meets an attention shape
-# for the first time (cuDNN builds an execution graph per new shape; a long run has seen them all).
-stage vitl_steady 90 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both --mask-cycle 3
+# A run's first steps: new attention lengths while timed (cuDNN builds an execution graph per new
+# length, measured ~150-170 ms each; flash builds nothing), each implementation in its own process
+# because the graph cache is process-wide.
+stage vitl_cold 90 bash -c "rc=0; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]/fast/reference} --shapes cold || rc=1; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --shapes cold || rc=1; \
+    '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --shapes cold --attn flash || rc=1; exit \$rc"
 # One option at a time, eager, with a profile (wall vs GPU busy, attention ops' host time) and the
 # price of a new attention shape: what each option and each backend costs on its own.
 stage ablate 150 bash -c "rc=0; \

@@ -38,6 +38,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _masks(row: dict) -> list[str]:
+    """How the row's masks were drawn: reused from N steps (masks/N), new lengths timed (cold)."""
+    out = [f"masks/{row['mask_cycle']}"] if row.get("mask_cycle") else []
+    return out + (["cold"] if row.get("shapes") == "cold" else [])
+
+
 def _options(row: dict) -> str:
     opts = []
     if row.get("compile") not in (None, "off"):
@@ -48,8 +54,7 @@ def _options(row: dict) -> str:
             opts.append(name)
     if row.get("attn_backend"):
         opts.append(f"attn={row['attn_backend']}")
-    if row.get("mask_cycle"):
-        opts.append(f"masks/{row['mask_cycle']}")
+    opts += _masks(row)
     ac = row.get("activation_checkpointing")
     if ac and any(ac):
         opts.append(f"ckpt={'/'.join(map(str, ac))}")
@@ -83,8 +88,7 @@ def summary(stages_path: Path, results_path: Path, logs: Path | None) -> str:
             prof = r.get("profile") or {}
             body.append([
                 str(r.get("model")) + (" V2" if r.get("arch") == "v2" else ""), r["impl"],
-                _options(r) if r["impl"] == "fast" else "official structure" + (
-                    f",masks/{r['mask_cycle']}" if r.get("mask_cycle") else ""),
+                _options(r) if r["impl"] == "fast" else ",".join(["official structure"] + _masks(r)),
                 _fmt(r.get("ms_step")), _fmt(r.get("clips_s")),
                 _fmt(100 * r["mfu"] if r.get("mfu") is not None else None),
                 _fmt(r.get("peak_mem_gib")), _fmt(r.get("warmup_s")),

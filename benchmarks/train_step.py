@@ -27,6 +27,16 @@ once per setting after one reference run, each row with its peak memory). FLOP c
 (``flops_step_counted``) include the recomputed forward of checkpointed blocks
 (``flops_recomputed_step0``); ``flops_step`` and the MFU count each forward once.
 
+Attention shapes: cuDNN attention builds an execution graph the first time it meets a sequence
+length (measured on an H200: ~150-170 ms for one forward + backward, against 1-2 ms once built),
+and the student's lengths change with every batch of masks; a long run has met all of them early
+(the official ViT-L masks: ~120 distinct student lengths in 2,000 steps), a 20-step benchmark meets
+new ones in most steps. ``--shapes steady`` (default) measures the long run: the warm-up also runs
+every measured step's masks once, untimed. ``--shapes cold`` measures the run's first steps, one
+implementation per process (the graph cache is process-wide: the second implementation of a
+``--impl both`` run would find the first one's lengths built, which made an early measurement of this
+benchmark favour the fast path).
+
 Timing: warm-up steps first, then the median (and p20 / p80) of ``--steps`` steps; on CUDA each
 step is bracketed by CUDA events recorded without synchronising (the fast path keeps its CPU
 run-ahead), on CPU by ``time.perf_counter``. Per-phase times come from a separate pass (events at
@@ -909,6 +919,15 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         compile_status = step.enable_compile()
     warm = list(range(1, 1 + args.warmup))
     timed = list(range(1 + args.warmup, 1 + args.warmup + args.steps))
+    after = timed[-1] + 1 if timed else 1 + args.warmup
+    phase_idx = list(range(after, after + args.phase_steps))
+    profile_idx = list(range(after + args.phase_steps, after + args.phase_steps + args.profile_steps))
+    if args.shapes == "steady":
+        # Every later step's masks once more, untimed: cuDNN then has built the graph of each of their
+        # attention lengths (measured on an H200: ~150-170 ms per new length, forward + backward),
+        # as it has in a long run whose set of lengths is finite, and no implementation inherits
+        # another's builds from the process-wide cache.
+        warm += timed + phase_idx + profile_idx
     t_warm = time.perf_counter()
     for i in warm:
         me, mp = setup.masks(i)
@@ -927,20 +946,17 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     graphs_timed = graphs.snapshot() if graphs is not None else None
     stats_timed = _compile_stats() if compile_status != "off" else None
-    next_step = timed[-1] + 1 if timed else 1 + args.warmup
     phases = {}
-    if args.phase_steps > 0:
+    if phase_idx:
         timer = PhaseTimer(device)
-        for i in range(next_step, next_step + args.phase_steps):
+        for i in phase_idx:
             me, mp = setup.masks(i)
             step(clips_pool[i % len(clips_pool)], me, mp, phase=timer)
         phases = timer.summary()
-        next_step += args.phase_steps
     profiled = None
-    if args.profile_steps > 0:
+    if profile_idx:
         try:
-            profiled = profile_steps(step, setup, list(range(next_step, next_step + args.profile_steps)),
-                                     clips_pool)
+            profiled = profile_steps(step, setup, profile_idx, clips_pool)
         except Exception as e:  # noqa: BLE001 - the timing above stands without the profile
             profiled = {"error": f"{type(e).__name__}: {str(e).strip()[:300]}"}
     if graphs is not None:
@@ -981,8 +997,8 @@ def bench_impl(impl: str, setup: BenchSetup, args, clips_pool, peak: tuple[float
         "grad_scaler": getattr(step, "scaler", None) is not None,
         "clip_grad": setup.clip_grad,
         "official_loggers": setup.official_loggers if impl == "reference" else None,
-        "steps": len(ms), "warmup": args.warmup, "warmup_s": round(warmup_s, 2),
-        "mask_cycle": setup.mask_cycle or None,
+        "steps": len(ms), "warmup": args.warmup, "warmup_steps": len(warm), "warmup_s": round(warmup_s, 2),
+        "mask_cycle": setup.mask_cycle or None, "shapes": args.shapes,
         # Student attention shapes first seen in a timed step (cuDNN builds a graph for each, forward
         # and backward): mean per timed step.
         "attn_new_shapes_per_step": round(statistics.mean(new_shapes), 3) if new_shapes else None,
@@ -1117,6 +1133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-cycle", type=int, default=0, metavar="N",
                    help="step i uses the masks of step i mod N (both impls): with --warmup >= N the timed "
                    "steps see no new mask length, as a long run (finite set of lengths) eventually does")
+    p.add_argument("--shapes", default="steady", choices=["steady", "cold"],
+                   help="steady (default): the warm-up also runs every later step's masks once, so no "
+                   "measured step meets an attention length for the first time, as in a long run; cold: "
+                   "new masks in the measured steps (what the first thousands of steps of a run pay with "
+                   "cuDNN, which builds a graph per new length); one --impl per process, since cuDNN's "
+                   "graph cache is shared by everything in the process")
     p.add_argument("--no-mfu", action="store_true", help="skip the matmul peak measurement")
     p.add_argument("--peak-tflops", type=float, default=None, help="use this peak instead of measuring one")
     p.add_argument("--check-loss", type=int, default=0, metavar="N",
@@ -1143,6 +1165,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"dotted overrides {args.overrides} need --config")
     if args.steps < 1 and not args.check_loss:
         build_parser().error("--steps must be >= 1")
+    if args.shapes == "cold" and args.impl == "both" and not args.check_loss:
+        build_parser().error(
+            "--shapes cold times one implementation per process (--impl reference, then --impl fast): "
+            "cuDNN caches one built graph per attention shape for the whole process, so the second "
+            "implementation would find the first one's lengths already built")
     setup = make_setup(args)
     if setup.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the official main does

@@ -36,20 +36,14 @@ TINY = ["--device", "cpu", "--model", "vit_tiny", "--embed-dim", "64", "--depth"
 IMPL_FIELDS = {
     "bench", "impl", "device", "device_name", "torch", "triton", "commit", "model", "embed_dim", "depth",
     "heads", "pred_dim", "pred_depth", "batch", "frames", "crop", "tokens", "dtype", "attn_backend",
-    "kernels", "compile", "steps", "warmup", "ms_step", "ms_step_p20", "ms_step_p80", "clips_s",
-    "flops_step", "flops_step_counted", "flops_step_analytic", "tflops_s", "mfu", "peak_tflops",
+    "kernels", "compile", "steps", "warmup", "warmup_steps", "shapes", "ms_step", "ms_step_p20", "ms_step_p80",
+    "clips_s", "flops_step", "flops_step_counted", "flops_step_analytic", "tflops_s", "mfu", "peak_tflops",
     "peak_source", "peak_mem_gib", "phases", "mask_lengths_mean", "loss_last",
 }  # fmt: skip
 PHASE_FIELDS = {"target_fwd_ms", "ctx_pred_fwd_bwd_ms", "optimizer_ms", "ema_ms", "total_ms"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops gain nothing from intra-op threads, and on a shared CI box they lose a lot.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -102,6 +96,23 @@ def test_train_step_diagnostics(capsys):
     # Without the cycle, the official masks bring new lengths in later steps (the counter can fail).
     setup = train_step.make_setup(train_step.build_parser().parse_args(TINY))
     assert sum(train_step.new_attention_shapes(setup, [0, 1, 2], range(3, 9))) > 0
+
+
+def test_train_step_shapes_steady_and_cold(capsys):
+    """--shapes steady (default) builds every measured step's attention lengths in the warm-up;
+    --shapes cold times new lengths (the same steps as above bring some) and refuses --impl both,
+    whose second implementation would reuse the first one's cuDNN graphs."""
+    args = ["--impl", "fast", "--steps", "6", "--warmup", "2", "--phase-steps", "1", "--no-mfu", "--no-flops"]
+    assert train_step.main(TINY + args) == 0
+    (steady,) = _json_lines(capsys.readouterr().out)
+    assert steady["shapes"] == "steady" and steady["attn_new_shapes_per_step"] == 0
+    assert steady["warmup_steps"] == 2 + 6 + 1, steady
+    assert train_step.main(TINY + args + ["--shapes", "cold"]) == 0
+    (cold,) = _json_lines(capsys.readouterr().out)
+    assert cold["shapes"] == "cold" and cold["warmup_steps"] == 2 and cold["attn_new_shapes_per_step"] > 0, cold
+    with pytest.raises(SystemExit):
+        train_step.main(TINY + ["--shapes", "cold", "--impl", "both"])
+    assert "one implementation per process" in capsys.readouterr().err
 
 
 def test_check_loss_reference_and_fast_agree_fp32(capsys):
@@ -276,21 +287,23 @@ def test_gpu_measure_script_runs_at_tiny_size(tmp_path):
     env_row = next(r for r in rows if r.get("kind") == "environment")
     assert env_row["commit"] == "abc1234" and env_row["copy_gbps"] > 0 and env_row["matmul_tflops"] > 0
     impls = [r.get("impl", r.get("mode")) for r in rows if r.get("bench") == "train_step"]
-    # V1: vitl, vitl_steady, 4 ablations, vitl_all, vith (references and ratios of the three "both"
-    # stages); V2: v2l and v2g, each a reference and a fast row (and ratio) per activation-checkpointing setting
+    # V1: vitl, vitl_cold (a reference, a cuDNN and a flash row, each its own process), 4 ablations,
+    # vitl_all, vith (ratios of the two "both" stages); V2: v2l and v2g, each a reference and a fast row (and ratio) per activation-checkpointing setting
     v1 = [r.get("impl", r.get("mode")) for r in rows if r.get("bench") == "train_step" and r.get("arch") != "v2"]
     v2 = [r for r in rows if r.get("bench") == "train_step" and r.get("arch") == "v2"]
-    assert v1.count("fast") == 8 and v1.count("reference") == 3, v1
-    assert impls.count("ratio") == 3 + 4, impls
+    assert v1.count("fast") == 9 and v1.count("reference") == 3, v1
+    assert impls.count("ratio") == 2 + 4, impls
     assert [r["impl"] for r in v2 if r.get("impl") in ("reference", "fast")] == ["reference", "fast", "fast"] * 2, v2
     assert [any(r["activation_checkpointing"]) for r in v2 if r.get("impl") == "fast"] == [False, True] * 2, v2
     checks = [r for r in rows if r.get("mode") == "check_loss"]
     assert len(checks) == 3 and all(r["pass"] for r in checks), checks
     fast = [r for r in rows if r.get("impl") == "fast"]
     assert any(r.get("profile") and r.get("attn_shape_cost") for r in fast), "ablation diagnostics missing"
-    assert any(r.get("mask_cycle") == 3 for r in fast) and any(r.get("attn_backend") == "flash" for r in fast)
+    cold = [r for r in rows if r.get("shapes") == "cold"]
+    assert sorted((r["impl"], r["attn_backend"]) for r in cold) == sorted(
+        [("reference", "sdpa-default"), ("fast", cold[1]["attn_backend"]), ("fast", "flash")]), cold
     summary = (tmp_path / "summary.txt").read_text()
-    for stage in ("env", "kernels", "vitl", "vitl_steady", "ablate", "attn", "vitl_all", "loss", "loss_all",
+    for stage in ("env", "kernels", "vitl", "vitl_cold", "ablate", "attn", "vitl_all", "loss", "loss_all",
                   "vith", "v2l", "v2_loss", "v2g"):
         assert re.search(rf"^{stage}\s+ok\s", summary, re.M), summary
     assert re.search(r"^kbench\s+skipped", summary, re.M) and "loss check" in summary and "PASS" in summary
