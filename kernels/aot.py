@@ -223,7 +223,7 @@ def all_plans() -> list[LaunchPlan]:
     import importlib
 
     plans: list[LaunchPlan] = []
-    for name in ("masked_gather", "predictor_input", "masked_l1_loss", "ema", "rope"):
+    for name in ("masked_gather", "predictor_input", "sorted_predictor_input", "masked_l1_loss", "ema", "rope"):
         module = importlib.import_module(f"{__package__}.{name}")
         fn: Optional[callable] = getattr(module, "aot_plans", None)
         if fn is not None:

@@ -66,6 +66,22 @@ def assemble_predictor_input(
     return torch.cat([head, tail], dim=1)
 
 
+def assemble_sorted_predictor_input(
+    z: torch.Tensor, order: torch.Tensor, mask_token: torch.Tensor
+) -> torch.Tensor:
+    """V2: ``cat([z, mask_token.expand(B, Kt, -1)], 1)`` rows gathered by ``order`` [B, L] -> [B, L, D].
+
+    The official V2 predictor (no position table) concatenates the embedded context and the mask
+    tokens and reorders the rows by the argsort of their token ids; ``cat`` promotes the two dtypes
+    (fp32 for a bf16 ``z`` and the fp32 mask token under autocast). Autograd through ``cat`` +
+    ``gather`` gives the gradients: ``z`` its rows back, the mask token the sum of its rows.
+    """
+    B, Kc, d = z.shape
+    token = mask_token.reshape(1, 1, d).expand(B, order.shape[1] - Kc, d)
+    x = torch.cat([z, token], dim=1)
+    return x.gather(1, order.long().unsqueeze(-1).expand(-1, -1, d))
+
+
 def masked_l1_loss(
     pred: torch.Tensor, target: torch.Tensor, idx: torch.Tensor, eps: float = LN_EPS
 ) -> torch.Tensor:

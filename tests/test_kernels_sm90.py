@@ -31,7 +31,7 @@ import pytest
 pytest.importorskip("triton")
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = ("masked_gather", "predictor_input", "masked_l1_loss", "ema", "rope")
+MODULES = ("masked_gather", "predictor_input", "sorted_predictor_input", "masked_l1_loss", "ema", "rope")
 
 
 @pytest.fixture(scope="module")
