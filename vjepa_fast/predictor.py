@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from .kernels import assemble_sorted_predictor_input
 from .packed import Packing
 from .pos_embed import sincos_table
 from .rope import RotaryPositions, angle_dtype_of, rope_dim
@@ -104,25 +105,28 @@ class VisionTransformerPredictor(nn.Module):
         return self.mask_tokens[mask_index % self.num_mask_tokens]
 
     def assemble(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, mask_index: int) -> torch.Tensor:
-        """[embedded context + its positions, mask token + target positions] as [B, Kc+Kt, Dp]
-        (V2 with RoPE: no positions are added, and the sequence is not yet sorted)."""
+        """V1: [embedded context + its positions, mask token + target positions] as [B, Kc+Kt, Dp]."""
         token = self.mask_token(mask_index)
-        z = self.predictor_embed(ctx)
-        if self.predictor_pos_embed is None:
-            B, Kt = tgt_idx.shape
-            # torch.cat promotes as the official cat does: under bf16 autocast the bf16 context and
-            # the fp32 mask token make an fp32 sequence (the residual stream stays fp32 there).
-            return torch.cat([z, token.expand(B, Kt, -1)], dim=1)
-        return assemble_predictor_input(z, ctx_idx, tgt_idx, self.predictor_pos_embed, token)
+        return assemble_predictor_input(self.predictor_embed(ctx), ctx_idx, tgt_idx, self.predictor_pos_embed, token)
 
-    def sort_by_position(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """V2: ``x`` [B, L, Dp] and its token ids [B, L] argsorted by id (per row). Returns the sorted
-        tokens, the sorted ids and the inverse permutation [B, L] (row j of the input is row
-        ``inverse[:, j]`` of the sorted sequence)."""
+    def assemble_sorted(
+        self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, mask_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """V2 (RoPE, no position table): [embedded context, mask tokens] argsorted by token id per row.
+
+        Returns the sorted tokens [B, L, Dp], their ids [B, L] and the inverse permutation [B, L]
+        (row j of [context, targets] is row ``inverse[:, j]`` of the sorted sequence). The tokens
+        are ``cat([z, mask_token.expand(B, Kt, -1)], 1)`` gathered by the argsort, written in one
+        pass (``kernels.assemble_sorted_predictor_input``); their dtype is the promotion ``cat``
+        gives, as officially: under bf16 autocast the bf16 context and the fp32 mask token make an
+        fp32 sequence (the residual stream stays fp32 there).
+        """
+        ids = torch.cat([ctx_idx, tgt_idx], dim=1)
         order = torch.argsort(ids, dim=1)
         inverse = torch.argsort(order, dim=1)
-        sorted_x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        return sorted_x, ids.gather(1, order), inverse
+        z = self.predictor_embed(ctx)
+        x = assemble_sorted_predictor_input(z, order, self.mask_token(mask_index), inverse)
+        return x, ids.gather(1, order), inverse
 
     def rope_for(self, ids: torch.Tensor) -> RotaryPositions:
         # The predictor's grid is the one it was built with, whatever the input clip's size.
@@ -139,11 +143,10 @@ class VisionTransformerPredictor(nn.Module):
         (V1: the mask generator's index; V2 pretraining: the clip-length group's; Hugging Face: 1)."""
         self._check(ctx, ctx_idx, tgt_idx)
         Kc = ctx.shape[1]
-        x = self.assemble(ctx, ctx_idx, tgt_idx, mask_index)
         if not self.use_rope:
-            x = self.run_blocks(x)
+            x = self.run_blocks(self.assemble(ctx, ctx_idx, tgt_idx, mask_index))
             return self.predictor_proj(x[:, Kc:])
-        x, ids, inverse = self.sort_by_position(x, torch.cat([ctx_idx, tgt_idx], dim=1))
+        x, ids, inverse = self.assemble_sorted(ctx, ctx_idx, tgt_idx, mask_index)
         x = self.run_blocks(x, rope=self.rope_for(ids))
         # Unsort and keep the target rows in one gather: the rows of the sorted sequence that hold
         # the targets, in tgt_idx order.
@@ -182,18 +185,18 @@ class VisionTransformerPredictor(nn.Module):
             return [self(z, mc, mt, i) for i, z, mc, mt in zip(indices, ctxs, masks_enc, masks_pred)]
         for z, mc, mt in zip(ctxs, masks_enc, masks_pred):
             self._check(z, mc, mt)
-        seqs = [self.assemble(z, mc, mt, i) for i, z, mc, mt in zip(indices, ctxs, masks_enc, masks_pred)]
-        packing = Packing([s.shape[1] for s in seqs], device=seqs[0].device)
         rope, inverses = None, []
         if self.use_rope:
-            sorted_seqs, sorted_ids = [], []
-            for s, mc, mt in zip(seqs, masks_enc, masks_pred):
-                sx, ids, inverse = self.sort_by_position(s, torch.cat([mc, mt], dim=1))
-                sorted_seqs.append(sx)
+            seqs, sorted_ids = [], []
+            for i, z, mc, mt in zip(indices, ctxs, masks_enc, masks_pred):
+                sx, ids, inverse = self.assemble_sorted(z, mc, mt, i)
+                seqs.append(sx)
                 sorted_ids.append(ids)
                 inverses.append(inverse)
-            seqs = sorted_seqs
             rope = self.rope_for(torch.cat(sorted_ids, dim=1))
+        else:
+            seqs = [self.assemble(z, mc, mt, i) for i, z, mc, mt in zip(indices, ctxs, masks_enc, masks_pred)]
+        packing = Packing([s.shape[1] for s in seqs], device=seqs[0].device)
         x = self.run_blocks(torch.cat(seqs, dim=1), packing, rope)
         preds, start = [], 0
         for j, (z, mt) in enumerate(zip(ctxs, masks_pred)):
