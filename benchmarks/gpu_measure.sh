@@ -145,7 +145,7 @@ stage env 40 "$PY" "$REPO/benchmarks/gpu_env.py" "${ENV_ARGS[@]}"
 stage vitl 120 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl both
 stage attn 45 "$PY" "$REPO/benchmarks/bench_attention.py" "${ATTN[@]}" --out "$LOGS/attention_table.json"
 stage vitl_all 240 "$PY" "${TS[@]}" "${L[@]}" "${STEPS[@]}" --impl fast "${OPTS[@]}" --profile-steps 2
-stage kernels 130 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,masked_l1_loss,ema,rope}.py \
+stage kernels 130 "$PY" -m pytest "$REPO"/tests/test_kernels_{masked_gather,predictor_input,sorted_predictor_input,masked_l1_loss,ema,rope}.py \
     --rootdir "$REPO" -c "$REPO/pyproject.toml" -o addopts= -q -ra -p no:cacheprovider --durations=5 \
     ${KTESTS[@]+"${KTESTS[@]}"}
 # The packed and sparse paths against the reference, eager (no compilation: cheap); compiled in loss_all.
@@ -177,6 +177,7 @@ if [[ "$SIZE" == tiny && ( -z "${ONLY:-}" || " $ONLY " == *" kbench "* ) ]]; the
 else
     stage kbench 60 bash -c "'$PY' '$REPO/benchmarks/kernels/bench_masked_gather.py' --models vit_l \
         && '$PY' '$REPO/benchmarks/kernels/bench_predictor_input.py' \
+        && '$PY' '$REPO/benchmarks/kernels/bench_sorted_predictor_input.py' \
         && '$PY' '$REPO/benchmarks/kernels/bench_masked_l1_loss.py' --models vit_l \
         && '$PY' '$REPO/benchmarks/kernels/bench_ema.py' --models vit_l --skip-adamw"
 fi

@@ -270,7 +270,7 @@ def test_v2_groups_compile_once_over_changing_masks(kernels, monkeypatch):
     assert_same_group_training(compiled, eager, steps, batch)
     assert compile_stats() == ONE_EACH
     code = "\n".join(g.code for g in counter.graphs)
-    for op in ("masked_gather", "rope_rotate_qk", "masked_l1_loss"):
+    for op in ("masked_gather", "rope_rotate_qk", "sorted_predictor_input", "masked_l1_loss"):
         assert (f"torch.ops.vjepa_fast.{op}.default" in code) == (kernels == "triton"), op
 
 
