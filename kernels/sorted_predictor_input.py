@@ -21,7 +21,10 @@ of the sorted one): ``grad_z[b, j] = grad_out[b, inverse[b, j]]`` for j < Kc, ro
 ``grad_out[b, inverse[b, j]]``, j >= Kc, over batch and targets. That reduction is deterministic:
 each program accumulates a fixed set of row tiles in fp32 (fp64 for fp64 inputs) and writes one
 partial row, and ``torch.sum`` adds the partials (no atomics). Its order differs from torch's own
-sum, so it equals autograd's result up to fp32 rounding (tests: against the float64 sum).
+sum: for an fp32 mask token (every V-JEPA 2 model) it equals autograd's result up to fp32 rounding;
+for a bf16 / fp16 token under a wider output, autograd rounds each row to the token's dtype before
+summing while this kernel sums in fp32 and rounds once, so it is the more accurate of the two
+(tests: against the float64 sum).
 
 ``order`` must hold a permutation of 0..L-1 per row and ``inverse`` its inverse (not checked on the
 device: that would sync); other values stay in bounds (loads of z only for 0 <= order < Kc, of the
@@ -252,6 +255,8 @@ def _check(z, order, mask_token, inverse=None) -> None:
     check_float("z", z)
     check_float("mask_token", mask_token)
     check_index("order", order)
+    if inverse is not None:
+        check_index("inverse", inverse)
     for name, t in (("order", order), ("mask_token", mask_token), ("inverse", inverse)):
         if t is not None and t.device != z.device:
             raise ValueError(f"{name} is on {t.device}, z on {z.device}")

@@ -78,15 +78,13 @@ def split_rows(rows, n_rows, L, INDEX_64: tl.constexpr):
 
 @triton.jit
 def gathered_rows(rows, n_rows, K, IDX_ptr, IDX_stride_b, IDX_stride_k, INDEX_64: tl.constexpr):
-    """Rows of a flattened [B, K] index ``IDX`` -> (row_mask, b, k, idx[b, k]). The index is loaded
-    at the offsets of the int32 rows; ``b``, ``k`` and the index come back in int64 when INDEX_64,
-    else int32 (whatever the index dtype)."""
-    row_mask, b, k = split_rows(rows, n_rows, K, False)
+    """Rows of a flattened [B, K] index ``IDX`` -> (row_mask, b, k, idx[b, k]). ``b``, ``k`` (and so
+    the index's own offsets, for an index tensor with large strides) and the index come back in int64
+    when INDEX_64, else int32 (whatever the index dtype)."""
+    row_mask, b, k = split_rows(rows, n_rows, K, INDEX_64)
     idx = tl.load(IDX_ptr + b * IDX_stride_b + k * IDX_stride_k, mask=row_mask, other=0)
     if INDEX_64:
         idx = idx.to(tl.int64)
-        b = b.to(tl.int64)
-        k = k.to(tl.int64)
     else:
         idx = idx.to(tl.int32)
     return row_mask, b, k, idx
