@@ -139,17 +139,51 @@ def demo_device(requested: str = "auto") -> tuple[str, list[str], str]:
     return "cuda", ["meta.device=cuda", "meta.dtype=bfloat16"], f"cuda:0 ({name}), bfloat16 ({why})"
 
 
+def demo_provenance(args, device: str, device_why: str, seed: int, threads: int) -> dict:
+    """What a demo run's figures depend on besides the code: the pretraining seed (``meta.seed``),
+    the probes' seed (probe init and batch order, and the random-init encoder's weights), the
+    context-use mask draw, torch's intra-op threads for pretraining (and for the probes, which run on
+    one thread on the CPU), and :func:`vjepa_fast.provenance.environment` (commit, machine, versions)."""
+    from .provenance import environment
+
+    return {
+        "seed": seed,
+        "probe_seed": args.probe_seed,
+        "context_use_seed": CONTEXT_USE_SEED,
+        "threads": {"pretraining": threads, "probes": DEMO_PROBE_THREADS if device == "cpu" else threads},
+        "overrides": list(args.overrides),
+        **environment(device_why),
+    }
+
+
+#: The demo's context-use mask draw, and the probes' CPU threads (``run_demo_probes``'s default).
+CONTEXT_USE_SEED = 0
+DEMO_PROBE_THREADS = 1
+
+
 def _demo(args) -> int:
+    import json
+
+    import torch
+
     from .diagnostics import checkpoint_context_use
     from .probe import run_demo_probes
-    from .train import run_demo_pretrain
+    from .provenance import format_fields
+    from .train import demo_digits_config, run_demo_pretrain
 
     if any(o.startswith(("meta.device=", "meta.dtype=")) for o in args.overrides):
         raise ValueError("the demo picks meta.device and meta.dtype from --device (auto, cpu or cuda); "
                          "drop the meta.device= / meta.dtype= override")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {args.threads}")
+        torch.set_num_threads(args.threads)
     device, device_overrides, why = demo_device(args.device)
+    overrides = [*device_overrides, *args.overrides]
+    seed = demo_digits_config(args.data, args.out, overrides).meta.seed
+    provenance = demo_provenance(args, device, why, seed, torch.get_num_threads())
     print(f"vjepa-fast demo on {why}", flush=True)
-    where = "on the CPU (about 35 minutes on 2 cores)" if device == "cpu" else "on the GPU"
+    where = "on the CPU (about 35-50 minutes on 2 cores)" if device == "cpu" else "on the GPU"
     print(
         "(1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
         f"digits moving in known directions), (2) pretrain a tiny V-JEPA on them {where} with the "
@@ -158,7 +192,9 @@ def _demo(args) -> int:
         "next to a random-init encoder.",
         flush=True,
     )
-    result = run_demo_pretrain(args.data, args.out, overrides=[*device_overrides, *args.overrides])
+    print(f"seed {seed} (meta.seed), probe seed {args.probe_seed} (--probe-seed), "
+          f"{provenance['threads']['pretraining']} torch thread(s) (--threads)", flush=True)
+    result = run_demo_pretrain(args.data, args.out, overrides=overrides)
     print(
         f"\npretraining: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}\ncheckpoint (official format): {result.checkpoint}\nlog: {result.log}\n"
@@ -166,9 +202,11 @@ def _demo(args) -> int:
         flush=True,
     )
     # Cheap (one forward pass over some held-out clips) and says whether the run learnt more than position.
-    context = checkpoint_context_use(result.checkpoint, Path(args.data) / "val_digit.csv", out=print)
+    context = checkpoint_context_use(result.checkpoint, Path(args.data) / "val_digit.csv", seed=CONTEXT_USE_SEED,
+                                     out=print)
     print(flush=True)
-    probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes", device=device)
+    probes = run_demo_probes(result.checkpoint, args.data, Path(args.out) / "probes", device=device,
+                             seed=args.probe_seed, threads=DEMO_PROBE_THREADS)
     print(f"\nprobe results: {Path(args.out) / 'probes'}")
     top1 = probes["top1"]
     beaten = [task for task in ("digit", "motion") if top1["pretrained"][task] <= top1["random"][task]]
@@ -176,6 +214,17 @@ def _demo(args) -> int:
         print(f"note: the pretrained encoder does not beat random init on: {', '.join(beaten)}"
               + ("" if context.uses_context() else
                  " (its predictor ignores the context's content, see above; README: The demo)"))
+    record = Path(args.out) / "demo_provenance.json"
+    print(f"\nthese figures come from (also in {record}):\n{format_fields(provenance)}")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({
+        **provenance,
+        "pretraining": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                        "first_loss": result.first_loss, "final_loss": result.final_loss,
+                        "checkpoint": str(result.checkpoint), "log": str(result.log)},
+        "context_use": context.to_dict(),
+        "probes": {"top1": top1, "chance": probes.get("chance"), "results": str(Path(args.out) / "probes")},
+    }, indent=1) + "\n")
     return 0
 
 
@@ -201,12 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vjepa-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (~35 min on 2 CPU cores)")
+    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (35-50 min on 2 CPU cores)")
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
     p.add_argument("--out", default=str(DEMO_RUN), help="run folder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: the GPU (bf16) when torch sees one, else the CPU (fp32)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for pretraining (default: torch's, usually the core count); "
+                        "the same seed and thread count on the same machine give the same numbers")
+    p.add_argument("--probe-seed", type=int, default=0,
+                   help="seed of the probes (init, batch order) and of the random-init encoder (default 0)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml "
+                   "(meta.seed=N: the pretraining seed)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("pretrain", help="pretrain V-JEPA from a YAML config (torchrun for several GPUs)")

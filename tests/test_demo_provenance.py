@@ -1,0 +1,135 @@
+"""The demo is reproducible for a given seed and thread count, and says where its figures come from.
+
+Issue 16: a re-run of ``make demo`` reversed the README's digit result. These tests run the whole demo
+(``vjepa-fast demo``: pretraining, context use, both probes) three times at a few steps on a small
+rendering of the demo data: twice with the same seeds and threads, which must agree to the bit
+(pretraining losses, checkpoint weights, context-use losses, every probe number), and once with other
+seeds, which must not (so the first check cannot pass by ignoring the seeds). Each run must print and
+write its provenance (seeds, threads, machine, versions, commit).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("av")
+pytest.importorskip("sklearn")
+
+from vjepa_fast import cli
+from vjepa_fast.provenance import environment, git_commit
+
+#: A few optimizer and EMA steps on the demo's real geometry (8 frames at 64 px, 256 tokens: big
+#: enough for torch to split its CPU kernels over threads). Measured: the second step's loss on 2
+#: threads already differs in the last bits from a 1-thread run's, so a thread-dependent order would
+#: show within these steps; 16 clips in batches of 8 make the third step start a new data pass.
+#: 2 threads: the demo's default on a 2-core machine (torch uses one thread per core).
+STEPS = 3
+THREADS = 2
+PROBE_EPOCHS = 8
+
+pytestmark = pytest.mark.slow  # three short demos, ~1 min on 2 cores (more while the cores are shared)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from vjepa_fast.demo_data import make_demo_data
+
+    d = tmp_path_factory.mktemp("demo_data")
+    make_demo_data(str(d), n_train=16, n_val=8, frames=16, size=32, verbose=False)
+    return d
+
+
+def _run(tmp_path_factory, data, name, *extra):
+    out = tmp_path_factory.mktemp(name)
+    before = torch.get_num_threads()
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            assert cli.main(["demo", "--data", str(data), "--out", str(out), "--device", "cpu",
+                             "--threads", str(THREADS), *extra, f"optimization.max_steps={STEPS}",
+                             "logging.log_every=1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    record = json.loads((out / "demo_provenance.json").read_text())
+    probes = json.loads((out / "probes" / "demo_probe_results.json").read_text())
+    for d in probes["details"].values():
+        d.pop("seconds")  # wall time, the one field that may differ
+    weights = torch.load(out / "jepa-latest.pth.tar", weights_only=True)["target_encoder"]
+    with open(out / "jepa_r0.csv") as f:
+        losses = [row["loss"] for row in csv.DictReader(f)]
+    return {"record": record, "probes": probes, "weights": weights, "losses": losses, "printed": printed.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data):
+    from vjepa_fast import probe
+
+    real = probe.run_demo_probes
+    with pytest.MonkeyPatch.context() as mp:
+        # the demo's probes, PROBE_EPOCHS epochs instead of 30 (the same code per epoch), to keep this short
+        mp.setattr(probe, "run_demo_probes", lambda *a, **k: real(*a, **{**k, "epochs": PROBE_EPOCHS}))
+        return {
+            "a": _run(tmp_path_factory, data, "a"),
+            "b": _run(tmp_path_factory, data, "b"),
+            "other": _run(tmp_path_factory, data, "other", "--probe-seed", "1", "meta.seed=235"),
+        }
+
+
+def test_same_seed_and_threads_give_identical_numbers(runs):
+    a, b = runs["a"], runs["b"]
+    assert len(a["losses"]) == STEPS
+    assert a["losses"] == b["losses"]  # every step's loss, as the CSV writes it
+    assert a["weights"].keys() == b["weights"].keys()
+    for k in a["weights"]:
+        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    ra, rb = a["record"], b["record"]
+    assert ra["pretraining"]["final_loss"] == rb["pretraining"]["final_loss"]
+    assert ra["context_use"] == rb["context_use"]
+    assert ra["probes"]["top1"] == rb["probes"]["top1"]
+    # every probe's val top-1 and its per-epoch train/val curves, not only the table's figures
+    assert a["probes"]["details"] == b["probes"]["details"]
+
+
+def test_other_seeds_give_other_numbers(runs):
+    a, other = runs["a"], runs["other"]
+    assert a["losses"][0] != other["losses"][0]
+    assert a["record"]["pretraining"]["final_loss"] != other["record"]["pretraining"]["final_loss"]
+    assert any(not torch.equal(a["weights"][k], other["weights"][k]) for k in a["weights"])
+    # --probe-seed draws other probes and another random-init encoder
+    assert a["probes"]["details"]["random/motion"] != other["probes"]["details"]["random/motion"]
+    assert a["probes"]["details"]["pretrained/motion"] != other["probes"]["details"]["pretrained/motion"]
+
+
+def test_run_records_its_provenance(runs):
+    a, other = runs["a"]["record"], runs["other"]["record"]
+    assert (a["seed"], a["probe_seed"]) == (234, 0)  # configs/pretrain/demo_digits.yaml's meta.seed
+    assert (other["seed"], other["probe_seed"]) == (235, 1)
+    assert a["threads"] == {"pretraining": THREADS, "probes": cli.DEMO_PROBE_THREADS}
+    assert a["commit"] == git_commit() and a["torch"] == torch.__version__
+    assert set(environment("cpu")) <= set(a)
+    assert a["device"].startswith("cpu, float32")
+    assert a["pretraining"]["steps"] == STEPS and a["context_use"]["clips"] == 8
+    assert set(a["probes"]["top1"]) == {"pretrained", "random"}
+    assert len(runs["a"]["probes"]["details"]["pretrained/digit"]["curve"]) == PROBE_EPOCHS
+
+
+def test_demo_prints_provenance_with_its_table(runs):
+    """The printed block follows the probe table and says what the JSON holds."""
+    out, record = runs["a"]["printed"], runs["a"]["record"]
+    assert out.index("| V-JEPA pretrained") < out.index("these figures come from")
+    block = out[out.index("these figures come from"):]
+    for key in ("seed", "probe_seed", "commit", "date", "cpu", "cpu_capability", "torch", "triton", "numpy",
+                "platform", "device"):
+        assert f"  {key}: {record[key]}\n" in block, key
+    assert f"  threads: pretraining {THREADS}, probes {cli.DEMO_PROBE_THREADS}\n" in block
+    assert f"seed 234 (meta.seed), probe seed 0 (--probe-seed), {THREADS} torch thread(s) (--threads)" in out
+
+
+def test_bad_thread_count_is_refused(capsys):
+    assert cli.main(["demo", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, not 0" in capsys.readouterr().err
