@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ pytest.importorskip("av")
 pytest.importorskip("sklearn")
 
 from vjepa_fast import cli
-from vjepa_fast.provenance import environment, git_commit
+from vjepa_fast.provenance import data_fingerprint, environment, git_commit
 
 #: A few optimizer and EMA steps on the demo's real geometry (8 frames at 64 px, 256 tokens: big
 #: enough for torch to split its CPU kernels over threads). Measured: the second step's loss on 2
@@ -114,6 +115,7 @@ def test_run_records_its_provenance(runs):
     assert set(environment("cpu")) <= set(a)
     assert a["device"].startswith("cpu, float32")
     assert a["pretraining"]["steps"] == STEPS and a["context_use"]["clips"] == 8
+    assert a["data"] == other["data"] and len(a["data"]["clips_sha256"]) == 16
     assert set(a["probes"]["top1"]) == {"pretrained", "random"}
     assert len(runs["a"]["probes"]["details"]["pretrained/digit"]["curve"]) == PROBE_EPOCHS
 
@@ -127,9 +129,42 @@ def test_demo_prints_provenance_with_its_table(runs):
                 "platform", "device"):
         assert f"  {key}: {record[key]}\n" in block, key
     assert f"  threads: pretraining {THREADS}, probes {cli.DEMO_PROBE_THREADS}\n" in block
+    assert f"  data: clips_sha256 {record['data']['clips_sha256']}, decoder {record['data']['decoder']}\n" in block
     assert f"seed 234 (meta.seed), probe seed 0 (--probe-seed), {THREADS} torch thread(s) (--threads)" in out
 
 
 def test_bad_thread_count_is_refused(capsys):
     assert cli.main(["demo", "--threads", "0"]) == 2
     assert "--threads must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_data_fingerprint_follows_the_pixels_not_the_paths(tmp_path, data):
+    """A copy of the clips in another folder has the same print; one changed byte in one video, or
+    one changed label, gives another."""
+    import shutil
+
+    indexes = [data / "train_digit.csv", data / "val_digit.csv"]
+    print_here = data_fingerprint(*indexes)
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    for name in ("train_digit.csv", "val_digit.csv"):
+        f = copy / name
+        f.write_text(f.read_text().replace(str(data), str(copy)))
+    copied = [copy / "train_digit.csv", copy / "val_digit.csv"]
+    assert data_fingerprint(*copied) == print_here
+    video = Path((copy / "val_digit.csv").read_text().split()[0])
+    original = video.read_bytes()
+    raw = bytearray(original)
+    raw[len(raw) // 2] ^= 1
+    video.write_bytes(bytes(raw))
+    assert data_fingerprint(*copied) != print_here
+    video.write_bytes(original)
+    assert data_fingerprint(*copied) == print_here
+    lines = (copy / "val_digit.csv").read_text().splitlines()
+    path, label = lines[0].split()
+    lines[0] = f"{path} {(int(label) + 1) % 10}"
+    (copy / "val_digit.csv").write_text("\n".join(lines) + "\n")
+    assert data_fingerprint(*copied) != print_here
+    (copy / "val_digit.csv").write_text(f"{copy / 'gone.mp4'} 1\n")
+    with pytest.raises(FileNotFoundError, match="val_digit.csv: lists .*gone.mp4"):
+        data_fingerprint(*copied)

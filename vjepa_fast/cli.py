@@ -139,19 +139,25 @@ def demo_device(requested: str = "auto") -> tuple[str, list[str], str]:
     return "cuda", ["meta.device=cuda", "meta.dtype=bfloat16"], f"cuda:0 ({name}), bfloat16 ({why})"
 
 
-def demo_provenance(args, device: str, device_why: str, seed: int, threads: int) -> dict:
-    """What a demo run's figures depend on besides the code: the pretraining seed (``meta.seed``),
+def demo_provenance(args, device: str, device_why: str, cfg, threads: int) -> dict:
+    """What a demo run's figures depend on besides the code: the pretraining seed (``cfg.meta.seed``),
     the probes' seed (probe init and batch order, and the random-init encoder's weights), the
     context-use mask draw, torch's intra-op threads for pretraining (and for the probes, which run on
-    one thread on the CPU), and :func:`vjepa_fast.provenance.environment` (commit, machine, versions)."""
-    from .provenance import environment
+    one thread on the CPU), the data (a fingerprint of the train and val clips, the decoder that reads
+    them) and :func:`vjepa_fast.provenance.environment` (commit, machine, versions). Call it after the
+    data are rendered."""
+    from .decoders import decoder_version, resolve_decoder
+    from .provenance import data_fingerprint, environment
 
+    decoder = resolve_decoder(cfg.data.decoder)
     return {
-        "seed": seed,
+        "seed": cfg.meta.seed,
         "probe_seed": args.probe_seed,
         "context_use_seed": CONTEXT_USE_SEED,
         "threads": {"pretraining": threads, "probes": DEMO_PROBE_THREADS if device == "cpu" else threads},
         "overrides": list(args.overrides),
+        "data": {"clips_sha256": data_fingerprint(*(Path(args.data) / f"{s}_digit.csv" for s in ("train", "val"))),
+                 "decoder": f"{decoder} {decoder_version(decoder)}"},
         **environment(device_why),
     }
 
@@ -180,8 +186,8 @@ def _demo(args) -> int:
         torch.set_num_threads(args.threads)
     device, device_overrides, why = demo_device(args.device)
     overrides = [*device_overrides, *args.overrides]
-    seed = demo_digits_config(args.data, args.out, overrides).meta.seed
-    provenance = demo_provenance(args, device, why, seed, torch.get_num_threads())
+    cfg = demo_digits_config(args.data, args.out, overrides)
+    threads = torch.get_num_threads()
     print(f"vjepa-fast demo on {why}", flush=True)
     where = "on the CPU (about 35-50 minutes on 2 cores)" if device == "cpu" else "on the GPU"
     print(
@@ -192,9 +198,10 @@ def _demo(args) -> int:
         "next to a random-init encoder.",
         flush=True,
     )
-    print(f"seed {seed} (meta.seed), probe seed {args.probe_seed} (--probe-seed), "
-          f"{provenance['threads']['pretraining']} torch thread(s) (--threads)", flush=True)
+    print(f"seed {cfg.meta.seed} (meta.seed), probe seed {args.probe_seed} (--probe-seed), "
+          f"{threads} torch thread(s) (--threads)", flush=True)
     result = run_demo_pretrain(args.data, args.out, overrides=overrides)
+    provenance = demo_provenance(args, device, why, cfg, threads)  # the data exist now
     print(
         f"\npretraining: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}\ncheckpoint (official format): {result.checkpoint}\nlog: {result.log}\n"

@@ -3,6 +3,7 @@ its run folder (so a figure in a table can be traced to the run that measured it
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib
 import os
 import platform
@@ -86,6 +87,26 @@ def environment(device: str) -> dict:
         "numpy": _version("numpy"),
         "av": _version("av"),
     }
+
+
+def data_fingerprint(*index_files: str | os.PathLike) -> str:
+    """First 16 hex digits of the SHA-256 of the clips the index files list, in order: each line's
+    label and the bytes of its video file (not the path, so a copy elsewhere has the same print).
+    Two runs whose prints differ did not see the same pixels (e.g. the videos were encoded by another
+    PyAV/libx264 build). Raises FileNotFoundError naming an index or a video that is not there."""
+    h = hashlib.sha256()
+    for index in index_files:
+        with open(index) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                path, label = line.rsplit(maxsplit=1)
+                h.update(label.encode() + b"\0")
+                try:
+                    h.update(Path(path).read_bytes())
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{index}: lists {path}, which is not there") from None
+    return h.hexdigest()[:16]
 
 
 def format_fields(fields: dict, indent: str = "  ") -> str:
