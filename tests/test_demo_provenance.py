@@ -60,10 +60,30 @@ def _run(tmp_path_factory, data, name, *extra):
     probes = json.loads((out / "probes" / "demo_probe_results.json").read_text())
     for d in probes["details"].values():
         d.pop("seconds")  # wall time, the one field that may differ
-    weights = torch.load(out / "jepa-latest.pth.tar", weights_only=True)["target_encoder"]
+    ckpt = torch.load(out / "jepa-latest.pth.tar", weights_only=True)
+    for cfg in [ckpt["vjepa_fast"]["config"]] + [h["config"] for h in ckpt["vjepa_fast"]["config_history"]]:
+        cfg["logging"].pop("folder")  # each run's own output folder
+    weights = ckpt["target_encoder"]
     with open(out / "jepa_r0.csv") as f:
         losses = [row["loss"] for row in csv.DictReader(f)]
-    return {"record": record, "probes": probes, "weights": weights, "losses": losses, "printed": printed.getvalue()}
+    return {"record": record, "probes": probes, "weights": weights, "ckpt": ckpt, "losses": losses,
+            "printed": printed.getvalue()}
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    """Every tensor bit for bit, every other value equal, through nested dicts and lists."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +105,8 @@ def test_same_seed_and_threads_give_identical_numbers(runs):
     a, b = runs["a"], runs["b"]
     assert len(a["losses"]) == STEPS
     assert a["losses"] == b["losses"]  # every step's loss, as the CSV writes it
-    assert a["weights"].keys() == b["weights"].keys()
-    for k in a["weights"]:
-        assert torch.equal(a["weights"][k], b["weights"][k]), k
+    # the whole checkpoint: encoder, predictor, target encoder, optimizer moments, step counters
+    _assert_identical(a["ckpt"], b["ckpt"])
     ra, rb = a["record"], b["record"]
     assert ra["pretraining"]["final_loss"] == rb["pretraining"]["final_loss"]
     assert ra["context_use"] == rb["context_use"]
@@ -133,9 +152,12 @@ def test_demo_prints_provenance_with_its_table(runs):
     assert f"seed 234 (meta.seed), probe seed 0 (--probe-seed), {THREADS} torch thread(s) (--threads)" in out
 
 
-def test_bad_thread_count_is_refused(capsys):
-    assert cli.main(["demo", "--threads", "0"]) == 2
-    assert "--threads must be at least 1, not 0" in capsys.readouterr().err
+@pytest.mark.parametrize("threads", ["0", "-2"])
+def test_bad_thread_count_is_refused(threads, capsys):
+    before = torch.get_num_threads()
+    assert cli.main(["demo", "--threads", threads]) == 2
+    assert f"--threads must be at least 1, not {threads}" in capsys.readouterr().err
+    assert torch.get_num_threads() == before
 
 
 def test_data_fingerprint_follows_the_pixels_not_the_paths(tmp_path, data):
@@ -168,3 +190,27 @@ def test_data_fingerprint_follows_the_pixels_not_the_paths(tmp_path, data):
     (copy / "val_digit.csv").write_text(f"{copy / 'gone.mp4'} 1\n")
     with pytest.raises(FileNotFoundError, match="val_digit.csv: lists .*gone.mp4"):
         data_fingerprint(*copied)
+
+
+def test_data_fingerprint_names_a_bad_index_line(tmp_path):
+    from vjepa_fast.provenance import data_fingerprint
+
+    index = tmp_path / "train_digit.csv"
+    index.write_text(f"{tmp_path / 'a.mp4'} 3\nno-label-here\n")
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"train_digit.csv, line 2: 'no-label-here'"):
+        data_fingerprint(index)
+
+
+def test_provenance_never_stops_the_demo_over_its_data_part(tmp_path):
+    """After 35-50 minutes of pretraining, a fingerprint or decoder that cannot be taken is recorded,
+    not raised."""
+    from types import SimpleNamespace
+
+    (tmp_path / "train_digit.csv").write_text("only-one-field\n")
+    args = SimpleNamespace(probe_seed=0, overrides=[], data=str(tmp_path))
+    cfg = SimpleNamespace(meta=SimpleNamespace(seed=1), data=SimpleNamespace(decoder="no-such-decoder"))
+    record = cli.demo_provenance(args, "cpu", "cpu, float32", cfg, threads=1)
+    assert record["data"]["clips_sha256"].startswith("unavailable: ValueError: "), record["data"]
+    assert record["data"]["decoder"].startswith("unavailable: "), record["data"]
+    assert record["seed"] == 1 and record["commit"]

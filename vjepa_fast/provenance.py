@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
@@ -38,7 +38,7 @@ def git_commit() -> str:
             for line in packed.read_text().splitlines():
                 if line.endswith(" " + ref):
                     return line.split(" ", 1)[0][:12]
-    except OSError:
+    except (OSError, IndexError, ValueError):  # unreadable, or a .git file that is not "gitdir: <path>"
         pass
     return "unknown"
 
@@ -56,10 +56,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _version(module: str) -> str | None:
+def _version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` from its metadata (nothing is imported, so no native
+    library loads), None when it is not installed."""
     try:
-        return str(getattr(importlib.import_module(module), "__version__", "unknown"))
-    except (ImportError, OSError, RuntimeError):  # not installed, or its native libraries fail to load
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
@@ -73,7 +75,7 @@ def environment(device: str) -> dict:
 
     return {
         "commit": git_commit(),
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": device,
         "cpu": cpu_model(),
         # torch picks its vectorised CPU kernels by this (e.g. AVX2 vs AVX512): float sums round
@@ -93,14 +95,18 @@ def data_fingerprint(*index_files: str | os.PathLike) -> str:
     """First 16 hex digits of the SHA-256 of the clips the index files list, in order: each line's
     label and the bytes of its video file (not the path, so a copy elsewhere has the same print).
     Two runs whose prints differ did not see the same pixels (e.g. the videos were encoded by another
-    PyAV/libx264 build). Raises FileNotFoundError naming an index or a video that is not there."""
+    PyAV/libx264 build). Raises FileNotFoundError naming an index or a video that is not there,
+    ValueError naming the index and line of a line that is not ``<path> <label>``."""
     h = hashlib.sha256()
     for index in index_files:
         with open(index) as f:
-            for line in f:
+            for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                path, label = line.rsplit(maxsplit=1)
+                fields = line.rsplit(maxsplit=1)
+                if len(fields) != 2:
+                    raise ValueError(f"{index}, line {n}: {line.strip()!r} is not '<video path> <label>'")
+                path, label = fields
                 h.update(label.encode() + b"\0")
                 try:
                     h.update(Path(path).read_bytes())
