@@ -35,9 +35,11 @@ from .utils import (
     check_index,
     check_launchable,
     compute_dtype,
+    context_and_token_grads,
     device_spec,
     metadata,
     needs_int64,
+    partial_row_programs,
     persistent_programs,
     round_to,
     row_tiling,
@@ -46,7 +48,6 @@ from .utils import (
     tile_rows_cols,
     tl_dtype,
 )
-
 
 # Runtime lengths and strides that change with the mask lengths: not specialised (no recompiles).
 _LENGTH_ARGS = ["CTX_IDX_ptr", "TGT_IDX_ptr", "n_rows", "L", "Kc", "n_tiles", "CI_stride_b", "CI_stride_k",
@@ -170,11 +171,6 @@ def _assemble_predictor_input_bwd_kernel(
 # Planners: pure functions of metadata (tensors or TensorSpecs) and the device
 
 
-@functools.lru_cache(maxsize=256)
-def _tiling(d: int, elem_bytes: int, device: DeviceSpec):
-    return row_tiling(d, elem_bytes, device)
-
-
 def plan_assemble_predictor_input(ctx, ctx_idx, tgt_idx, pos, mask_token, out, device: DeviceSpec,
                                   label: str = "", group: str = "") -> LaunchPlan:  # fmt: skip
     """The launch writing ``out`` [B, Kc+Kt, D] (contiguous) from ``ctx`` [B,Kc,D], ``ctx_idx``
@@ -195,7 +191,7 @@ def _forward_config(cm, cim, tim, pm, mm, om, device: DeviceSpec):
     # Tiles of one 128-bit vector per thread of the table and the output (fp32 under autocast): a
     # bf16 context then loads 64 bits per thread, but sizing the tile for bf16 instead costs a
     # shared-memory layout conversion and 40 registers (12 resident programs per SM, not 16).
-    t = _tiling(D, min(pos.element_size(), out.element_size()), device)
+    t = row_tiling(D, min(pos.element_size(), out.element_size()), device)
     n_tiles = cdiv(n_rows, t.block_r) * cdiv(D, t.block_d)
     scalars = (n_rows, L, Kc, n_tiles, *ctx.stride(), *ctx_idx.stride(), *tgt_idx.stride(), *pos.stride(),
                mask_token.stride(0))  # fmt: skip
@@ -207,23 +203,10 @@ def _forward_config(cm, cim, tim, pm, mm, om, device: DeviceSpec):
     return (persistent_programs(n_tiles, t, device),), scalars, constexprs, t.num_warps
 
 
-def backward_programs(grad_out, grad_ctx, device: DeviceSpec) -> int:
-    """Rows of the mask-token partial-sum buffer the backward plan writes (its grid's first axis)."""
-    return _backward_programs(grad_out.shape, grad_out.dtype, grad_ctx.dtype, device)
-
-
-@functools.lru_cache(maxsize=1024)
-def _backward_programs(shape, grad_dtype, ctx_dtype, device: DeviceSpec) -> int:
-    B, L, D = shape
-    t = _tiling(D, min(grad_dtype.itemsize, ctx_dtype.itemsize), device)
-    n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
-    return max(1, min(n_row_tiles, persistent_programs(n_row_tiles * n_d, t, device) // n_d))
-
-
 def plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device: DeviceSpec, label: str = "",
                                       group: str = "") -> LaunchPlan:  # fmt: skip
     """The backward launch: ``grad_ctx`` [B,Kc,D] (contiguous) <- the first Kc rows of ``grad_out``
-    [B,L,D]; ``partial`` [backward_programs(...), D] <- per-program sums of the last L - Kc rows."""
+    [B,L,D]; ``partial`` [partial_row_programs(...), D] <- per-program sums of the last L - Kc rows."""
     grid, scalars, constexprs, warps = _backward_config(metadata(grad_out), metadata(grad_ctx), metadata(partial),
                                                         device)  # fmt: skip
     return LaunchPlan(_assemble_predictor_input_bwd_kernel, grid, (grad_out, grad_ctx, partial, *scalars),
@@ -234,7 +217,7 @@ def plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device: Devic
 def _backward_config(gm, cm, pm, device: DeviceSpec):
     grad_out, grad_ctx, partial = (spec_of(m) for m in (gm, cm, pm))
     B, L, D = grad_out.shape
-    t = _tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
+    t = row_tiling(D, min(grad_out.element_size(), grad_ctx.element_size()), device)
     n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
     scalars = (B * L, L, grad_ctx.shape[1], n_row_tiles, *grad_out.stride())
     constexprs = dict(D=D, COMPUTE=tl_dtype(partial.dtype), INDEX_64=needs_int64(grad_out, grad_ctx, partial),
@@ -290,15 +273,11 @@ def assemble_predictor_input_bwd(
     grad_out: torch.Tensor, kc: int, ctx_dtype: torch.dtype, mask_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (grad_ctx [B,Kc,D] in ctx_dtype, grad_mask_token [D] in mask_dtype)."""
-    B, L, D = grad_out.shape
-    grad_ctx = torch.empty((B, kc, D), dtype=ctx_dtype, device=grad_out.device)
-    acc_dtype = torch.float64 if torch.float64 in (grad_out.dtype, mask_dtype) else torch.float32
-    if grad_out.numel() == 0:
-        return grad_ctx, torch.zeros(D, dtype=mask_dtype, device=grad_out.device)
-    device = device_spec(grad_out.device)
-    partial = torch.empty((backward_programs(grad_out, grad_ctx, device), D), dtype=acc_dtype, device=grad_out.device)
-    plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial, device).launch()
-    return grad_ctx, partial.sum(dim=0).to(mask_dtype)
+    return context_and_token_grads(
+        grad_out, kc, ctx_dtype, mask_dtype,
+        lambda grad_ctx, partial, device: plan_assemble_predictor_input_bwd(grad_out, grad_ctx, partial,
+                                                                            device).launch(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,7 +414,7 @@ def aot_plans() -> list[LaunchPlan]:
                 ctx, TensorSpec((_B, kc), torch.int64), TensorSpec((_B, kt), torch.int64), pos, token, out, device,
                 label=f"assemble_predictor_input fwd {common} Kc{kc} Kt{kt}",
                 group=f"assemble_predictor_input fwd {common}"))  # fmt: skip
-            partial = TensorSpec((backward_programs(out, ctx, device), D), torch.float32)
+            partial = TensorSpec((partial_row_programs(out, ctx, device), D), torch.float32)
             plans.append(plan_assemble_predictor_input_bwd(
                 out, ctx, partial, device, label=f"assemble_predictor_input bwd {common} Kc{kc} Kt{kt}",
                 group=f"assemble_predictor_input bwd {common}"))  # fmt: skip

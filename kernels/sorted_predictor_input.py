@@ -49,10 +49,12 @@ from .utils import (
     check_float,
     check_index,
     check_launchable,
+    context_and_token_grads,
     device_spec,
     gathered_rows,
     metadata,
     needs_int64,
+    partial_row_programs,
     persistent_programs,
     round_to,
     row_tiling,
@@ -167,11 +169,6 @@ def _sorted_predictor_input_bwd_kernel(
 # Planners: pure functions of metadata (tensors or TensorSpecs) and the device
 
 
-@functools.lru_cache(maxsize=256)
-def _tiling(d: int, elem_bytes: int, device: DeviceSpec):
-    return row_tiling(d, elem_bytes, device)
-
-
 def plan_sorted_predictor_input(z, order, mask_token, out, device: DeviceSpec, label: str = "",
                                 group: str = "") -> LaunchPlan:  # fmt: skip
     """The launch writing ``out`` [B, L, D] (contiguous) from ``z`` [B, Kc, D], ``order`` [B, L]
@@ -193,7 +190,7 @@ def _forward_config(zm, om, mm, outm, device: DeviceSpec):
     # layout change through 4 KB of shared memory (Triton caps a thread's store at 128 bits). Sizing
     # for fp32 instead avoids the shared memory but loads z 64 bits per thread; which is faster is
     # not yet measured on GPU.
-    t = _tiling(D, min(z.element_size(), out.element_size()), device)
+    t = row_tiling(D, min(z.element_size(), out.element_size()), device)
     n_tiles = cdiv(B * L, t.block_r) * cdiv(D, t.block_d)
     scalars = (B * L, L, Kc, n_tiles, *z.stride(), *order.stride(), mask_token.stride(0))
     constexprs = {"D": D, "INDEX_64": needs_int64(z, order, mask_token, out), "BLOCK_R": t.block_r,
@@ -201,23 +198,10 @@ def _forward_config(zm, om, mm, outm, device: DeviceSpec):
     return (persistent_programs(n_tiles, t, device),), scalars, constexprs, t.num_warps
 
 
-def backward_programs(grad_out, grad_z, device: DeviceSpec) -> int:
-    """Rows of the mask-token partial-sum buffer the backward plan writes (its grid's first axis)."""
-    return _backward_programs(tuple(grad_out.shape), grad_out.dtype, grad_z.dtype, device)
-
-
-@functools.lru_cache(maxsize=1024)
-def _backward_programs(shape, grad_dtype, z_dtype, device: DeviceSpec) -> int:
-    B, L, D = shape
-    t = _tiling(D, min(grad_dtype.itemsize, z_dtype.itemsize), device)
-    n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
-    return max(1, min(n_row_tiles, persistent_programs(n_row_tiles * n_d, t, device) // n_d))
-
-
 def plan_sorted_predictor_input_bwd(grad_out, inverse, grad_z, partial, device: DeviceSpec, label: str = "",
                                     group: str = "") -> LaunchPlan:  # fmt: skip
     """The backward launch: ``grad_z`` [B, Kc, D] (contiguous) <- rows ``inverse[:, :Kc]`` of
-    ``grad_out`` [B, L, D]; ``partial`` [backward_programs(...), D] <- per-program sums of rows
+    ``grad_out`` [B, L, D]; ``partial`` [partial_row_programs(...), D] <- per-program sums of rows
     ``inverse[:, Kc:]``."""
     metas = (metadata(t) for t in (grad_out, inverse, grad_z, partial))
     grid, scalars, constexprs, warps = _backward_config(*metas, device)
@@ -230,7 +214,7 @@ def plan_sorted_predictor_input_bwd(grad_out, inverse, grad_z, partial, device: 
 def _backward_config(gm, im, zm, pm, device: DeviceSpec):
     grad_out, inverse, grad_z, partial = (spec_of(m) for m in (gm, im, zm, pm))
     B, L, D = grad_out.shape
-    t = _tiling(D, min(grad_out.element_size(), grad_z.element_size()), device)
+    t = row_tiling(D, min(grad_out.element_size(), grad_z.element_size()), device)
     n_row_tiles, n_d = cdiv(B * L, t.block_r), cdiv(D, t.block_d)
     scalars = (B * L, L, grad_z.shape[1], n_row_tiles, *inverse.stride(), *grad_out.stride())
     index_64 = needs_int64(grad_out, inverse, grad_z, partial)
@@ -281,20 +265,16 @@ def sorted_predictor_input_bwd(
     grad_out: torch.Tensor, inverse: torch.Tensor, kc: int, z_dtype: torch.dtype, mask_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (grad_z [B,Kc,D] in z_dtype, grad_mask_token [D] in mask_dtype)."""
-    B, L, D = grad_out.shape
+    B, L, _ = grad_out.shape
     check_index("inverse", inverse)
     if inverse.shape != (B, L):
         raise ValueError(f"inverse must be [B, L] = {(B, L)} like the output gradient, "
                          f"got {tuple(inverse.shape)}")  # fmt: skip
-    grad_z = torch.empty((B, kc, D), dtype=z_dtype, device=grad_out.device)
-    acc_dtype = torch.float64 if torch.float64 in (grad_out.dtype, mask_dtype) else torch.float32
-    if grad_out.numel() == 0:
-        return grad_z, torch.zeros(D, dtype=mask_dtype, device=grad_out.device)
-    device = device_spec(grad_out.device)
-    n_partial = backward_programs(grad_out, grad_z, device)
-    partial = torch.empty((n_partial, D), dtype=acc_dtype, device=grad_out.device)
-    plan_sorted_predictor_input_bwd(grad_out, inverse, grad_z, partial, device).launch()
-    return grad_z, partial.sum(dim=0).to(mask_dtype)
+    return context_and_token_grads(
+        grad_out, kc, z_dtype, mask_dtype,
+        lambda grad_z, partial, device: plan_sorted_predictor_input_bwd(grad_out, inverse, grad_z, partial,
+                                                                        device).launch(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,7 +412,7 @@ def aot_plans() -> list[LaunchPlan]:
             plans.append(plan_sorted_predictor_input(
                 z, perm, token, out, device, label=f"sorted_predictor_input fwd {common} Kc{kc} Kt{kt}",
                 group=f"sorted_predictor_input fwd {common}"))  # fmt: skip
-            partial = TensorSpec((backward_programs(out, z, device), D), torch.float32)
+            partial = TensorSpec((partial_row_programs(out, z, device), D), torch.float32)
             plans.append(plan_sorted_predictor_input_bwd(
                 out, perm, z, partial, device, label=f"sorted_predictor_input bwd {common} Kc{kc} Kt{kt}",
                 group=f"sorted_predictor_input bwd {common}"))  # fmt: skip

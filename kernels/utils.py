@@ -12,6 +12,7 @@ What the Triton interpreter (TRITON_INTERPRET=1) cannot do, and how the kernels 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -198,6 +199,42 @@ def row_tiling(n_cols: int, elem_bytes: int, device: DeviceSpec, *, block_d_cap:
     block_d = column_block(n_cols, block_d_cap)
     per_tile = 32 * num_warps * max(1, _VECTOR_BYTES // elem_bytes)
     return RowTiling(max(min_block_r, per_tile // block_d, 1), block_d, num_warps, programs_per_sm)
+
+
+@functools.lru_cache(maxsize=1024)
+def _partial_row_programs(n_rows: int, n_cols: int, elem_bytes: int, device: DeviceSpec) -> int:
+    t = row_tiling(n_cols, elem_bytes, device)
+    n_row_tiles, n_d = cdiv(n_rows, t.block_r), cdiv(n_cols, t.block_d)
+    return max(1, min(n_row_tiles, persistent_programs(n_row_tiles * n_d, t, device) // n_d))
+
+
+def partial_row_programs(grad_out, grad_ctx, device: DeviceSpec) -> int:
+    """Rows of the partial-sum buffer of a predictor-input backward (the mask token's gradient),
+    i.e. the first grid axis of its persistent launch over ``grad_out`` [B, L, D] (tensors or
+    :class:`~.plan.TensorSpec`): each program owns every column block of its row tiles and writes
+    one partial row; the tile is :func:`row_tiling`'s for the narrower of ``grad_out``'s and the
+    context gradient ``grad_ctx``'s dtypes. At least 1."""
+    B, L, D = grad_out.shape
+    return _partial_row_programs(B * L, D, min(grad_out.element_size(), grad_ctx.element_size()), device)
+
+
+def context_and_token_grads(grad_out: torch.Tensor, kc: int, ctx_dtype: torch.dtype, mask_dtype: torch.dtype,
+                            launch) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The predictor-input backwards' host part: ``(grad_ctx [B, kc, D] in ctx_dtype, the mask
+    token's gradient [D] in mask_dtype)`` for ``grad_out`` [B, L, D]. ``launch(grad_ctx, partial,
+    device)`` writes ``grad_ctx`` and one row of ``partial`` [partial_row_programs(...), D] per
+    program (fp32 sums; fp64 when an fp64 tensor is involved); the rows are added here with
+    ``torch.sum``, so the result is deterministic (no atomics)."""
+    B, _, D = grad_out.shape
+    grad_ctx = torch.empty((B, kc, D), dtype=ctx_dtype, device=grad_out.device)
+    if grad_out.numel() == 0:
+        return grad_ctx, torch.zeros(D, dtype=mask_dtype, device=grad_out.device)
+    acc_dtype = torch.float64 if torch.float64 in (grad_out.dtype, mask_dtype) else torch.float32
+    device = device_spec(grad_out.device)
+    partial = torch.empty((partial_row_programs(grad_out, grad_ctx, device), D), dtype=acc_dtype,
+                          device=grad_out.device)  # fmt: skip
+    launch(grad_ctx, partial, device)
+    return grad_ctx, partial.sum(dim=0).to(mask_dtype)
 
 
 def persistent_programs(n_tiles: int, tiling: RowTiling, device: DeviceSpec) -> int:
