@@ -450,7 +450,14 @@ def test_run_demo_probes_reports_both_encoders_and_tasks(tmp_path, demo_dir):
         assert set(res["top1"][enc]) == {"digit", "motion"}
         assert all(0.0 <= v <= 100.0 for v in res["top1"][enc].values())
     assert res["chance"] == {"digit": 10.0, "motion": 25.0}
+    # the linear probe on mean-pooled features, on the same cached features (vjepa_fast.linear_probe)
+    assert set(res["linear_top1"]) == {"pretrained", "random"}
+    for enc in ("pretrained", "random"):
+        for task in ("digit", "motion"):
+            assert 0.0 <= res["linear_top1"][enc][task] <= 100.0
+            assert res["details"][f"{enc}/{task}/linear"]["top1"] == res["linear_top1"][enc][task]
     assert "| V-JEPA pretrained" in res["table"] and "| random init" in res["table"]
+    assert "digit, linear" in res["table"] and "motion, attentive" in res["table"]
     assert (tmp_path / "out" / "demo_probe_results.json").is_file()
     assert (tmp_path / "out" / "confusion_pretrained_motion.png").is_file()
     assert res["table"] in "\n".join(lines)

@@ -1,5 +1,5 @@
-"""``vjepa-fast`` command line: ``demo``, ``pretrain``, ``check-config``, ``probe``, ``context-use``, ``embed``,
-``plot``, ``profile``, ``make-demo-data``."""
+"""``vjepa-fast`` command line: ``demo``, ``demo-spread``, ``pretrain``, ``check-config``, ``probe``,
+``context-use``, ``embed``, ``plot``, ``profile``, ``make-demo-data``."""
 from __future__ import annotations
 
 import argparse
@@ -266,7 +266,13 @@ def _make_demo_data(args) -> int:
 
 
 #: Subcommands whose arguments all go to another parser (``vjepa-fast profile --help`` is the script's).
-PASS_THROUGH = {"profile": _profile, "make-demo-data": _make_demo_data}
+def _demo_spread(args) -> int:
+    from . import demo_spread
+
+    return demo_spread.main(args.rest) or 0
+
+
+PASS_THROUGH = {"profile": _profile, "make-demo-data": _make_demo_data, "demo-spread": _demo_spread}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, func in (
         ("profile", "torch.profiler trace + top-kernel table of training steps (benchmarks/profile_step.py)", _profile),
         ("make-demo-data", "render the moving-digits demo videos", _make_demo_data),
+        ("demo-spread", "the demo's probe figures over several pretraining and probe seeds, mean ± std "
+         "(vjepa_fast/demo_spread.py)", _demo_spread),
     ):
         p = sub.add_parser(name, help=helptext, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)

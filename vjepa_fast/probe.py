@@ -1168,6 +1168,21 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
                                class_names=names)
             out(f"  probe {name:<10} {task:<6}: val top-1 {final[best]['top1']:5.1f}% "
                 f"(train {curve[-1]['train_top1'][best]:5.1f}%, {grid[best].name}, {time.perf_counter() - t0:.1f} s)")
+    # The classic frozen evaluation next to the attentive probe: a linear classifier on the features
+    # averaged over all tokens (vjepa_fast.linear_probe). It cannot pick tokens, so a random encoder's
+    # per-patch detail helps it far less than it helps the attentive probe.
+    from .linear_probe import linear_probe  # noqa: PLC0415
+
+    results["linear_top1"] = {}
+    for name in encoders:
+        results["linear_top1"][name] = {}
+        for task in tasks:
+            t0 = time.perf_counter()
+            lin = linear_probe(feats[name]["train"], labels["train"][task], feats[name]["val"], labels["val"][task])
+            results["linear_top1"][name][task] = lin.top1
+            results["details"][f"{name}/{task}/linear"] = {**lin.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+            out(f"  linear {name:<10} {task:<6}: val top-1 {lin.top1:5.1f}% (train {lin.train_top1:5.1f}%, "
+                f"C {lin.C:.3g} by 5-fold CV on train: {lin.cv_top1:.1f}%, {time.perf_counter() - t0:.1f} s)")
     results["chance"] = {t: 100.0 / num_classes[t] for t in tasks}
     results["settings"] = {"epochs": epochs, "batch_size": batch_size, "grid": [asdict(g) for g in grid],
                            "train_clips": int(feats["pretrained"]["train"].shape[0]),
@@ -1184,16 +1199,27 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
 
 
 def format_demo_table(results: dict) -> str:
+    """The demo's probe table: per encoder, val top-1 of the attentive probe (``results["top1"]``) and,
+    when present, of the linear probe on mean-pooled features (``results["linear_top1"]``)."""
     t = results["top1"]
+    lin = results.get("linear_top1")
     ch = results["chance"]
     s = results.get("settings", {})
-    lines = [
-        f"Frozen attentive probes on held-out moving-digit clips (val top-1 %, "
-        f"{s.get('train_clips', '?')} train / {s.get('val_clips', '?')} val clips)",
-        "| encoder           | digit (appearance) | motion (direction) |",
-        "|-------------------|--------------------|--------------------|",
-    ]
+    lines = [f"Frozen probes on held-out moving-digit clips (val top-1 %, "
+             f"{s.get('train_clips', '?')} train / {s.get('val_clips', '?')} val clips; attentive = the official "
+             f"attentive probe, linear = logistic regression on the mean of the tokens)"]
+    if lin is None:
+        lines += ["| encoder           | digit (appearance) | motion (direction) |",
+                  "|-------------------|--------------------|--------------------|"]
+        for name, label in (("pretrained", "V-JEPA pretrained"), ("random", "random init")):
+            lines.append(f"| {label:<17} | {t[name]['digit']:>18.1f} | {t[name]['motion']:>18.1f} |")
+        lines.append(f"| {'chance':<17} | {ch['digit']:>18.1f} | {ch['motion']:>18.1f} |")
+        return "\n".join(lines)
+    lines += ["| encoder           | digit, attentive | digit, linear | motion, attentive | motion, linear |",
+              "|-------------------|------------------|---------------|-------------------|----------------|"]
     for name, label in (("pretrained", "V-JEPA pretrained"), ("random", "random init")):
-        lines.append(f"| {label:<17} | {t[name]['digit']:>18.1f} | {t[name]['motion']:>18.1f} |")
-    lines.append(f"| {'chance':<17} | {ch['digit']:>18.1f} | {ch['motion']:>18.1f} |")
+        lines.append(f"| {label:<17} | {t[name]['digit']:>16.1f} | {lin[name]['digit']:>13.1f} "
+                     f"| {t[name]['motion']:>17.1f} | {lin[name]['motion']:>14.1f} |")
+    lines.append(f"| {'chance':<17} | {ch['digit']:>16.1f} | {ch['digit']:>13.1f} "
+                 f"| {ch['motion']:>17.1f} | {ch['motion']:>14.1f} |")
     return "\n".join(lines)
