@@ -152,6 +152,22 @@ def test_demo_prints_provenance_with_its_table(runs):
     assert f"seed 234 (meta.seed), probe seed 0 (--probe-seed), {THREADS} torch thread(s) (--threads)" in out
 
 
+def test_cpu_demo_defaults_to_one_thread_and_restores_the_setting(monkeypatch):
+    """Without --threads the CPU demo pretrains on DEMO_CPU_THREADS (1), so its figures do not depend
+    on the machine's core count; --threads N overrides it; the caller's setting comes back after."""
+    seen = []
+    monkeypatch.setattr(cli, "_run_demo", lambda args, threads: seen.append((threads, torch.get_num_threads())) or 0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli.main(["demo", "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 2
+        assert cli.main(["demo", "--device", "cpu", "--threads", "2"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert cli.DEMO_CPU_THREADS == 1 and seen == [(1, 1), (2, 2)]
+
+
 @pytest.mark.parametrize("threads", ["0", "-2"])
 def test_bad_thread_count_is_refused(threads, capsys):
     before = torch.get_num_threads()

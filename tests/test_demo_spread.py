@@ -53,6 +53,15 @@ def test_random_init_must_not_depend_on_the_pretraining_seed():
         summarise(bad)
 
 
+def test_random_init_taken_once_per_probe_seed():
+    """demo-spread probes the random encoder with the first pretraining seed only: the same figures."""
+    lean = [r if r["seed"] == 1 else {**r, **{k: {"pretrained": r[k]["pretrained"]} for k in ("attentive", "linear")}}
+            for r in RUNS]
+    assert summarise(lean) == summarise(RUNS)
+    with pytest.raises(ValueError, match=r"no run has the random-init figure of probe seed\(s\) \[1\]"):
+        summarise([r for r in lean if not (r["seed"] == 1 and r["probe_seed"] == 1)])
+
+
 def test_table_lists_every_probe_and_task():
     table = format_spread(summarise(RUNS), [1, 2, 3], [0, 1])
     for key in ("attentive, digit", "attentive, motion", "linear, digit", "linear, motion"):

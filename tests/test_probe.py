@@ -458,6 +458,13 @@ def test_run_demo_probes_reports_both_encoders_and_tasks(tmp_path, demo_dir):
             assert res["details"][f"{enc}/{task}/linear"]["top1"] == res["linear_top1"][enc][task]
     assert "| V-JEPA pretrained" in res["table"] and "| random init" in res["table"]
     assert "digit, linear" in res["table"] and "motion, attentive" in res["table"]
+    # without the random-init encoder: the pretrained figures are the same, the random row is gone
+    alone = run_demo_probes(tmp_path / "jepa-latest.pth.tar", demo_dir, tmp_path / "alone", epochs=2,
+                            random_init=False, out=lambda s: None)
+    assert alone["top1"] == {"pretrained": res["top1"]["pretrained"]}
+    assert alone["linear_top1"] == {"pretrained": res["linear_top1"]["pretrained"]}
+    assert alone["details"]["pretrained/digit"]["curve"] == res["details"]["pretrained/digit"]["curve"]
+    assert "| random init" not in alone["table"] and "| V-JEPA pretrained" in alone["table"]
     assert (tmp_path / "out" / "demo_probe_results.json").is_file()
     assert (tmp_path / "out" / "confusion_pretrained_motion.png").is_file()
     assert res["table"] in "\n".join(lines)

@@ -93,16 +93,16 @@ def _probe_one(a) -> int:
     from .probe import run_demo_probes  # noqa: PLC0415
 
     out = Path(a.out)
-    probes = run_demo_probes(a.checkpoint, a.data, out, seed=a.probe_seed, threads=a.threads)
+    probes = run_demo_probes(a.checkpoint, a.data, out, seed=a.probe_seed, threads=a.threads,
+                             random_init=not a.no_random)
     context = checkpoint_context_use(a.checkpoint, Path(a.data) / "val_digit.csv", seed=CONTEXT_USE_SEED,
                                      out=lambda s: None)
     (out / "run.json").write_text(json.dumps({
         "attentive": probes["top1"], "linear": probes["linear_top1"], "chance": probes["chance"],
         "context_use": context.to_dict(), "seconds": probes["seconds"]}, indent=1) + "\n")
     t, lin = probes["top1"], probes["linear_top1"]
-    print("DONE pretrained/random: " + ", ".join(
-        f"{task} attentive {t['pretrained'][task]:.1f}/{t['random'][task]:.1f} linear "
-        f"{lin['pretrained'][task]:.1f}/{lin['random'][task]:.1f}" for task in TASKS), flush=True)
+    print("DONE " + "; ".join(f"{enc}: " + ", ".join(
+        f"{task} attentive {t[enc][task]:.1f} linear {lin[enc][task]:.1f}" for task in TASKS) for enc in t), flush=True)
     return 0
 
 
@@ -115,8 +115,9 @@ def _sd(xs: Sequence[float]) -> float:
 
 def summarise(runs: list[dict]) -> dict:
     """Per probe and task, from ``runs`` = ``[{"seed", "probe_seed", "attentive": {enc: {task: top1}},
-    "linear": {...}}, ...]`` (module docstring). Raises ValueError when the random-init figure of one
-    probe seed differs between pretraining seeds (it must not depend on them)."""
+    "linear": {...}}, ...]`` (module docstring). The random-init encoder depends on the probe seed only,
+    so a run may leave ``"random"`` out; every probe seed needs it in at least one run. Raises ValueError
+    when a probe seed has no random-init figure, or when two runs disagree on it."""
     seeds = sorted({r["seed"] for r in runs})
     pseeds = sorted({r["probe_seed"] for r in runs})
     at = {(r["seed"], r["probe_seed"]): r for r in runs}
@@ -126,10 +127,15 @@ def summarise(runs: list[dict]) -> dict:
             pre = {k: r[probe]["pretrained"][task] for k, r in at.items()}
             rand = {}
             for (s, p), r in at.items():
+                if "random" not in r[probe]:
+                    continue
                 v = r[probe]["random"][task]
                 if rand.setdefault(p, v) != v:
                     raise ValueError(f"{probe} {task}: the random-init figure of probe seed {p} differs between "
                                      f"pretraining seeds ({rand[p]} vs {v} at seed {s}); it must not depend on them")
+            missing = [p for p in pseeds if p not in rand]
+            if missing:
+                raise ValueError(f"{probe} {task}: no run has the random-init figure of probe seed(s) {missing}")
             pre_all, rand_all = list(pre.values()), [rand[p] for p in pseeds]
             over_seeds = [_sd([pre[s, p] for s in seeds if (s, p) in pre]) for p in pseeds]
             over_pseeds = [_sd([pre[s, p] for p in pseeds if (s, p) in pre]) for s in seeds]
@@ -226,7 +232,8 @@ def run_spread(a, say=print) -> dict:
     _run_jobs([(f"probes seed {s} probe seed {p}",
                 [*me, "probe-one", "--data", str(data), "--checkpoint", str(out / f"seed{s}" / "jepa-latest.pth.tar"),
                  "--out", str(out / f"seed{s}" / f"probes_p{p}"), "--probe-seed", str(p),
-                 "--threads", str(DEMO_PROBE_THREADS)], out / f"seed{s}" / f"probes_p{p}.log")
+                 "--threads", str(DEMO_PROBE_THREADS), *(["--no-random"] if s != a.seeds[0] else [])],
+                out / f"seed{s}" / f"probes_p{p}.log")
                for s in a.seeds for p in a.probe_seeds], a.jobs, say)
     runs = []
     for s in a.seeds:
@@ -276,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pretrain_one(one.parse_args(argv[1:]))
         one.add_argument("--checkpoint", required=True)
         one.add_argument("--probe-seed", type=int, required=True)
+        one.add_argument("--no-random", action="store_true", help="probe the pretrained encoder only")
         return _probe_one(one.parse_args(argv[1:]))
     a = build_parser().parse_args(argv)
     for name in ("threads", "jobs"):

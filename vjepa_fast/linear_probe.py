@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 #: The grid of inverse regularisation strengths ``C`` searched by cross-validation.
-LINEAR_PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 11))
+LINEAR_PROBE_CS = tuple(float(c) for c in np.logspace(-3, 4, 15))  # 1e-3 .. 1e4, half decades
 LINEAR_PROBE_FOLDS = 5
 
 
@@ -76,11 +76,11 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feat
     xtr, xva = (xtr - mean) / std, (xva - mean) / std
     with threadpool_limits(limits=1):
         if folds >= 2:
-            search = GridSearchCV(LogisticRegression(max_iter=5000, tol=1e-6), {"C": list(Cs)},
+            search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(Cs)},
                                   cv=StratifiedKFold(folds), refit=True)
             search.fit(xtr, ytr)
             clf, c, cv = search.best_estimator_, float(search.best_params_["C"]), float(search.best_score_)
         else:  # a class with one train clip: no cross-validation possible, sklearn's default C
-            clf, c, cv = LogisticRegression(max_iter=5000, tol=1e-6).fit(xtr, ytr), 1.0, float("nan")
+            clf, c, cv = LogisticRegression(max_iter=5000).fit(xtr, ytr), 1.0, float("nan")
     return LinearProbeResult(top1=100.0 * float((clf.predict(xva) == yva).mean()),
                              train_top1=100.0 * float((clf.predict(xtr) == ytr).mean()), C=c, cv_top1=100.0 * cv)

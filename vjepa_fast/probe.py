@@ -1042,6 +1042,7 @@ def run_demo_probes(
     max_train: int | None = None,
     max_val: int | None = None,
     threads: int | None = 1,
+    random_init: bool = True,
     out: Callable[[str], None] | None = None,
 ) -> dict:
     """Probe a pretrained encoder AND a randomly initialised one of the same architecture for digit
@@ -1055,16 +1056,20 @@ def run_demo_probes(
     ``epochs`` epochs on those cached train features **without augmentation**. Both label sets use
     the same clips, so both tasks share the features. ``threads``: torch CPU threads while this runs
     (default 1: these models are tiny, and on a busy 2-core host two threads made the probe steps
-    ~18x slower than one; ``None`` leaves the setting alone).
+    ~18x slower than one; ``None`` leaves the setting alone). ``random_init=False`` probes the pretrained
+    encoder only (the random one's figures depend on ``seed`` alone: ``vjepa-fast demo-spread`` takes
+    them once per probe seed).
     """
     if threads is None or _is_cuda(device):
         return _run_demo_probes(checkpoint_path, data_dir, out_dir, epochs=epochs, batch_size=batch_size, grid=grid,
-                                seed=seed, device=device, max_train=max_train, max_val=max_val, out=out)
+                                seed=seed, device=device, max_train=max_train, max_val=max_val,
+                                random_init=random_init, out=out)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _run_demo_probes(checkpoint_path, data_dir, out_dir, epochs=epochs, batch_size=batch_size, grid=grid,
-                                seed=seed, device=device, max_train=max_train, max_val=max_val, out=out)
+                                seed=seed, device=device, max_train=max_train, max_val=max_val,
+                                random_init=random_init, out=out)
     finally:
         torch.set_num_threads(previous)
 
@@ -1074,7 +1079,7 @@ def _is_cuda(device) -> bool:
 
 
 def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, grid, seed, device, max_train,
-                     max_val, out) -> dict:
+                     max_val, random_init, out) -> dict:
     from .eval_data import ProbeVideoEvalTransform, collate_video
     from .video_dataset import VideoDataset, read_index_files
 
@@ -1088,8 +1093,9 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
     pretrained = _build_from_spec(spec)
     load_encoder(pretrained, ckpt, key="target_encoder", source=str(checkpoint_path))
     torch.manual_seed(seed)
-    random_init = _build_from_spec(spec)  # the official V1 init (trunc-normal 0.02, no rescale)
-    encoders = {"pretrained": FrozenEncoder(pretrained).to(dev), "random": FrozenEncoder(random_init).to(dev)}
+    encoders = {"pretrained": FrozenEncoder(pretrained).to(dev)}
+    if random_init:  # the official V1 init (trunc-normal 0.02, no rescale)
+        encoders["random"] = FrozenEncoder(_build_from_spec(spec)).to(dev)
 
     tasks = {"digit": "appearance: digit class 0-9", "motion": "motion: direction"}
     index = {}
@@ -1198,6 +1204,9 @@ def _run_demo_probes(checkpoint_path, data_dir, out_dir, *, epochs, batch_size, 
     return results
 
 
+_DEMO_ROWS = (("pretrained", "V-JEPA pretrained"), ("random", "random init"))
+
+
 def format_demo_table(results: dict) -> str:
     """The demo's probe table: per encoder, val top-1 of the attentive probe (``results["top1"]``) and,
     when present, of the linear probe on mean-pooled features (``results["linear_top1"]``)."""
@@ -1211,13 +1220,17 @@ def format_demo_table(results: dict) -> str:
     if lin is None:
         lines += ["| encoder           | digit (appearance) | motion (direction) |",
                   "|-------------------|--------------------|--------------------|"]
-        for name, label in (("pretrained", "V-JEPA pretrained"), ("random", "random init")):
+        for name, label in _DEMO_ROWS:
+            if name not in t:
+                continue
             lines.append(f"| {label:<17} | {t[name]['digit']:>18.1f} | {t[name]['motion']:>18.1f} |")
         lines.append(f"| {'chance':<17} | {ch['digit']:>18.1f} | {ch['motion']:>18.1f} |")
         return "\n".join(lines)
     lines += ["| encoder           | digit, attentive | digit, linear | motion, attentive | motion, linear |",
               "|-------------------|------------------|---------------|-------------------|----------------|"]
-    for name, label in (("pretrained", "V-JEPA pretrained"), ("random", "random init")):
+    for name, label in _DEMO_ROWS:
+        if name not in t:
+            continue
         lines.append(f"| {label:<17} | {t[name]['digit']:>16.1f} | {lin[name]['digit']:>13.1f} "
                      f"| {t[name]['motion']:>17.1f} | {lin[name]['motion']:>14.1f} |")
     lines.append(f"| {'chance':<17} | {ch['digit']:>16.1f} | {ch['digit']:>13.1f} "
