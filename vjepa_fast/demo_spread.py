@@ -12,10 +12,14 @@ which also draws the random-init encoder), each in its own process with a fixed 
 * per probe and task: mean ± sample std (ddof 1) of the pretrained and of the random figure, the gap
   (mean pretrained − mean random), the std over pretraining seeds (at each probe seed, averaged over
   probe seeds) and over probe seeds, and whether the gap is more than twice the larger of the
-  pretrained runs' std and the random runs' std (``clears``).
+  pretrained runs' std and the random runs' std (``spread``; ``clears``). Either std undefined (one
+  run of that kind, e.g. a single probe seed leaves the random encoder one figure): no spread (NaN)
+  and no verdict (``clears`` None).
 
 A run folder that already holds a finished checkpoint of the same recipe is reused; an unfinished one
-resumes (the trainer's exact resume). Pretraining figures depend on the thread count and the machine:
+resumes (the trainer's exact resume). The recipe is the pretraining config without ``logging`` and the
+keys in ``_NOT_TRAINING``; the data index is part of it as an absolute path (``demo_digits_config``
+resolves it), so the same folder named relatively or absolutely matches, a moved copy does not. Pretraining figures depend on the thread count and the machine:
 ``spread.json`` records both with the rest of the provenance.
 """
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -52,20 +55,22 @@ def _training_fields(cfg_dict: dict) -> dict:
 
 def run_state(run_dir: Path, cfg) -> str:
     """``"new"``, ``"done"`` (a finished checkpoint of the same recipe) or ``"resume"``. Raises
-    ValueError naming the checkpoint and the first differing key when ``run_dir`` holds another recipe."""
+    ValueError naming the checkpoint and every differing key (``key: checkpoint's -> this run's``, as
+    :func:`vjepa_fast.preflight.config_changes` compares them: a key the checkpoint's config lacks
+    counts as its default, mask generators are compared key by key) when ``run_dir`` holds another recipe."""
     from .checkpoint import read_checkpoint  # noqa: PLC0415
+    from .preflight import config_changes  # noqa: PLC0415
 
     ckpt_path = run_dir / f"{cfg.logging.write_tag}-latest.pth.tar"
     if not ckpt_path.is_file():
         return "new"
-    extra = read_checkpoint(ckpt_path).get("vjepa_fast") or {}
+    extra = read_checkpoint(ckpt_path, mmap=True).get("vjepa_fast") or {}
     saved = _training_fields(extra.get("config") or {})
     wanted = _training_fields(cfg.to_dict())
-    if saved != wanted:
-        diff = next((f"{s}.{k}: {saved.get(s, {}).get(k)!r} there, {wanted[s].get(k)!r} here"
-                     for s in wanted for k in (wanted[s] if isinstance(wanted[s], dict) else ())
-                     if saved.get(s, {}).get(k) != wanted[s].get(k)), "its config differs")
-        raise ValueError(f"{ckpt_path} is another recipe ({diff}); remove {run_dir} or pick another --out")
+    changes = config_changes(saved, wanted, keys=tuple(sorted(set(saved) | set(wanted))))
+    if changes:
+        raise ValueError(f"{ckpt_path} is another recipe ({'; '.join(changes)}); remove {run_dir} "
+                         "or pick another --out")
     return "done" if int(extra.get("step", 0)) >= cfg.total_steps() else "resume"
 
 
@@ -140,7 +145,9 @@ def summarise(runs: list[dict]) -> dict:
             over_seeds = [_sd([pre[s, p] for s in seeds if (s, p) in pre]) for p in pseeds]
             over_pseeds = [_sd([pre[s, p] for p in pseeds if (s, p) in pre]) for s in seeds]
             gap = mean(pre_all) - mean(rand_all)
-            spread = max(_sd(pre_all), _sd(rand_all))
+            # explicit: max() with a NaN answers by argument order
+            stds = (_sd(pre_all), _sd(rand_all))
+            spread = math.nan if any(math.isnan(x) for x in stds) else max(stds)
             out[f"{probe}/{task}"] = {
                 "pretrained_mean": mean(pre_all), "pretrained_std": _sd(pre_all), "pretrained_n": len(pre_all),
                 "random_mean": mean(rand_all), "random_std": _sd(rand_all), "random_n": len(rand_all),
@@ -180,33 +187,50 @@ def format_spread(summary: dict, seeds: Sequence[int], probe_seeds: Sequence[int
 # --------------------------------------------------------------------------------------------------
 def _run_jobs(jobs: list[tuple[str, list[str], Path]], parallel: int, say) -> None:
     """Run ``(name, argv, log)`` subprocesses, ``parallel`` at a time, printing each one's latest log
-    line every minute. Raises RuntimeError naming the failed job and its log."""
+    line every minute. Raises RuntimeError naming the failed job, its exit status and its log; on that
+    or any other exit before all are done (Ctrl-C included) the jobs still running are terminated
+    (killed after 30 s) and waited for, and their logs closed: no job outlives the driver."""
     pending, running = list(jobs), []
     last_report = time.monotonic()
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, argv, log = pending.pop(0)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(log, "w")  # noqa: SIM115 (closed when the job ends)
-            say(f"  start {name} (log {log})")
-            running.append((name, subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT), fh, log, time.monotonic()))
-        time.sleep(2)
-        for job in list(running):
-            name, proc, fh, log, t0 = job
-            if proc.poll() is None:
-                continue
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                name, argv, log = pending.pop(0)
+                log.parent.mkdir(parents=True, exist_ok=True)
+                fh = open(log, "w")  # noqa: SIM115 (closed when the job ends, or in the finally below)
+                say(f"  start {name} (log {log})")
+                try:
+                    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+                except BaseException:
+                    fh.close()
+                    raise
+                running.append((name, proc, fh, log, time.monotonic()))
+            time.sleep(2)
+            for job in list(running):
+                name, proc, fh, log, t0 = job
+                if proc.poll() is None:
+                    continue
+                fh.close()
+                running.remove(job)
+                if proc.returncode != 0:
+                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                    raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
+                say(f"  done  {name} in {time.monotonic() - t0:.0f} s: {_last_line(log)}")
+            if running and time.monotonic() - last_report > 60:
+                last_report = time.monotonic()
+                for name, _, _, log, _ in running:
+                    say(f"  ..    {name}: {_last_line(log)}")
+    finally:
+        for _, proc, _, _, _ in running:
+            proc.terminate()
+        for name, proc, fh, log, _ in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             fh.close()
-            running.remove(job)
-            if proc.returncode != 0:
-                for other in running:
-                    other[1].terminate()
-                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
-            say(f"  done  {name} in {time.monotonic() - t0:.0f} s: {_last_line(log)}")
-        if running and time.monotonic() - last_report > 60:
-            last_report = time.monotonic()
-            for name, _, _, log, _ in running:
-                say(f"  ..    {name}: {_last_line(log)}")
+            say(f"  stopped {name} (log {log})")
 
 
 def _last_line(log: Path) -> str:
@@ -223,7 +247,7 @@ def run_spread(a, say=print) -> dict:
     if not (data / "train_digit.csv").is_file():
         say(f"rendering the moving-digits demo videos into {data} ...")
         make_demo_data(str(data), **DEMO_DATA)
-    me = [sys.executable, "-m", "vjepa_fast.demo_spread"]
+    me = [sys.executable, "-u", "-m", "vjepa_fast.demo_spread"]  # -u: the minute reports read the logs
     say(f"pretraining {len(a.seeds)} seed(s) on {a.threads} thread(s) each, {a.jobs} at a time, into {out}")
     _run_jobs([(f"pretraining seed {s}", [*me, "pretrain-one", "--data", str(data), "--out", str(out / f"seed{s}"),
                                           "--seed", str(s), "--threads", str(a.threads), *a.overrides],
@@ -254,7 +278,7 @@ def run_spread(a, say=print) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import DEMO_DATA, REPO  # noqa: PLC0415
+    from .cli import DEMO_CPU_THREADS, DEMO_DATA, REPO  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="vjepa-fast demo-spread", description=(
         "The demo's probe figures (attentive and linear, digit and motion, pretrained and random init) over "
@@ -264,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the runs and spread.json / spread.md")
     p.add_argument("--seeds", type=int, nargs="+", default=[234, 1, 2], help="pretraining seeds (default 234 1 2)")
     p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (default 0 1 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per pretraining process (default 1)")
+    p.add_argument("--threads", type=int, default=DEMO_CPU_THREADS,
+                   help=f"torch threads per pretraining process (default {DEMO_CPU_THREADS}, as the CPU demo)")
     p.add_argument("--jobs", type=int, default=1, help="processes at a time (default 1)")
     p.add_argument("overrides", nargs="*", help="dotted overrides for configs/pretrain/demo_digits.yaml")
     return p
@@ -291,13 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"vjepa-fast demo-spread: --{name} must be at least 1, not {getattr(a, name)}")
     if len(set(a.seeds)) != len(a.seeds) or len(set(a.probe_seeds)) != len(a.probe_seeds):
         raise SystemExit("vjepa-fast demo-spread: --seeds and --probe-seeds must not repeat a seed")
-    if any(o.startswith(("meta.seed=", "meta.device=", "meta.dtype=")) for o in a.overrides):
-        raise SystemExit("vjepa-fast demo-spread: the seeds come from --seeds and the device is the CPU; "
-                         "drop meta.seed= / meta.device= / meta.dtype=")
+    fixed = ("meta.seed=", "meta.device=", "meta.dtype=", "logging.folder=", "logging.write_tag=", "data.datasets=")
+    bad = [o for o in a.overrides if o.replace(" ", "").startswith(fixed)]
+    if bad:  # the probes, run_state and the fingerprint look for the checkpoint and data where these say
+        raise SystemExit(f"vjepa-fast demo-spread: {', '.join(bad)} refused: the seeds come from --seeds, the "
+                         "data from --data, the run folders from --out, and the device is the CPU")
     run_spread(a)
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())
