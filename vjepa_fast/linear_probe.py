@@ -10,8 +10,8 @@ Protocol (ours; the official V-JEPA evals have only attentive probes): features 
 mean over the ``L`` tokens -> standardised with the train set's mean and std -> multinomial logistic
 regression (scikit-learn ``LogisticRegression``, L-BFGS, in a ``GridSearchCV``) whose inverse L2 strength ``C`` is chosen
 by stratified 5-fold cross-validation **on the train clips only** (no choice is made on val), then
-refit on all train clips. Deterministic: no shuffling, and BLAS is held to one thread while it fits and predicts,
-so the same features give the same figures on any core count.
+refit on all train clips. Deterministic: no shuffling, and BLAS is held to one thread while it fits
+and predicts, so the same features give the same figures on any core count.
 """
 from __future__ import annotations
 
