@@ -167,3 +167,31 @@ def test_arguments_refused_before_any_work(argv, message, tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match=message):
         demo_spread.main(["--out", str(tmp_path / "o"), "--data", str(tmp_path / "d"), *argv])
     assert not (tmp_path / "o").exists() and not (tmp_path / "d").exists()
+
+
+def test_probe_job_reuses_its_results_only_for_the_same_checkpoint_file(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from vjepa_fast import probe
+
+    ckpt = tmp_path / "jepa-latest.pth.tar"
+    ckpt.write_bytes(b"weights")
+    out = tmp_path / "probes"
+    out.mkdir()
+    calls = []
+    monkeypatch.setattr(probe, "run_demo_probes", lambda *a, **k: calls.append(k) or (_ for _ in ()).throw(
+        RuntimeError("probed")))
+    args = SimpleNamespace(out=str(out), checkpoint=str(ckpt), data=str(tmp_path), probe_seed=0, threads=1,
+                           no_random=True)
+    stamp = demo_spread._checkpoint_stamp(ckpt)
+    (out / "run.json").write_text(json.dumps({"checkpoint": stamp, "random_init": False}))
+    assert demo_spread._probe_one(args) == 0 and calls == []  # same file, same encoders: reused
+    args.no_random = False  # the random encoder's figures are not in that run.json
+    with pytest.raises(RuntimeError, match="probed"):
+        demo_spread._probe_one(args)
+    args.no_random = True
+    ckpt.write_bytes(b"other weights")  # another checkpoint file: probed again
+    with pytest.raises(RuntimeError, match="probed"):
+        demo_spread._probe_one(args)
+    assert len(calls) == 2

@@ -92,19 +92,32 @@ def _pretrain_one(a) -> int:
     return 0
 
 
+def _checkpoint_stamp(path: Path) -> dict:
+    """What identifies the probed checkpoint file for reuse: path, size and modification time."""
+    st = path.stat()
+    return {"path": str(path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _probe_one(a) -> int:
     from .cli import CONTEXT_USE_SEED  # noqa: PLC0415
     from .diagnostics import checkpoint_context_use  # noqa: PLC0415
     from .probe import run_demo_probes  # noqa: PLC0415
 
     out = Path(a.out)
+    stamp = _checkpoint_stamp(Path(a.checkpoint))
+    done = out / "run.json"
+    before = json.loads(done.read_text()) if done.is_file() else {}
+    if before.get("checkpoint") == stamp and (before.get("random_init") or a.no_random):
+        print(f"DONE reusing {done} (same checkpoint file)", flush=True)
+        return 0
     probes = run_demo_probes(a.checkpoint, a.data, out, seed=a.probe_seed, threads=a.threads,
                              random_init=not a.no_random)
     context = checkpoint_context_use(a.checkpoint, Path(a.data) / "val_digit.csv", seed=CONTEXT_USE_SEED,
                                      out=lambda s: None)
     (out / "run.json").write_text(json.dumps({
         "attentive": probes["top1"], "linear": probes["linear_top1"], "chance": probes["chance"],
-        "context_use": context.to_dict(), "seconds": probes["seconds"]}, indent=1) + "\n")
+        "context_use": context.to_dict(), "seconds": probes["seconds"], "checkpoint": stamp,
+        "random_init": not a.no_random}, indent=1) + "\n")
     t, lin = probes["top1"], probes["linear_top1"]
     print("DONE " + "; ".join(f"{enc}: " + ", ".join(
         f"{task} attentive {t[enc][task]:.1f} linear {lin[enc][task]:.1f}" for task in TASKS) for enc in t), flush=True)

@@ -7,11 +7,12 @@ the averaging is what the encoder itself made of the clip. That makes it the sha
 pretraining taught the encoder something (the demo's issue 16).
 
 Protocol (ours; the official V-JEPA evals have only attentive probes): features ``[N, L, D]`` ->
-mean over the ``L`` tokens -> standardised with the train set's mean and std -> multinomial logistic
-regression (scikit-learn ``LogisticRegression``, L-BFGS, in a ``GridSearchCV``) whose inverse L2 strength ``C`` is chosen
-by stratified 5-fold cross-validation **on the train clips only** (no choice is made on val), then
-refit on all train clips. Deterministic: no shuffling, and BLAS is held to one thread while it fits
-and predicts, so the same features give the same figures on any core count.
+mean over the ``L`` tokens -> standardised (``StandardScaler``) -> multinomial logistic regression
+(scikit-learn ``LogisticRegression``, L-BFGS). The inverse L2 strength ``C`` is chosen by stratified
+5-fold cross-validation (``GridSearchCV``) **on the train clips only**, with the scaler refitted inside
+each fold; then scaler and classifier are refit on all train clips. No choice is made on val.
+Deterministic: no shuffling, and BLAS is held to one thread while it fits and predicts, so the same
+features give the same figures on any core count.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feat
     try:
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
         from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: PLC0415
+        from sklearn.pipeline import make_pipeline  # noqa: PLC0415
+        from sklearn.preprocessing import StandardScaler  # noqa: PLC0415
         from threadpoolctl import threadpool_limits  # noqa: PLC0415
     except ImportError as e:  # pragma: no cover
         raise ImportError("the linear probe needs scikit-learn: pip install scikit-learn "
@@ -71,17 +74,17 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, val_feat
     counts = np.bincount(ytr)
     smallest = int(counts[counts > 0].min()) if len(ytr) else 0
     folds = min(folds, smallest)  # stratified folds need every class in each; tiny smoke runs have few clips
-    mean, std = xtr.mean(0), xtr.std(0)
-    std[std == 0] = 1.0  # a constant feature carries nothing; keep it finite
-    xtr, xva = (xtr - mean) / std, (xva - mean) / std
+    # The standardisation is part of the model, fitted inside each fold: a fold's held-out clips do not
+    # shape the scaling that the C it helps choose is trained with.
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     with threadpool_limits(limits=1):
         if folds >= 2:
-            search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(Cs)},
-                                  cv=StratifiedKFold(folds), refit=True)
+            search = GridSearchCV(model, {"logisticregression__C": list(Cs)}, cv=StratifiedKFold(folds), refit=True)
             search.fit(xtr, ytr)
-            clf, c, cv = search.best_estimator_, float(search.best_params_["C"]), float(search.best_score_)
+            clf, cv = search.best_estimator_, float(search.best_score_)
+            c = float(search.best_params_["logisticregression__C"])
         else:  # a class with one train clip: no cross-validation possible, sklearn's default C
-            clf, c, cv = LogisticRegression(max_iter=5000).fit(xtr, ytr), 1.0, float("nan")
+            clf, c, cv = model.fit(xtr, ytr), 1.0, float("nan")
         # predicting is a BLAS product too: kept on one thread so a near-tie cannot flip with the core count
         top1, train_top1 = (100.0 * float((clf.predict(x) == y).mean()) for x, y in ((xva, yva), (xtr, ytr)))
     return LinearProbeResult(top1=top1, train_top1=train_top1, C=c, cv_top1=100.0 * cv)
