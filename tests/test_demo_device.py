@@ -41,11 +41,13 @@ def test_gpu_in_bf16_when_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
     device, overrides, why = cli.demo_device("auto")
-    assert device == "cuda" and overrides == ["meta.device=cuda", "meta.dtype=bfloat16"]
+    # the GPU runs the longer recipe (15,000 steps); the user's overrides come last and win
+    gpu = ["meta.device=cuda", "meta.dtype=bfloat16", f"optimization.epochs={cli.DEMO_GPU_EPOCHS}"]
+    assert device == "cuda" and overrides == gpu and cli.DEMO_GPU_EPOCHS == 300
     assert why == "cuda:0 (NVIDIA H200), bfloat16 (CUDA is available; --device cpu for the CPU path)"
     line, seen = _first_line_and_overrides(monkeypatch, capsys, ["optimization.epochs=1"])
     assert line == f"vjepa-fast demo on {why}"
-    assert seen == ["meta.device=cuda", "meta.dtype=bfloat16", "optimization.epochs=1"]
+    assert seen == [*gpu, "optimization.epochs=1"]
     line, seen = _first_line_and_overrides(monkeypatch, capsys, ["--device", "cpu"])
     assert line == "vjepa-fast demo on cpu, float32 (asked for with --device cpu)" and seen == []
     # the device is chosen with --device only: a meta.device override would leave the dtype behind

@@ -150,6 +150,8 @@ def test_demo_prints_provenance_with_its_table(runs):
     assert f"  threads: pretraining {THREADS}, probes {cli.DEMO_PROBE_THREADS}\n" in block
     assert f"  data: clips_sha256 {record['data']['clips_sha256']}, decoder {record['data']['decoder']}\n" in block
     assert f"seed 234 (meta.seed), probe seed 0 (--probe-seed), {THREADS} torch thread(s) (--threads)" in out
+    assert cli.DEMO_MEASURED in out  # what the CPU recipe showed over seeds (README "The demo")
+    assert out.index("digit, linear") < out.index(cli.DEMO_MEASURED) < out.index("these figures come from")
 
 
 def test_cpu_demo_defaults_to_one_thread_and_restores_the_setting(monkeypatch):
@@ -219,7 +221,7 @@ def test_data_fingerprint_names_a_bad_index_line(tmp_path):
 
 
 def test_provenance_never_stops_the_demo_over_its_data_part(tmp_path):
-    """After 35-50 minutes of pretraining, a fingerprint or decoder that cannot be taken is recorded,
+    """After half an hour of pretraining, a fingerprint or decoder that cannot be taken is recorded,
     not raised."""
     from types import SimpleNamespace
 

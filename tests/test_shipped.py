@@ -215,7 +215,7 @@ def stubs(monkeypatch, clones):
     monkeypatch.setattr(train, "run_demo_pretrain", run_demo_pretrain)
     monkeypatch.setattr(probe, "main_probe", main_probe)
     monkeypatch.setattr(probe, "run_demo_probes", lambda *a, **k: {
-        "top1": {e: {"digit": 1.0, "motion": 1.0} for e in ("pretrained", "random")}})
+        key: {e: {"digit": 1.0, "motion": 1.0} for e in ("pretrained", "random")} for key in ("top1", "linear_top1")})
     monkeypatch.setattr(demo_data, "make_demo_data", lambda out, **kw: calls.append(("make-demo-data", out)))
     monkeypatch.setattr(cli, "_load_profile_script", lambda: types.SimpleNamespace(main=profile_main))
     return calls
