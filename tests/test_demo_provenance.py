@@ -28,7 +28,8 @@ from vjepa_fast.provenance import data_fingerprint, environment, git_commit
 #: enough for torch to split its CPU kernels over threads). Measured: the second step's loss on 2
 #: threads already differs in the last bits from a 1-thread run's, so a thread-dependent order would
 #: show within these steps; 16 clips in batches of 8 make the third step start a new data pass.
-#: 2 threads: the demo's default on a 2-core machine (torch uses one thread per core).
+#: 2 threads, not the CPU demo's default of 1 (cli.DEMO_CPU_THREADS): with kernels split over threads, an
+#: order that changed between runs would show here; one thread cannot split them.
 STEPS = 3
 THREADS = 2
 PROBE_EPOCHS = 8

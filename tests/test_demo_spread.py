@@ -160,7 +160,7 @@ def test_a_failing_job_stops_the_others_and_names_its_log(tmp_path):
     (["logging.write_tag=x"], "logging.write_tag=x refused"),
 ])
 def test_arguments_refused_before_any_work(argv, message, tmp_path, monkeypatch):
-    def no_run(a, say=print):  # a regression must fail here, not start a 15,000-step pretraining
+    def no_run(a, say=print):  # a regression must fail here, not start a 6,000-step pretraining
         raise AssertionError(f"demo-spread started with {a}")
 
     monkeypatch.setattr(demo_spread, "run_spread", no_run)

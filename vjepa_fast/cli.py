@@ -178,23 +178,25 @@ CONTEXT_USE_SEED = 0
 DEMO_PROBE_THREADS = 1
 #: The demo's pretraining threads on the CPU unless --threads says otherwise. One: the thread count
 #: changes the figures (in the last bits from the second step on, growing over a run), so with one
-#: thread they no longer depend on how many cores a machine has; on 2 cores a second thread made a
-#: step only ~14 % faster (267 vs 230 ms, measured), and the data-loading worker uses the other core.
+#: thread they no longer depend on how many cores a machine has; on 2 cores a second thread cut a
+#: step's time by only ~14 % (267 vs 230 ms, measured), and the data-loading worker uses the other core.
 DEMO_CPU_THREADS = 1
-#: Epochs of 50 steps on a GPU: 15,000 steps, the length at which every single CPU run reported so far
-#: had its predictor reading the context (+24-26 % in context-use; at 6,000 steps the three seeds of the
-#: CPU spread reached +4 to +22 %, and their linear motion figure followed that). Expected to take a few
-#: minutes on one GPU (a tiny model; the data loading may bound it): not yet measured on GPU.
+#: Epochs of 50 steps on a GPU: 15,000 steps, the length at which both CPU runs of that length reported
+#: so far had their predictor reading the context (+24-26 % in context-use; at 6,000 steps the three
+#: seeds of the CPU spread reached +4 to +22 %, and their linear motion figure followed that). Expected
+#: to take a few minutes on one GPU (a tiny model; the data loading may bound it): not yet measured on
+#: GPU.
 DEMO_GPU_EPOCHS = 300
 #: Printed after the demo's table: what the recipe showed over seeds (README "The demo", measured with
 #: `vjepa-fast demo-spread` at 6,000 steps: 3 pretraining seeds x 3 probe seeds, 1 thread, 2-core CPU).
 DEMO_MEASURED = (
-    "what this CPU demo shows (README \"The demo\", measured over 3 pretraining x 3 probe seeds with "
-    "`vjepa-fast demo-spread`): the linear probe on pooled features beat random init in every run, on digits "
-    "by 22.9 points (spread 1.8) and on motion by 20.8 (but motion varied by 16.9 points between pretraining "
-    "seeds, so that gap is not twice its spread); the attentive probe did not beat random init on either task "
-    "(digits -3.0, motion -0.1): the attentive probe reads a lot from random token features, and this small "
-    "model's pretraining did not add to it")
+    "what the CPU demo's 6,000-step recipe showed (README \"The demo\", measured over 3 pretraining x 3 probe "
+    "seeds with `vjepa-fast demo-spread`): the linear probe on pooled features beat random init in every run, "
+    "on digits by 22.9 points on average (spread 1.8) and on motion by 20.8 (but the pretrained motion figure's "
+    "std was 14.6 over the 9 runs and 16.9 between pretraining seeds, so that gap is not twice its spread); the "
+    "attentive probe did not beat random init on average on either task (digits -3.0, motion -0.1; it won 2 and "
+    "3 of the 9 runs): the attentive probe reads a lot from random token features, and this small model's "
+    "pretraining did not add to it")
 
 
 def _demo(args) -> int:

@@ -1,11 +1,12 @@
 """``vjepa-fast demo-spread``: the demo's probe figures over several pretraining seeds and probe seeds,
 reported as mean ± std, with the pretrained-minus-random gap set against that spread (issue 16).
 
-One demo run proves nothing either way: its digit figure swung by 13 points between two runs of the
-same recipe. This runs the demo's own pieces, unchanged, for every pretraining seed (``meta.seed``;
-:func:`vjepa_fast.train.run_demo_pretrain`) and every probe seed (:func:`vjepa_fast.probe.run_demo_probes`,
-which also draws the random-init encoder), each in its own process with a fixed torch thread count
-(``--jobs`` of them at a time), and writes ``OUT/spread.json`` and ``OUT/spread.md``:
+One demo run proves nothing either way: its digit figure swung by 13.8 points (76.0 vs 62.2) between two
+15,000-step runs of the same recipe. This runs the demo's own pieces, unchanged, for every pretraining
+seed (``meta.seed``; :func:`vjepa_fast.train.run_demo_pretrain`) and every probe seed
+(:func:`vjepa_fast.probe.run_demo_probes`, which also draws the random-init encoder), each in its own
+process with a fixed torch thread count (``--jobs`` of them at a time), and writes ``OUT/spread.json``
+and ``OUT/spread.md``:
 
 * per run (pretraining seed × probe seed): attentive and linear probe val top-1, digit and motion, for
   the pretrained and the random-init encoder, and the context-use check;
@@ -19,8 +20,9 @@ which also draws the random-init encoder), each in its own process with a fixed 
 A run folder that already holds a finished checkpoint of the same recipe is reused; an unfinished one
 resumes (the trainer's exact resume). The recipe is the pretraining config without ``logging`` and the
 keys in ``_NOT_TRAINING``; the data index is part of it as an absolute path (``demo_digits_config``
-resolves it), so the same folder named relatively or absolutely matches, a moved copy does not. Pretraining figures depend on the thread count and the machine:
-``spread.json`` records both with the rest of the provenance.
+resolves it), so the same folder named relatively or absolutely matches, a moved copy does not.
+Pretraining figures depend on the thread count and the machine: ``spread.json`` records both with the
+rest of the provenance.
 """
 from __future__ import annotations
 
@@ -295,10 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="vjepa-fast demo-spread", description=(
         "The demo's probe figures (attentive and linear, digit and motion, pretrained and random init) over "
-        "several pretraining seeds and probe seeds: mean ± std and the gap against that spread."))
+        "several pretraining seeds and probe seeds: mean ± std and the gap against that spread. CPU only, fp32. "
+        "Each pretraining seed is a full demo pretraining (about 27 min alone on one thread); the README's "
+        "3 x 3 spread took 61 min of pretraining (3 side by side) and about 20 min of probes on 2 cores. "
+        "Finished run folders in --out are reused."))
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
     p.add_argument("--out", default=str(REPO / "runs" / "demo_spread"),
-                   help="folder for the runs and spread.json / spread.md")
+                   help="folder for the runs and spread.json / spread.md (default runs/demo_spread)")
     p.add_argument("--seeds", type=int, nargs="+", default=[234, 1, 2], help="pretraining seeds (default 234 1 2)")
     p.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1, 2], help="probe seeds (default 0 1 2)")
     p.add_argument("--threads", type=int, default=DEMO_CPU_THREADS,

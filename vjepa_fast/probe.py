@@ -1049,16 +1049,19 @@ def run_demo_probes(
     class (appearance) and motion direction (motion) on the moving-digits data of
     :func:`vjepa_fast.demo_data.make_demo_data` (held-out val clips). Returns (and prints) the tables.
 
-    Choices for speed (~1-2 min on 2 CPU cores): the clips are decoded once (one centre view, the
-    eval transform) and both encoders run once over them; as the encoders are frozen their features
-    are cached and the probes (the official AttentiveClassifier, optimiser and schedules; ``grid``
-    lr x wd settings, the best final val top-1 reported, as the V2 multi-probe eval) train for
-    ``epochs`` epochs on those cached train features **without augmentation**. Both label sets use
-    the same clips, so both tasks share the features. ``threads``: torch CPU threads while this runs
-    (default 1: these models are tiny, and on a busy 2-core host two threads made the probe steps
-    ~18x slower than one; ``None`` leaves the setting alone). ``random_init=False`` probes the pretrained
-    encoder only (the random one's figures depend on ``seed`` alone: ``vjepa-fast demo-spread`` takes
-    them once per probe seed).
+    Choices for speed (about 4.5 min on one CPU thread with the random-init encoder, 3 min without:
+    ``vjepa-fast demo-spread``'s probe jobs on 400 / 400 clips, two at a time on 2 cores): the clips are
+    decoded once (one centre view, the eval transform) and both encoders run once over them; as the
+    encoders are frozen their features are cached and the probes (the official AttentiveClassifier,
+    optimiser and schedules; ``grid`` lr x wd settings, the best final val top-1 reported, as the V2
+    multi-probe eval) train for ``epochs`` epochs on those cached train features **without augmentation**.
+    The same cached features also go to the linear probe on mean-pooled features
+    (:func:`vjepa_fast.linear_probe.linear_probe`; ``linear_top1`` next to the attentive ``top1``).
+    Both label sets use the same clips, so both tasks share the features. ``threads``: torch CPU threads
+    while this runs (default 1: these models are tiny, and on a busy 2-core host two threads made the
+    probe steps ~18x slower than one; ``None`` leaves the setting alone). ``random_init=False`` probes the
+    pretrained encoder only (the random one's figures depend on ``seed`` alone: ``vjepa-fast demo-spread``
+    takes them once per probe seed).
     """
     if threads is None or _is_cuda(device):
         return _run_demo_probes(checkpoint_path, data_dir, out_dir, epochs=epochs, batch_size=batch_size, grid=grid,
