@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vjepa-fast demo-spread", description=(
         "The demo's probe figures (attentive and linear, digit and motion, pretrained and random init) over "
         "several pretraining seeds and probe seeds: mean ± std and the gap against that spread. CPU only, fp32. "
-        "Each pretraining seed is a full demo pretraining (about 27 min alone on one thread); the README's "
+        "Each pretraining seed is a full demo pretraining (about 30 min alone on one thread of a 2-core machine); the README's "
         "3 x 3 spread took 61 min of pretraining (3 side by side) and about 20 min of probes on 2 cores. "
         "Finished run folders in --out are reused."))
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
