@@ -233,3 +233,27 @@ def test_provenance_never_stops_the_demo_over_its_data_part(tmp_path):
     assert record["data"]["clips_sha256"].startswith("unavailable: ValueError: "), record["data"]
     assert record["data"]["decoder"].startswith("unavailable: "), record["data"]
     assert record["seed"] == 1 and record["commit"]
+
+
+def test_provenance_names_the_commit_the_demo_started_from(tmp_path, monkeypatch, capsys):
+    """A commit made in the checkout while the demo pretrains does not change the code that runs: the
+    record keeps the commit read at the start and adds the later one as commit_at_end."""
+    from types import SimpleNamespace
+
+    from vjepa_fast import diagnostics, probe, provenance, train
+    from vjepa_fast.diagnostics import ContextUse
+
+    heads = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(provenance, "git_commit", lambda: next(heads))
+    result = SimpleNamespace(steps=1, seconds=1.0, first_loss=1.0, final_loss=0.5, checkpoint=tmp_path / "c.pth.tar",
+                             log=tmp_path / "log.csv")
+    monkeypatch.setattr(train, "run_demo_pretrain", lambda *a, **k: result)
+    monkeypatch.setattr(diagnostics, "checkpoint_context_use",
+                        lambda *a, **k: ContextUse(own=0.3, other=0.5, position=0.4, clips=8))
+    figures = {e: {"digit": 50.0, "motion": 50.0} for e in ("pretrained", "random")}
+    monkeypatch.setattr(probe, "run_demo_probes", lambda *a, **k: {"top1": figures, "linear_top1": figures,
+                                                                    "chance": {"digit": 10.0, "motion": 12.5}})
+    assert cli.main(["demo", "--device", "cpu", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 0
+    record = json.loads((tmp_path / "run" / "demo_provenance.json").read_text())
+    assert record["commit"] == "aaaaaaaaaaaa" and record["commit_at_end"] == "bbbbbbbbbbbb"
+    assert "  commit: aaaaaaaaaaaa\n" in capsys.readouterr().out

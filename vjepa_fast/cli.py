@@ -224,14 +224,14 @@ def _run_demo(args, threads: int) -> int:
 
     from .diagnostics import checkpoint_context_use
     from .probe import run_demo_probes
-    from .provenance import format_fields
+    from .provenance import format_fields, git_commit
     from .train import demo_digits_config, run_demo_pretrain
 
     device, device_overrides, why = demo_device(args.device)
     overrides = [*device_overrides, *args.overrides]
     cfg = demo_digits_config(args.data, args.out, overrides)
     print(f"vjepa-fast demo on {why}", flush=True)
-    where = "on the CPU (about 30 minutes on 2 cores)" if device == "cpu" else "on the GPU"
+    where = "on the CPU (about 35 minutes on 2 cores, probes included)" if device == "cpu" else "on the GPU"
     print(
         "(1) render the moving-digits videos (real MP4s of scikit-learn's handwritten "
         f"digits moving in known directions), (2) pretrain a tiny V-JEPA on them {where} with the "
@@ -242,8 +242,11 @@ def _run_demo(args, threads: int) -> int:
     )
     print(f"seed {cfg.meta.seed} (meta.seed), probe seed {args.probe_seed} (--probe-seed), "
           f"{threads} torch thread(s) (--threads)", flush=True)
+    commit_at_start = git_commit()  # the code that runs is the code loaded now
     result = run_demo_pretrain(args.data, args.out, overrides=overrides)
     provenance = demo_provenance(args, device, why, cfg, threads)  # the data exist now
+    if provenance.get("commit") != commit_at_start:  # someone committed in this checkout meanwhile
+        provenance["commit_at_end"], provenance["commit"] = provenance.get("commit"), commit_at_start
     print(
         f"\npretraining: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}\ncheckpoint (official format): {result.checkpoint}\nlog: {result.log}\n"
@@ -313,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vjepa-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (about 30 min on 2 CPU cores)")
+    p = sub.add_parser("demo", help="the bundled demo: demo data, tiny pretraining, probes (about 35 min on 2 CPU cores)")
     p.add_argument("--data", default=str(DEMO_DATA), help="demo video folder (rendered if missing)")
     p.add_argument("--out", default=str(DEMO_RUN), help="run folder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

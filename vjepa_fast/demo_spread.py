@@ -101,10 +101,15 @@ def _checkpoint_stamp(path: Path) -> dict:
 
 
 def _probe_one(a) -> int:
+    import torch  # noqa: PLC0415
+
     from .cli import CONTEXT_USE_SEED  # noqa: PLC0415
     from .diagnostics import checkpoint_context_use  # noqa: PLC0415
     from .probe import run_demo_probes  # noqa: PLC0415
 
+    # The context-use check runs after the probes, which put torch's thread count back: held here for
+    # the whole job, as the demo holds its one thread, so its losses match the demo's to the bit.
+    torch.set_num_threads(a.threads)
     out = Path(a.out)
     stamp = _checkpoint_stamp(Path(a.checkpoint))
     done = out / "run.json"

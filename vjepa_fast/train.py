@@ -1189,7 +1189,7 @@ def run_demo_pretrain(data_dir: str | os.PathLike = "data/demo", out_dir: str | 
                       plot_png: bool = True) -> FitResult:
     """Pretrain the tiny demo model on the moving-digits videos in ``data_dir`` (rendered there with
     :func:`vjepa_fast.demo_data.make_demo_data` if the index is missing), writing checkpoints, the
-    CSV log and ``training.png`` to ``out_dir``. About 27 minutes on one thread of a 2-core machine."""
+    CSV log and ``training.png`` to ``out_dir``. About 30 minutes on one thread of a 2-core machine (1850 s measured)."""
     from .demo_data import DEMO_DATA, demo_settings_differ, make_demo_data  # noqa: PLC0415
 
     say = out or print
