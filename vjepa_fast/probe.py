@@ -1211,24 +1211,24 @@ _DEMO_ROWS = (("pretrained", "V-JEPA pretrained"), ("random", "random init"))
 
 
 def format_demo_table(results: dict) -> str:
-    """The demo's probe table: per encoder, val top-1 of the attentive probe (``results["top1"]``) and,
-    when present, of the linear probe on mean-pooled features (``results["linear_top1"]``)."""
-    t = results["top1"]
-    lin = results.get("linear_top1")
-    ch = results["chance"]
-    s = results.get("settings", {})
+    """The demo's probe table: per encoder in ``results["top1"]``, val top-1 of the attentive probe
+    (``results["top1"]``) and of the linear probe on mean-pooled features (``results["linear_top1"]``)
+    for each task, then chance."""
+    top1, ch, s = results["top1"], results["chance"], results.get("settings", {})
+    # (column title, figures, task); a column is as wide as its title
+    cols = [(f"{task}, {kind}", figures, task) for task in ("digit", "motion")
+            for kind, figures in (("attentive", top1), ("linear", results["linear_top1"]))]
     lines = [f"Frozen probes on held-out moving-digit clips (val top-1 %, "
              f"{s.get('train_clips', '?')} train / {s.get('val_clips', '?')} val clips; attentive = the official "
-             f"attentive probe, linear = logistic regression on the mean of the tokens)"]
-    if lin is None:
-        lines += ["| encoder           | digit (appearance) | motion (direction) |",
-                  "|-------------------|--------------------|--------------------|"]
-        for name, label in _DEMO_ROWS:
-            if name not in t:
-                continue
-            lines.append(f"| {label:<17} | {t[name]['digit']:>18.1f} | {t[name]['motion']:>18.1f} |")
-        lines.append(f"| {'chance':<17} | {ch['digit']:>18.1f} | {ch['motion']:>18.1f} |")
-        return "\n".join(lines)
+             f"attentive probe, linear = logistic regression on the mean of the tokens)",
+             f"| {'encoder':<17} | " + " | ".join(title for title, _, _ in cols) + " |",
+             "|" + "-" * 19 + "|" + "|".join("-" * (len(title) + 2) for title, _, _ in cols) + "|"]
+    for name, label in _DEMO_ROWS:
+        if name in top1:
+            lines.append(f"| {label:<17} | " + " | ".join(f"{figures[name][task]:>{len(title)}.1f}"
+                                                          for title, figures, task in cols) + " |")
+    lines.append(f"| {'chance':<17} | " + " | ".join(f"{ch[task]:>{len(title)}.1f}" for title, _, task in cols) + " |")
+    return "\n".join(lines)
     lines += ["| encoder           | digit, attentive | digit, linear | motion, attentive | motion, linear |",
               "|-------------------|------------------|---------------|-------------------|----------------|"]
     for name, label in _DEMO_ROWS:
